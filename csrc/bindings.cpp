@@ -1,0 +1,133 @@
+// pybind11 transport for genfast._C (CPU kernels) and, built with GENFAST_WITH_CUDA, genfast._cuda.
+// Transport only: Python checks every argument first (genfast/ops/); here we re-check just what
+// could write out of bounds, and release the GIL around the kernels.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "common/dtype.h"
+#ifdef GENFAST_WITH_CUDA
+#include "cuda/gumbel.h"
+#define GENFAST_MODULE _cuda
+#else
+#include "cpu/gumbel.h"
+#define GENFAST_MODULE _C
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+using Ptr = std::uintptr_t;
+
+void check_dtype(int dtype, bool allow_half) {
+  const bool ok = dtype == 0 || dtype == 1 || (allow_half && (dtype == 2 || dtype == 3));
+  if (!ok) throw std::invalid_argument("dtype code " + std::to_string(dtype) + " not supported");
+}
+
+// A (rows, n) view with unit column stride and row stride `rs` stays inside its buffer only if
+// rows, n >= 0, the pointer is set when there is data, and rows do not overlap when written.
+void check_view(const char* name, Ptr p, int64_t rows, int64_t n, int64_t rs, bool written) {
+  if (rows < 0 || n < 0) throw std::invalid_argument(std::string(name) + ": negative size");
+  if (rows == 0 || n == 0) return;
+  if (p == 0) throw std::invalid_argument(std::string(name) + ": null data pointer");
+  if (rows > 1 && (written ? rs < n : rs < 0))
+    throw std::invalid_argument(std::string(name) + ": row stride " + std::to_string(rs) +
+                                " is invalid for rows of " + std::to_string(n));
+}
+
+py::dict build_info() {
+  py::dict d;
+  d["compiler"] = GENFAST_BUILD_CXX;
+  d["platform"] = GENFAST_BUILD_PLATFORM;
+  d["cuda"] = GENFAST_BUILD_CUDA;
+#ifdef GENFAST_BUILD_ARCHS
+  d["archs"] = GENFAST_BUILD_ARCHS;
+#endif
+  d["rng"] = "philox4x32-10 v1";
+  return d;
+}
+
+#ifdef GENFAST_WITH_CUDA
+void check_cuda(int code) {
+  if (code != 0) throw std::runtime_error(std::string("CUDA error: ") + genfast::cuda::error_string(code));
+}
+#define GENFAST_SEED_T Ptr
+#define GENFAST_SEED_ARG(s) reinterpret_cast<const int64_t*>(s)
+#define GENFAST_TAIL Ptr stream
+#define GENFAST_TAIL_ARG reinterpret_cast<void*>(stream)
+#define GENFAST_TAIL_NAME py::arg("stream")
+#define GENFAST_CALL(expr) check_cuda(expr)
+#define GENFAST_HALF true
+namespace K = genfast::cuda;
+#else
+#define GENFAST_SEED_T uint64_t
+#define GENFAST_SEED_ARG(s) (s)
+#define GENFAST_TAIL int num_threads
+#define GENFAST_TAIL_ARG (num_threads < 1 ? 1 : num_threads)
+#define GENFAST_TAIL_NAME py::arg("num_threads")
+#define GENFAST_CALL(expr) (expr)
+#define GENFAST_HALF false
+namespace K = genfast::cpu;
+#endif
+
+}  // namespace
+
+PYBIND11_MODULE(GENFAST_MODULE, m) {
+  m.doc() = "genfast kernels (pointer-level transport; use genfast.ops, not this module)";
+  m.def("build_info", &build_info);
+
+  m.def(
+      "gumbel_softmax_fwd",
+      [](Ptr x, int64_t xrs, Ptr y, int64_t yrs, int64_t rows, int64_t n, int dtype,
+         GENFAST_SEED_T seed, double inv_tau, bool hard, GENFAST_TAIL) {
+        check_dtype(dtype, GENFAST_HALF);
+        check_view("logits", x, rows, n, xrs, false);
+        check_view("out", y, rows, n, yrs, true);
+        py::gil_scoped_release nogil;
+        GENFAST_CALL(K::gumbel_softmax_fwd(reinterpret_cast<const void*>(x), xrs,
+                                           reinterpret_cast<void*>(y), yrs, rows, n, dtype,
+                                           GENFAST_SEED_ARG(seed), inv_tau, hard, GENFAST_TAIL_ARG));
+      },
+      py::arg("x"), py::arg("x_row_stride"), py::arg("y"), py::arg("y_row_stride"),
+      py::arg("rows"), py::arg("n"), py::arg("dtype"), py::arg("seed"), py::arg("inv_tau"),
+      py::arg("hard"), GENFAST_TAIL_NAME);
+
+  m.def(
+      "gumbel_softmax_bwd",
+      [](Ptr dy, int64_t dyrs, Ptr src, int64_t srcrs, Ptr dx, int64_t dxrs, int64_t rows,
+         int64_t n, int dtype, GENFAST_SEED_T seed, double inv_tau, bool recompute, GENFAST_TAIL) {
+        check_dtype(dtype, GENFAST_HALF);
+        check_view("grad", dy, rows, n, dyrs, false);
+        check_view("src", src, rows, n, srcrs, false);
+        check_view("out", dx, rows, n, dxrs, true);
+        py::gil_scoped_release nogil;
+        GENFAST_CALL(K::gumbel_softmax_bwd(
+            reinterpret_cast<const void*>(dy), dyrs, reinterpret_cast<const void*>(src), srcrs,
+            reinterpret_cast<void*>(dx), dxrs, rows, n, dtype, GENFAST_SEED_ARG(seed), inv_tau,
+            recompute, GENFAST_TAIL_ARG));
+      },
+      py::arg("dy"), py::arg("dy_row_stride"), py::arg("src"), py::arg("src_row_stride"),
+      py::arg("dx"), py::arg("dx_row_stride"), py::arg("rows"), py::arg("n"), py::arg("dtype"),
+      py::arg("seed"), py::arg("inv_tau"), py::arg("recompute"), GENFAST_TAIL_NAME);
+
+  m.def(
+      "sample_categorical",
+      [](Ptr x, int64_t xrs, Ptr out, int64_t rows, int64_t n, int dtype, GENFAST_SEED_T seed,
+         double inv_temperature, int64_t top_k, double top_p, GENFAST_TAIL) {
+        check_dtype(dtype, GENFAST_HALF);
+        check_view("logits", x, rows, n, xrs, false);
+        check_view("out", out, rows, 1, 1, true);
+        if (n < 1 && rows > 0) throw std::invalid_argument("logits: no classes to sample from");
+        py::gil_scoped_release nogil;
+        GENFAST_CALL(K::sample_categorical(reinterpret_cast<const void*>(x), xrs,
+                                           reinterpret_cast<int64_t*>(out), rows, n, dtype,
+                                           GENFAST_SEED_ARG(seed), inv_temperature, top_k, top_p,
+                                           GENFAST_TAIL_ARG));
+      },
+      py::arg("x"), py::arg("x_row_stride"), py::arg("out"), py::arg("rows"), py::arg("n"),
+      py::arg("dtype"), py::arg("seed"), py::arg("inv_temperature"), py::arg("top_k"),
+      py::arg("top_p"), GENFAST_TAIL_NAME);
+}

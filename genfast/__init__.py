@@ -1,0 +1,14 @@
+"""genfast: fast C++/CUDA and Triton kernels for generative models, under drop-in torch.nn layers.
+
+Importing genfast touches no GPU, no Triton driver and no compiled extension: backends are
+probed on first use (genfast.backends), so it imports on a CPU-only box without a compiler.
+"""
+
+from . import backends, nn, ops
+from ._info import info
+from .backends import BackendError, use_backend
+from .ops import gumbel_softmax, sample_categorical
+
+__version__ = "0.1.0"
+__all__ = ["BackendError", "backends", "gumbel_softmax", "info", "nn", "ops",
+           "sample_categorical", "use_backend"]

@@ -1,0 +1,27 @@
+"""Models built from genfast.nn, and the registry the CLI trains and samples from.
+
+Each registry entry is an ``nn.Module`` class with ``config_cls`` (its config dataclass),
+``description``, ``train_defaults`` and the methods genfast.models._trainer documents.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .gumbel_vae import GumbelVAE, GumbelVAEConfig
+
+REGISTRY: dict[str, type[nn.Module]] = {
+    "gumbel-vae": GumbelVAE,
+}
+
+
+def get(name: str) -> type[nn.Module]:
+    """The model class registered as `name`; the error lists every registered name."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = "\n".join(f"  {k:<14} {v.description}" for k, v in sorted(REGISTRY.items()))
+        raise KeyError(f"unknown model {name!r}; registered models:\n{known}") from None
+
+
+__all__ = ["REGISTRY", "GumbelVAE", "GumbelVAEConfig", "get"]

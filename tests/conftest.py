@@ -1,0 +1,25 @@
+"""Shared test setup. TRITON_INTERPRET must be set before anything imports triton, so Triton
+kernels run on the CPU under the interpreter (DESIGN.md section 5)."""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from genfast import backends  # noqa: E402
+
+
+def has_backend(name: str, device: str = "cpu") -> bool:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return False
+    return not backends._device_reason(name, dev)
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    for item in items:
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_cuda)
