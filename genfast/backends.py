@@ -14,7 +14,7 @@ import importlib
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -91,15 +91,13 @@ class OpSpec:
     dtypes: dict[str, tuple[torch.dtype, ...]]
     auto_cpu: tuple[str, ...] = ("cpu", "reference")
     auto_cuda: tuple[str, ...] = ("triton", "cuda", "reference")
-    extra_reason: Callable[[str, torch.Tensor], str] | None = None
 
-    def reason(self, backend: str, x: torch.Tensor) -> str:
-        why = _device_reason(backend, x.device)
+    def reason(self, backend: str, x: torch.Tensor, device: torch.device | None = None) -> str:
+        """Why `backend` cannot take `x` (on `device`, for meta tensors); '' when it can."""
+        why = _device_reason(backend, device or x.device)
         if not why and x.dtype not in self.dtypes.get(backend, ()):
             names = ", ".join(str(d).removeprefix("torch.") for d in self.dtypes.get(backend, ()))
             why = f"dtype {str(x.dtype).removeprefix('torch.')} not supported (takes {names})"
-        if not why and self.extra_reason is not None:
-            why = self.extra_reason(backend, x)
         return why
 
 
@@ -136,6 +134,9 @@ def use_backend(name: str) -> Iterator[None]:
         stack.pop()
 
 
+# Backend choice is plain Python over constants (device, dtype, environment); under
+# torch.compile it is evaluated once at trace time and baked into the graph as a constant.
+@torch.compiler.assume_constant_result
 def requested_backend(backend: str | None = None) -> str:
     """The backend asked for: per call, else the innermost use_backend, else GENFAST_BACKEND."""
     if backend is not None:
@@ -148,24 +149,33 @@ def requested_backend(backend: str | None = None) -> str:
 
 def resolve(op: str, x: torch.Tensor, backend: str | None = None) -> str:
     """Pick the backend for op `op` on tensor `x`, or raise BackendError with every reason."""
+    if backend is not None:
+        _check_choice(backend, "backend")
+    return _resolve(op, x.device.type, x.device.index, x.dtype, requested_backend(backend))
+
+
+@torch.compiler.assume_constant_result
+def _resolve(op: str, device_type: str, device_index: int | None, dtype: torch.dtype,
+             want: str) -> str:
     spec = _OPS[op]
-    want = requested_backend(backend)
+    x = torch.empty(0, dtype=dtype, device="meta")
+    device = torch.device(device_type, device_index)
     if want != "auto":
-        why = spec.reason(want, x)
+        why = spec.reason(want, x, device)
         if why:
             raise BackendError(f"genfast.{op}: backend {want!r} cannot run here: {why}")
         return want
-    order = spec.auto_cuda if x.device.type == "cuda" else spec.auto_cpu
+    order = spec.auto_cuda if device_type == "cuda" else spec.auto_cpu
     rejected = []
     for name in order:
-        why = spec.reason(name, x)
+        why = spec.reason(name, x, device)
         if not why:
             if rejected and name == "reference" and (op, rejected[0]) not in _warned:
                 _warned.add((op, rejected[0]))
                 warnings.warn(
                     f"genfast.{op}: falling back to the slow reference backend ("
                     + "; ".join(rejected) + ")",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
             return name
         rejected.append(f"{name}: {why}")

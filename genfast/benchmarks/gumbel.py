@@ -1,0 +1,121 @@
+"""Benchmark cases for genfast/ops/gumbel.py: gumbel_softmax and sample_categorical.
+
+Baselines: PyTorch eager (F.gumbel_softmax; torch.multinomial for sampling), torch.compile
+of the plain-torch formula, and a floor that does the same memory traffic without the noise
+(torch.softmax; torch.argmax), which no sampler can beat.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import genfast
+
+from .runner import COMPILED, Case, Factory, Inputs
+
+TARGET = (256, 32768)  # the issue's target: 256 rows over a 32k vocabulary, float32
+SMALL_VOCAB = (4096, 256)  # many short rows: per-row overhead dominates
+GPU_SHAPE = (1024, 128256)  # a Llama-3 vocabulary: 0.5 GB of fp32 logits, bandwidth-bound on a GPU
+QUICK = (32, 1000)  # n not a multiple of 4: exercises the Philox tail group
+TAU = 1.0
+
+
+def _backends(device: str) -> tuple[str, ...]:
+    # Triton on a CPU tensor is the interpreter (a correctness tool), never worth timing.
+    return ("triton", "cuda", "reference") if device.startswith("cuda") else ("cpu", "reference")
+
+
+def _inputs(shape, dtype, device, grad: bool):
+    def make() -> Inputs:
+        gen = torch.Generator(device=device).manual_seed(0)
+        # Spread 2 logits: a peaked but not one-hot distribution, as from a trained model.
+        x = (2 * torch.randn(shape, generator=gen, device=device)).to(dtype)
+        if not grad:
+            return {"x": x}
+        g = torch.randn(shape, generator=gen, device=device).to(dtype)
+        return {"x": x.requires_grad_(), "g": g}
+
+    return make
+
+
+def _timed(f, grad: bool) -> Factory:
+    """The zero-arg callable for one mode. autograd.grad, not .backward(): nothing
+    accumulates into x.grad, so repeat N does exactly the work of repeat 1."""
+    if grad:
+        return lambda inp: lambda: torch.autograd.grad(f(inp["x"]), inp["x"], inp["g"])
+    return lambda inp: lambda: f(inp["x"])
+
+
+def _compiled(f, grad: bool) -> Factory:
+    # dynamic=False: kernels specialised to this shape, the best torch.compile can do here.
+    # Created inside the factory so the compile happens after the runner's Dynamo reset.
+    return lambda inp: _timed(torch.compile(f, dynamic=False), grad)(inp)
+
+
+def gumbel_case(shape, dtype, device: str, mode: str, hard: bool) -> Case:
+    grad = mode == "forward+backward"
+
+    def eager(x):
+        return F.gumbel_softmax(x, tau=TAU, hard=hard)
+
+    providers: dict[str, Factory] = {}
+    for b in _backends(device):
+        providers[f"genfast:{b}"] = _timed(
+            lambda x, b=b: genfast.gumbel_softmax(x, tau=TAU, hard=hard, backend=b), grad)
+    providers["torch eager"] = _timed(eager, grad)
+    providers[COMPILED] = _compiled(eager, grad)
+    providers["torch.softmax (floor)"] = _timed(lambda x: torch.softmax(x, -1), grad)
+    n = torch.Size(shape).numel() * dtype.itemsize
+    return Case(
+        op="gumbel_softmax", name="hard" if hard else "soft", shape=shape, dtype=dtype,
+        device=device, mode=mode, inputs=_inputs(shape, dtype, device, grad),
+        providers=providers,
+        # forward: read x, write y; backward: read dy and the saved y (or x), write dx.
+        bytes=(5 if grad else 2) * n,
+        eager="torch eager", floor="torch.softmax (floor)",
+    )
+
+
+def _gumbel_max(x):
+    # argmax(x + Gumbel) with the Gumbel as -log(Exp(1)): the exponential race, the cheapest
+    # plain-torch Gumbel-max (one random kernel, no log(-log(u))).
+    return torch.argmax(x - torch.empty_like(x).exponential_().log(), dim=-1)
+
+
+def sample_case(shape, dtype, device: str) -> Case:
+    providers: dict[str, Factory] = {}
+    for b in _backends(device):
+        providers[f"genfast:{b}"] = _timed(
+            lambda x, b=b: genfast.sample_categorical(x, backend=b), grad=False)
+    providers["torch.multinomial"] = _timed(
+        lambda x: torch.multinomial(torch.softmax(x, -1), 1), grad=False)
+    providers["torch gumbel-max"] = _timed(_gumbel_max, grad=False)
+    providers[COMPILED] = _compiled(_gumbel_max, grad=False)
+    providers["torch.argmax (floor)"] = _timed(lambda x: torch.argmax(x, -1), grad=False)
+    rows = torch.Size(shape[:-1]).numel()
+    return Case(
+        op="sample_categorical", name="t=1", shape=shape, dtype=dtype, device=device,
+        mode="sample", inputs=_inputs(shape, dtype, device, grad=False), providers=providers,
+        bytes=torch.Size(shape).numel() * dtype.itemsize + rows * 8,  # read x, write int64 per row
+        eager="torch.multinomial", floor="torch.argmax (floor)",
+    )
+
+
+def cases(device: str = "cpu", quick: bool = False,
+          dtypes: list[torch.dtype] | None = None) -> list[Case]:
+    cuda = device.startswith("cuda")
+    if quick:
+        shapes = [QUICK]
+    else:
+        shapes = [TARGET, SMALL_VOCAB] + ([GPU_SHAPE] if cuda else [])
+    if dtypes is None:
+        # Half precision is a GPU dtype for genfast (DESIGN.md section 4).
+        dtypes = [torch.float32, torch.bfloat16] if cuda else [torch.float32]
+    out = []
+    for dtype in dtypes:
+        for shape in shapes:
+            for mode in ("forward", "forward+backward"):
+                out += [gumbel_case(shape, dtype, device, mode, hard) for hard in (False, True)]
+            out.append(sample_case(shape, dtype, device))
+    return out
