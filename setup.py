@@ -45,6 +45,17 @@ def _find_nvcc() -> str | None:
     return shutil.which("nvcc")
 
 
+def _cuda_home(nvcc: str) -> Path:
+    # nvcc may be a wrapper script outside the toolkit (e.g. /usr/local/bin/nvcc): trust
+    # CUDA_HOME, then nvcc's own prefix if it holds the runtime headers, then /usr/local/cuda.
+    for cand in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                 Path(nvcc).resolve().parent.parent, "/usr/local/cuda"):
+        if cand and (Path(cand) / "include" / "cuda_runtime.h").exists():
+            return Path(cand)
+    raise SystemExit(f"found nvcc at {nvcc} but no CUDA toolkit (include/cuda_runtime.h); "
+                     "set CUDA_HOME or GENFAST_CUDA=0")
+
+
 def _cuda_archs() -> list[str]:
     raw = os.environ.get("GENFAST_CUDA_ARCHS", "75;80;90")
     archs = [a.strip().replace(".", "") for a in raw.replace(",", ";").split(";") if a.strip()]
@@ -143,7 +154,7 @@ def _extensions() -> list[Extension]:
     ]
     nvcc = _want_cuda()
     if nvcc:
-        cuda_home = Path(nvcc).resolve().parent.parent
+        cuda_home = _cuda_home(nvcc)
         cu_sources = sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cuda").glob("*.cu"))
         lib_dirs = [str(cuda_home / d) for d in ("lib64", "lib", "lib64/stubs") if (cuda_home / d).exists()]
         ext = Extension(

@@ -10,9 +10,13 @@
 #include "common/dtype.h"
 #ifdef GENFAST_WITH_CUDA
 #include "cuda/gumbel.h"
+// [include:cuda]
 #define GENFAST_MODULE _cuda
 #else
 #include "cpu/gumbel.h"
+#include "cpu/gradient_penalty.h"
+#include "cpu/spectral_norm.h"
+// [include:cpu]
 #define GENFAST_MODULE _C
 #endif
 
@@ -130,4 +134,65 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("x"), py::arg("x_row_stride"), py::arg("out"), py::arg("rows"), py::arg("n"),
       py::arg("dtype"), py::arg("seed"), py::arg("inv_temperature"), py::arg("top_k"),
       py::arg("top_p"), GENFAST_TAIL_NAME);
+
+#ifdef GENFAST_WITH_CUDA
+  // [bind:cuda:spectral_norm]
+  // [bind:cuda:gradient_penalty]
+#else
+  // [bind:cpu:spectral_norm]
+  m.def(
+      "spectral_norm_power_iteration",
+      [](int64_t count, Ptr meta, int dtype, int n_iter, double eps, Ptr sigma, int num_threads) {
+        check_dtype(dtype, false);
+        if (count < 0) throw std::invalid_argument("count: negative");
+        if (n_iter < 0) throw std::invalid_argument("n_iter: negative");
+        if (!(eps > 0.0)) throw std::invalid_argument("eps: must be > 0");
+        if (count == 0) return;
+        if (meta == 0) throw std::invalid_argument("meta: null data pointer");
+        if (sigma == 0) throw std::invalid_argument("sigma: null data pointer");
+        // Rows (W, u, v, h, w, ld): a bad size or stride would walk past W or write past u/v.
+        const auto* rows = reinterpret_cast<const int64_t*>(meta);
+        for (int64_t i = 0; i < count; ++i) {
+          const int64_t* r = rows + 6 * i;
+          const std::string at = "meta row " + std::to_string(i) + ": ";
+          check_view((at + "W").c_str(), static_cast<Ptr>(r[0]), r[3], r[4], r[5], false);
+          check_view((at + "u").c_str(), static_cast<Ptr>(r[1]), r[3] > 0 ? 1 : 0, r[3], r[3], true);
+          check_view((at + "v").c_str(), static_cast<Ptr>(r[2]), r[4] > 0 ? 1 : 0, r[4], r[4], true);
+        }
+        py::gil_scoped_release nogil;
+        genfast::cpu::spectral_norm_power_iteration(
+            count, rows, dtype, n_iter, eps, reinterpret_cast<float*>(sigma),
+            num_threads < 1 ? 1 : num_threads);
+      },
+      py::arg("count"), py::arg("meta"), py::arg("dtype"), py::arg("n_iter"), py::arg("eps"),
+      py::arg("sigma"), py::arg("num_threads"));
+  // [bind:cpu:gradient_penalty]
+  m.def(
+      "gp_row_norms",
+      [](Ptr g, int64_t ld, int64_t rows, int64_t d, int dtype, Ptr norms, int num_threads) {
+        check_dtype(dtype, false);
+        check_view("g", g, rows, d, ld, false);
+        check_view("norms", norms, rows, 1, 1, true);
+        py::gil_scoped_release nogil;
+        genfast::cpu::gp_row_norms(reinterpret_cast<const void*>(g), ld, rows, d, dtype,
+                                   reinterpret_cast<void*>(norms), num_threads < 1 ? 1 : num_threads);
+      },
+      py::arg("g"), py::arg("ld"), py::arg("rows"), py::arg("d"), py::arg("dtype"),
+      py::arg("norms"), py::arg("num_threads"));
+  m.def(
+      "gp_scale_rows",
+      [](Ptr g, int64_t ld, Ptr scale, Ptr out, int64_t rows, int64_t d, int dtype,
+         int num_threads) {
+        check_dtype(dtype, false);
+        check_view("g", g, rows, d, ld, false);
+        check_view("scale", scale, rows, d > 0 ? 1 : 0, 1, false);
+        check_view("out", out, rows, d, d, true);
+        py::gil_scoped_release nogil;
+        genfast::cpu::gp_scale_rows(reinterpret_cast<const void*>(g), ld,
+                                    reinterpret_cast<const void*>(scale), reinterpret_cast<void*>(out),
+                                    rows, d, dtype, num_threads < 1 ? 1 : num_threads);
+      },
+      py::arg("g"), py::arg("ld"), py::arg("scale"), py::arg("out"), py::arg("rows"), py::arg("d"),
+      py::arg("dtype"), py::arg("num_threads"));
+#endif
 }

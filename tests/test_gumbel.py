@@ -236,6 +236,9 @@ def test_hostile_rows_have_defined_results(backend):
     s_greedy = genfast.sample_categorical(x, temperature=0, backend=backend)
     assert s_greedy.tolist()[1:] == [1, 0, 2]
     nan_rows = torch.full((3, 5), math.nan)
+    nan_rows[1, :2] = 1.0  # one NaN is enough to poison a row
+    for hard in (False, True):
+        assert genfast.gumbel_softmax(nan_rows, hard=hard, seed=1, backend=backend).isnan().all()
     assert ((genfast.sample_categorical(nan_rows, seed=1, backend=backend) >= 0)
             & (genfast.sample_categorical(nan_rows, seed=1, backend=backend) < 5)).all()
 

@@ -9,10 +9,13 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)  // GCC >= 12, clang
 #include <immintrin.h>
 #define GENFAST_X86_SIMD 1
+#endif
 #endif
 
 #define GENFAST_INLINE inline __attribute__((always_inline))
@@ -36,7 +39,7 @@ GENFAST_INLINE float from_bits(uint32_t u) {
 //
 // No select anywhere: GCC (under its default -ftrapping-math) turns a select between float
 // results back into a branch, and a branch stops the loop from vectorising. Integer bit tricks
-// and clamps (which become min/max) do not.
+// do not.
 GENFAST_INLINE float log(float x) {
   // x = 2^e * f with f in [sqrt(1/2), sqrt(2)), from integer arithmetic on the bits (positive
   // floats order like their bits): t = f - 1 is small and, near x = 1, exact, so log stays
@@ -93,6 +96,57 @@ GENFAST_INLINE float exp(float x) {
   return er * from_bits(scale);
 }
 
+// Row reductions. kLanes independent accumulators: that order is what lets GCC vectorise a float
+// reduction without -ffast-math, with enough vector registers in flight to hide the latency.
+constexpr int kLanes = 32;
+
+// Max ignoring NaN; *has_nan says whether the row holds one.
+template <typename T>
+GENFAST_INLINE T row_max(const T* x, int64_t n, bool* has_nan) {
+  T mx[kLanes], z[kLanes];
+  for (int j = 0; j < kLanes; ++j) mx[j] = -std::numeric_limits<T>::infinity(), z[j] = T(0);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const T v = x[i + j];
+      mx[j] = v > mx[j] ? v : mx[j];
+      z[j] += v * T(0);  // NaN iff some v is NaN or +-inf: a cheap filter for the exact check
+    }
+  }
+  for (int j = 0; i + j < n; ++j) {
+    const T v = x[i + j];
+    mx[j] = v > mx[j] ? v : mx[j];
+    z[j] += v * T(0);
+  }
+  T m = mx[0], zs = z[0];
+  for (int j = 1; j < kLanes; ++j) m = mx[j] > m ? mx[j] : m, zs += z[j];
+  *has_nan = false;
+  if (zs != zs)
+    for (int64_t k = 0; k < n && !*has_nan; ++k) *has_nan = x[k] != x[k];
+  return m;
+}
+
+// Sum of f(i) over [0, n); the partial sums also round less than one running sum would.
+template <typename T, typename F>
+GENFAST_INLINE T lane_sum(int64_t n, F f) {
+  T s[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) s[j] += f(i + j);
+  for (int j = 0; i + j < n; ++j) s[j] += f(i + j);
+  T t = T(0);
+  for (int j = 0; j < kLanes; ++j) t += s[j];
+  return t;
+}
+
+// First index of v in x[0..n), or n - 1 if absent: an index that must stay in range does.
+template <typename T>
+GENFAST_INLINE int64_t first_index_of(const T* x, int64_t n, T v) {
+  int64_t i = 0;
+  while (i < n - 1 && x[i] != v) ++i;
+  return i;
+}
+
 #ifdef GENFAST_X86_SIMD
 // Philox4x32-10 needs 32x32->64-bit products. GCC vectorises philox_block's scalar code badly
 // (it widens to 64-bit lanes and repacks, or synthesises a 64-bit multiply from shifts: no faster
@@ -134,7 +188,10 @@ GENFAST_INLINE void philox_lanes(uint64_t seed, uint64_t row, uint32_t q0, int64
   const V r1 = V{} + static_cast<uint32_t>(row), r2 = V{} + static_cast<uint32_t>(row >> 32);
   V k0[10], k1[10], lane;
   uint32_t a0 = static_cast<uint32_t>(seed), a1 = static_cast<uint32_t>(seed >> 32);
-  for (int r = 0; r < 10; ++r, a0 += 0x9E3779B9u, a1 += 0xBB67AE85u) k0[r] = V{} + a0, k1[r] = V{} + a1;
+  for (int r = 0; r < 10; ++r, a0 += 0x9E3779B9u, a1 += 0xBB67AE85u) {
+    k0[r] = V{} + a0;
+    k1[r] = V{} + a1;
+  }
   for (int i = 0; i < L; ++i) lane[i] = static_cast<uint64_t>(i);
   for (int64_t q = 0; q < quads; q += L) {
     V x0 = (lane + (q0 + static_cast<uint64_t>(q))) & lo, x1 = r1, x2 = r2, x3 = V{};

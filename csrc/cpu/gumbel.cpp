@@ -36,11 +36,21 @@ namespace {
 
 // Columns per noise chunk: the words, the noise and the chunk's x and y stay in L1.
 constexpr int64_t kChunk = 256;
-// Independent accumulators per reduction: enough vector registers to hide add/max latency.
-constexpr int kLanes = 32;
 
 template <typename T>
 constexpr T kInf = std::numeric_limits<T>::infinity();
+
+using fastmath::first_index_of;
+using fastmath::lane_sum;
+using fastmath::row_max;
+
+// A finite scale past float range would round to +inf: 0 * inf = NaN in the softmax, and a false
+// "greedy" in sampling. The largest float keeps the limit's meaning; +inf itself stays.
+template <typename T>
+T to_scale(double v) {
+  constexpr double kMax = std::numeric_limits<T>::max();
+  return v == kInf<double> ? kInf<T> : static_cast<T>(std::min(v, kMax));
+}
 
 GENFAST_INLINE float flog(float x) { return fastmath::log(x); }
 GENFAST_INLINE double flog(double x) { return std::log(x); }
@@ -63,6 +73,10 @@ __attribute__((target("avx512f"))) void philox_words(uint64_t seed, uint64_t row
                                                      int64_t quads, uint32_t* w) {
   fastmath::philox_lanes<fastmath::u64x8>(seed, row, q0, quads, w);
 }
+#elif defined(GENFAST_X86_SIMD)
+void philox_words(uint64_t seed, uint64_t row, uint32_t q0, int64_t quads, uint32_t* w) {
+  fastmath::philox_lanes<fastmath::u64x2>(seed, row, q0, quads, w);  // SSE2 is x86-64's baseline
+}
 #else
 void philox_words(uint64_t seed, uint64_t row, uint32_t q0, int64_t quads, uint32_t* w) {
   for (int64_t q = 0; q < quads; ++q) {
@@ -77,7 +91,8 @@ void philox_words(uint64_t seed, uint64_t row, uint32_t q0, int64_t quads, uint3
 template <typename T>
 GENFAST_INLINE void gumbel_chunk(uint64_t seed, uint64_t row, int64_t c0, int64_t len, T* g) {
   alignas(64) uint32_t w[kChunk];  // kChunk / 4 blocks: a whole number of vectors
-  philox_words(seed, row, static_cast<uint32_t>(static_cast<uint64_t>(c0) >> 2), (len + 3) >> 2, w);
+  const auto q0 = static_cast<uint32_t>(static_cast<uint64_t>(c0) >> 2);  // the stream's 32 bits
+  philox_words(seed, row, q0, (len + 3) >> 2, w);
   for (int64_t i = 0; i < len; ++i) {
     // uniform_from_word; w >> 9 < 2^23 fits int32, whose conversion is one SIMD op.
     const float u = (static_cast<float>(static_cast<int32_t>(w[i] >> 9)) + 0.5f) *
@@ -96,53 +111,8 @@ GENFAST_INLINE float shifted(float x, float m) {
 }
 GENFAST_INLINE double shifted(double x, double m) { return x == m ? 0.0 : x - m; }
 
-// Max ignoring NaN; *has_nan says whether the row holds one.
-template <typename T>
-GENFAST_INLINE T row_max(const T* x, int64_t n, bool* has_nan) {
-  T mx[kLanes], z[kLanes];
-  for (int j = 0; j < kLanes; ++j) mx[j] = -kInf<T>, z[j] = T(0);
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const T v = x[i + j];
-      mx[j] = v > mx[j] ? v : mx[j];
-      z[j] += v * T(0);  // NaN iff some v is NaN or +-inf: a cheap filter for the exact check
-    }
-  }
-  for (int j = 0; i + j < n; ++j) {
-    const T v = x[i + j];
-    mx[j] = v > mx[j] ? v : mx[j];
-    z[j] += v * T(0);
-  }
-  T m = mx[0], zs = z[0];
-  for (int j = 1; j < kLanes; ++j) m = mx[j] > m ? mx[j] : m, zs += z[j];
-  *has_nan = false;
-  if (zs != zs)
-    for (int64_t k = 0; k < n && !*has_nan; ++k) *has_nan = x[k] != x[k];
-  return m;
-}
-
-template <typename T>
-GENFAST_INLINE T row_sum(const T* x, int64_t n) {
-  T s[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) s[j] += x[i + j];
-  for (int j = 0; i + j < n; ++j) s[j] += x[i + j];
-  T t = T(0);
-  for (int j = 0; j < kLanes; ++j) t += s[j];
-  return t;
-}
-
-template <typename T>
-GENFAST_INLINE int64_t first_index_of(const T* x, int64_t n, T v) {
-  int64_t i = 0;
-  while (i < n - 1 && x[i] != v) ++i;
-  return i;
-}
-
 // y = softmax((x' - m' + g) * inv_tau), or its hard one-hot, over one row. y is the scratch:
-// it first holds a = x' - m' + g, so x is read once and no extra row buffer exists.
+// it first holds a = x' - m' + g, so no row buffer exists besides the output.
 template <typename T>
 GENFAST_INLINE void fwd_row(const T* x, T* y, int64_t n, uint64_t seed, uint64_t row, T inv_tau,
                             bool hard) {
@@ -165,22 +135,11 @@ GENFAST_INLINE void fwd_row(const T* x, T* y, int64_t n, uint64_t seed, uint64_t
     y[j] = T(1);
     return;
   }
-  T s[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const T e = fexp((y[i + j] - amax) * inv_tau);  // <= 0, so no overflow for any tau
-      y[i + j] = e;
-      s[j] += e;
-    }
-  }
-  for (int j = 0; i + j < n; ++j) {
-    const T e = fexp((y[i + j] - amax) * inv_tau);
-    y[i + j] = e;
-    s[j] += e;
-  }
-  T sum = T(0);
-  for (int j = 0; j < kLanes; ++j) sum += s[j];
+  const T sum = lane_sum<T>(n, [&](int64_t k) {
+    const T e = fexp((y[k] - amax) * inv_tau);  // argument <= 0: no overflow for any tau
+    y[k] = e;
+    return e;
+  });
   const T inv = T(1) / sum;  // sum >= 1: the argmax contributes exp(0)
   for (int64_t k = 0; k < n; ++k) y[k] *= inv;
 }
@@ -195,13 +154,7 @@ GENFAST_INLINE void bwd_row(const T* dy, const T* src, T* dx, int64_t n, uint64_
     fwd_row(src, dx, n, seed, row, inv_tau, false);
     y = dx;
   }
-  T s[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) s[j] += dy[i + j] * y[i + j];
-  for (int j = 0; i + j < n; ++j) s[j] += dy[i + j] * y[i + j];
-  T dot = T(0);
-  for (int j = 0; j < kLanes; ++j) dot += s[j];
+  const T dot = lane_sum<T>(n, [&](int64_t k) { return dy[k] * y[k]; });
   for (int64_t k = 0; k < n; ++k) dx[k] = y[k] * (dy[k] - dot) * inv_tau;
 }
 
@@ -371,7 +324,8 @@ GENFAST_INLINE int64_t sample_row(const T* x, int64_t n, uint64_t seed, uint64_t
   return best_i;
 }
 
-// Row blocks: the unit parallel_for hands to a thread, and the unit that is multiversioned.
+// Row blocks [r0, r1): the unit parallel_for hands a thread, and the unit that is multiversioned
+// (one dispatch per block, and the row loops inline into each ISA's copy).
 struct FwdArgs {
   const void* x; int64_t xs; void* y; int64_t ys; int64_t n; uint64_t seed; double inv_tau;
   bool hard;
@@ -389,7 +343,7 @@ template <typename T>
 GENFAST_INLINE void fwd_block(const FwdArgs& a, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r)
     fwd_row(static_cast<const T*>(a.x) + r * a.xs, static_cast<T*>(a.y) + r * a.ys, a.n, a.seed,
-            static_cast<uint64_t>(r), static_cast<T>(a.inv_tau), a.hard);
+            static_cast<uint64_t>(r), to_scale<T>(a.inv_tau), a.hard);
 }
 
 template <typename T>
@@ -397,7 +351,7 @@ GENFAST_INLINE void bwd_block(const BwdArgs& a, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r)
     bwd_row(static_cast<const T*>(a.dy) + r * a.dys, static_cast<const T*>(a.src) + r * a.srcs,
             static_cast<T*>(a.dx) + r * a.dxs, a.n, a.seed, static_cast<uint64_t>(r),
-            static_cast<T>(a.inv_tau), a.recompute);
+            to_scale<T>(a.inv_tau), a.recompute);
 }
 
 template <typename T>
@@ -405,12 +359,16 @@ GENFAST_INLINE void sample_block(const SampleArgs& a, int64_t r0, int64_t r1) {
   FilterScratch<T> scratch;  // stays empty unless the call filters
   for (int64_t r = r0; r < r1; ++r)
     a.out[r] = sample_row(static_cast<const T*>(a.x) + r * a.xs, a.n, a.seed,
-                          static_cast<uint64_t>(r), static_cast<T>(a.inv_temp), a.top_k, a.top_p,
+                          static_cast<uint64_t>(r), to_scale<T>(a.inv_temp), a.top_k, a.top_p,
                           scratch);
 }
 
-GENFAST_CLONES void fwd_f32(const FwdArgs& a, int64_t r0, int64_t r1) { fwd_block<float>(a, r0, r1); }
-GENFAST_CLONES void bwd_f32(const BwdArgs& a, int64_t r0, int64_t r1) { bwd_block<float>(a, r0, r1); }
+GENFAST_CLONES void fwd_f32(const FwdArgs& a, int64_t r0, int64_t r1) {
+  fwd_block<float>(a, r0, r1);
+}
+GENFAST_CLONES void bwd_f32(const BwdArgs& a, int64_t r0, int64_t r1) {
+  bwd_block<float>(a, r0, r1);
+}
 GENFAST_CLONES void sample_f32(const SampleArgs& a, int64_t r0, int64_t r1) {
   sample_block<float>(a, r0, r1);
 }

@@ -1,5 +1,5 @@
 // Device helpers shared by the CUDA kernels: dtype traits, quad (4-element) loads and stores,
-// and row-group reductions. Header-only; include only from .cu files.
+// row-group reductions and the row loop of row-wise kernels. Include only from .cu files.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -253,6 +253,54 @@ struct Group {
       __syncthreads();  // scratch is reused by the next reduction
     }
     return v;
+  }
+};
+
+// ---- row kernels: one row per group of C::kThreads threads --------------------------------
+
+// Launch shape of a row kernel. Groups up to a warp share 128-thread blocks (short rows keep
+// lanes busy); larger groups are a whole block. Each thread owns quads rank, rank + kThreads, ...
+template <int kThreads_, int kItems_>
+struct Cfg {
+  static constexpr int kThreads = kThreads_;  // threads per row (power of two)
+  static constexpr int kItems = kItems_;      // quads cached per thread; 0 = row not cached
+  static constexpr int kBlock = kThreads_ > 128 ? kThreads_ : 128;
+  static constexpr int kRowsPerBlock = kBlock / kThreads_;
+  static constexpr int kSlots = kItems_ > 0 ? kItems_ : 1;  // register array size
+  // Longest row a cached config holds: every quad must have a register slot.
+  static constexpr int64_t kMaxN = kItems_ > 0 ? 4LL * kThreads_ * kItems_ : INT64_MAX;
+};
+
+// Every kernel walks rows in a block-uniform loop. Sub-warp groups past the last row keep running
+// on a clamped row (reads stay in bounds) with live = false, so all lanes of a warp execute the
+// same shuffles; such groups never write.
+template <class C, class F>
+__device__ __forceinline__ void for_each_row(int64_t rows, F&& f) {
+  const int64_t sub = threadIdx.x / C::kThreads;
+  for (int64_t r0 = static_cast<int64_t>(blockIdx.x) * C::kRowsPerBlock; r0 < rows;
+       r0 += static_cast<int64_t>(gridDim.x) * C::kRowsPerBlock) {
+    const int64_t r = r0 + sub;
+    f(r < rows ? r : rows - 1, r < rows);
+  }
+}
+
+// Calls f(slot, q) for each quad this thread owns. slot indexes the register cache; the unrolled
+// loop makes it a compile-time constant, so the cache stays in registers.
+template <class C>
+struct Quads {
+  int rank;
+  int64_t nq;  // quads in the row, ceil(n / 4)
+  template <class F>
+  __device__ __forceinline__ void operator()(F&& f) const {
+    if constexpr (C::kItems > 0) {
+#pragma unroll
+      for (int i = 0; i < C::kItems; ++i) {
+        const int64_t q = rank + static_cast<int64_t>(i) * C::kThreads;
+        if (q < nq) f(i, q);
+      }
+    } else {
+      for (int64_t q = rank; q < nq; q += C::kThreads) f(0, q);
+    }
   }
 };
 

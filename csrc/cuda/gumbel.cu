@@ -24,60 +24,15 @@ namespace {
 using dev::acc_t;
 using dev::ArgMax;
 using dev::ArgMaxOp;
+using dev::Cfg;
+using dev::for_each_row;
 using dev::Group;
 using dev::MaxOp;
 using dev::NanMaxOp;
 using dev::neg_inf;
 using dev::order_key;
+using dev::Quads;
 using dev::SumOp;
-
-template <int kThreads_, int kItems_>
-struct Cfg {
-  static constexpr int kThreads = kThreads_;  // threads per row (power of two)
-  static constexpr int kItems = kItems_;      // quads cached per thread; 0 = row not cached
-  static constexpr int kBlock = kThreads_ > 128 ? kThreads_ : 128;
-  static constexpr int kRowsPerBlock = kBlock / kThreads_;
-  static constexpr int kSlots = kItems_ > 0 ? kItems_ : 1;  // register array size
-  // Longest row a cached config holds: every quad must have a register slot.
-  static constexpr int64_t kMaxN = kItems_ > 0 ? 4LL * kThreads_ * kItems_ : INT64_MAX;
-};
-
-// Enough blocks to fill any GPU many times over; the grid-stride row loop does the rest (rows
-// can exceed gridDim limits and the per-block loop costs nothing).
-constexpr int64_t kMaxBlocks = 65535;
-
-// Every kernel walks rows in a block-uniform loop. Sub-warp groups past the last row keep running
-// on a clamped row (reads stay in bounds) with live = false, so all lanes of a warp execute the
-// same shuffles; such groups never write.
-template <class C, class F>
-__device__ __forceinline__ void for_each_row(int64_t rows, F&& f) {
-  const int64_t sub = threadIdx.x / C::kThreads;
-  for (int64_t r0 = static_cast<int64_t>(blockIdx.x) * C::kRowsPerBlock; r0 < rows;
-       r0 += static_cast<int64_t>(gridDim.x) * C::kRowsPerBlock) {
-    const int64_t r = r0 + sub;
-    f(r < rows ? r : rows - 1, r < rows);
-  }
-}
-
-// Calls f(slot, q) for each quad this thread owns. slot indexes the register cache; the unrolled
-// loop makes it a compile-time constant, so the cache stays in registers.
-template <class C>
-struct Quads {
-  int rank;
-  int64_t nq;  // quads in the row, ceil(n / 4)
-  template <class F>
-  __device__ __forceinline__ void operator()(F&& f) const {
-    if constexpr (C::kItems > 0) {
-#pragma unroll
-      for (int i = 0; i < C::kItems; ++i) {
-        const int64_t q = rank + static_cast<int64_t>(i) * C::kThreads;
-        if (q < nq) f(i, q);
-      }
-    } else {
-      for (int64_t q = rank; q < nq; q += C::kThreads) f(0, q);
-    }
-  }
-};
 
 // g = -log(-log(u)) for the 4 columns of quad q (contract: "Noise"); double math for float64.
 template <typename A>
@@ -315,7 +270,7 @@ __global__ void __launch_bounds__(C::kBlock)
     const bool vdy = dev::vec_ok(dyr), vs = dev::vec_ok(sr), vdx = dev::vec_ok(dxr);
     A c[C::kSlots][4];  // y
     A d[C::kSlots][4];  // dy
-    // Only meaningful when recompute; a plain initialisation keeps both paths branch-uniform.
+    // Used only when recompute; otherwise y is read from src.
     Shift<A> sh(A(0));
     SoftStats<A> st{A(0), A(0)};
     if (recompute) {
@@ -517,6 +472,10 @@ __global__ void __launch_bounds__(C::kBlock)
 }
 
 // ---- host side ----------------------------------------------------------------------------
+
+// Enough blocks to fill any GPU many times over; the grid-stride row loop does the rest (rows
+// can exceed gridDim limits and the per-block loop costs nothing).
+constexpr int64_t kMaxBlocks = 65535;
 
 template <typename T>
 struct Tag {

@@ -96,8 +96,6 @@ def machine(device: str, load_before: float | None = None) -> dict:
         "genfast_commit": _genfast_commit(),
         "cuda": torch.version.cuda,
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        # Other work on the box inflates times, and multi-threaded torch ops (a barrier per
-        # op) far more than genfast's per-call threads: a busy machine flatters genfast.
         "cpu_count": os.cpu_count(),
         "load_1min_before": load_before,
         "load_1min_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
@@ -120,12 +118,10 @@ def machine(device: str, load_before: float | None = None) -> dict:
     return info
 
 
-def busy(info: dict) -> bool:
-    before, after, cores = info["load_1min_before"], info["load_1min_after"], info["cpu_count"]
-    if before is None or after is None or not cores:
-        return False
-    # Before the run nothing of ours was running; during it we keep up to `cores` busy.
-    return before > 1.0 or after > cores + 1.0
+def foreign_max(rows_: list[dict]) -> float | None:
+    """Most cores other processes used during any case's timing (None on GPU runs)."""
+    seen = [r["foreign_cores"] for r in rows_ if r.get("foreign_cores") is not None]
+    return max(seen, default=None)
 
 
 def slug(text: str) -> str:
@@ -178,6 +174,7 @@ def rows(results: list[Result], info: dict) -> list[dict]:
             "pct_peak_bw": 100 * gbps / (info["peak_tbps"] * 1e3)
             if gbps and info.get("peak_tbps") else None,
             "peak_mem_mib": r.peak_mem_bytes / 2**20 if r.peak_mem_bytes is not None else None,
+            "foreign_cores": r.foreign_cores,
         }
         if r.provider.startswith("genfast"):
             row |= speedups(r, by_case[c.id])
@@ -185,7 +182,7 @@ def rows(results: list[Result], info: dict) -> list[dict]:
     return out
 
 
-def header(op_stem: str, info: dict) -> str:
+def header(op_stem: str, info: dict, rows_: list[dict]) -> str:
     commit = info["genfast_commit"] or "n/a"
     gpu = info["device"].startswith("cuda")
     if gpu:
@@ -194,11 +191,11 @@ def header(op_stem: str, info: dict) -> str:
                  f"driver {info['driver'] or 'n/a'} | peak BW {bw}")
     else:
         extra = f" | {info['threads']} threads | peak memory: n/a on CPU"
-    warn = ""
-    if busy(info):
-        warn = (f"\n**Warning: the machine looks busy** (1-min load {info['load_1min_before']:.1f} "
-                f"before, {info['load_1min_after']:.1f} after, {info['cpu_count']} cores): times "
-                "are inflated, multi-threaded baselines most, so ratios flatter genfast.\n")
+    warn, foreign = "", foreign_max(rows_)
+    if foreign is not None and foreign > 0.2:
+        warn = (f"\n**Warning: the machine was busy**: other processes used up to {foreign:.1f} "
+                f"of {info['cpu_count']} cores while this ran. Times are inflated, multi-threaded "
+                "baselines most, so these ratios flatter genfast.\n")
     return (f"## genfast bench: {op_stem}\n\n"
             f"**{info['device_name']}**{extra} | torch {info['torch']} | "
             f"triton {info['triton'] or 'n/a'} | python {info['python']} | "
@@ -238,7 +235,7 @@ def table(op: str, rows_: list[dict], gpu: bool) -> str:
 def markdown(op_stem: str, info: dict, rows_: list[dict]) -> str:
     ops = list(dict.fromkeys(r["op"] for r in rows_))
     gpu = info["device"].startswith("cuda")
-    return header(op_stem, info) + "\n" + "\n".join(table(op, rows_, gpu) for op in ops)
+    return header(op_stem, info, rows_) + "\n" + "\n".join(table(op, rows_, gpu) for op in ops)
 
 
 def save(out_dir: Path, stem: str, payload: dict, text: str) -> list[Path]:

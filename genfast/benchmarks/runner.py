@@ -137,6 +137,7 @@ class Result:
     iterations: int = 0  # calls per repeat (CPU); 0 where do_bench chose
     quantiles_s: tuple[float, float, float] | None = None  # p20, median, p80
     peak_mem_bytes: int | None = None  # CUDA only: allocated by one call beyond what existed
+    foreign_cores: float | None = None  # CPU only: cores other processes used while we timed
 
     @property
     def median_s(self) -> float | None:
@@ -166,6 +167,27 @@ def _warm(fn: Callable[[], object], seconds: float) -> float:
         elapsed = time.perf_counter() - t0
         if elapsed >= seconds:
             return elapsed / calls
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal: steal is a neighbour VM on our cores.
+    busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+def foreign_cores(before, after, wall_s: float) -> float | None:
+    """Cores that other processes kept busy on average: a noisy neighbour inflates times,
+    and multi-threaded torch ops (a barrier per op) far more than single-threaded ones."""
+    if before is None or after is None or wall_s <= 0:
+        return None
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / wall_s)
 
 
 def time_cpu(fns: dict[str, Callable[[], object]], s: Settings) -> dict[str, tuple[list, int]]:
@@ -237,7 +259,11 @@ def run_case(case: Case, s: Settings) -> list[Result]:
             results[name].quantiles_s = time_cuda(fn, s)
             results[name].peak_mem_bytes = peak_memory(fn, case.device)
     else:
-        for name, (times, iters) in time_cpu(ready, s).items():
+        before, t0 = _cpu_seconds(), time.perf_counter()
+        timed = time_cpu(ready, s)
+        foreign = foreign_cores(before, _cpu_seconds(), time.perf_counter() - t0)
+        for name, (times, iters) in timed.items():
             res = results[name]
             res.times_s, res.iterations, res.quantiles_s = times, iters, _quantiles(times)
+            res.foreign_cores = foreign
     return list(results.values())

@@ -95,6 +95,7 @@ def _ref_fwd(x: Tensor, seed: Tensor, inv_tau: float, hard: bool) -> Tensor:
     a = (xp - mp) + random.gumbel(_seed_value(seed), x.shape[0], x.shape[1], x.device, wd)
     if hard:
         y = torch.zeros_like(a).scatter_(1, a.argmax(dim=1, keepdim=True), 1.0)
+        y = torch.where(a.isnan().any(dim=1, keepdim=True), math.nan, y)  # NaN rows stay NaN
     else:
         e = torch.exp((a - a.amax(dim=1, keepdim=True)) * inv_tau)
         y = e / e.sum(dim=1, keepdim=True)
