@@ -10,6 +10,8 @@
 #include "common/dtype.h"
 #ifdef GENFAST_WITH_CUDA
 #include "cuda/gumbel.h"
+#include "cuda/gradient_penalty.h"
+#include "cuda/spectral_norm.h"
 // [include:cuda]
 #define GENFAST_MODULE _cuda
 #else
@@ -137,7 +139,55 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
 
 #ifdef GENFAST_WITH_CUDA
   // [bind:cuda:spectral_norm]
+  m.def(
+      "spectral_norm_power_iteration",
+      [](int64_t count, Ptr meta, int dtype, int n_iter, double eps, Ptr sigma, int64_t max_h,
+         int64_t max_w, Ptr stream) {
+        check_dtype(dtype, true);
+        if (count < 0) throw std::invalid_argument("count: negative");
+        if (n_iter < 0) throw std::invalid_argument("n_iter: negative");
+        if (!(eps > 0.0)) throw std::invalid_argument("eps: must be > 0");
+        if (max_h < 0 || max_w < 0) throw std::invalid_argument("max_h, max_w: negative");
+        if (count == 0) return;
+        if (meta == 0) throw std::invalid_argument("meta: null data pointer");
+        if (sigma == 0) throw std::invalid_argument("sigma: null data pointer");
+        // The table lives on the device, out of reach here; the kernel gives a row whose h or w
+        // passes max_h / max_w (the sizes of its shared vectors) sigma = NaN and never writes it.
+        py::gil_scoped_release nogil;
+        check_cuda(genfast::cuda::spectral_norm_power_iteration(
+            count, reinterpret_cast<const int64_t*>(meta), dtype, n_iter, eps,
+            reinterpret_cast<float*>(sigma), max_h, max_w, reinterpret_cast<void*>(stream)));
+      },
+      py::arg("count"), py::arg("meta_ptr"), py::arg("dtype"), py::arg("n_iter"), py::arg("eps"),
+      py::arg("sigma_ptr"), py::arg("max_h"), py::arg("max_w"), py::arg("stream"));
   // [bind:cuda:gradient_penalty]
+  m.def(
+      "gp_row_norms",
+      [](Ptr g, int64_t ld, int64_t rows, int64_t d, int dtype, Ptr norms, Ptr stream) {
+        check_dtype(dtype, true);
+        check_view("g", g, rows, d, ld, false);
+        check_view("norms", norms, rows, 1, 1, true);
+        py::gil_scoped_release nogil;
+        check_cuda(genfast::cuda::gp_row_norms(reinterpret_cast<const void*>(g), ld, rows, d, dtype,
+                                               reinterpret_cast<void*>(norms),
+                                               reinterpret_cast<void*>(stream)));
+      },
+      py::arg("g_ptr"), py::arg("ld"), py::arg("rows"), py::arg("d"), py::arg("dtype"),
+      py::arg("norms_ptr"), py::arg("stream"));
+  m.def(
+      "gp_scale_rows",
+      [](Ptr g, int64_t ld, Ptr scale, Ptr out, int64_t rows, int64_t d, int dtype, Ptr stream) {
+        check_dtype(dtype, true);
+        check_view("g", g, rows, d, ld, false);
+        check_view("scale", scale, rows, d > 0 ? 1 : 0, 1, false);
+        check_view("out", out, rows, d, d, true);
+        py::gil_scoped_release nogil;
+        check_cuda(genfast::cuda::gp_scale_rows(
+            reinterpret_cast<const void*>(g), ld, reinterpret_cast<const void*>(scale),
+            reinterpret_cast<void*>(out), rows, d, dtype, reinterpret_cast<void*>(stream)));
+      },
+      py::arg("g_ptr"), py::arg("ld"), py::arg("scale_ptr"), py::arg("out_ptr"), py::arg("rows"),
+      py::arg("d"), py::arg("dtype"), py::arg("stream"));
 #else
   // [bind:cpu:spectral_norm]
   m.def(

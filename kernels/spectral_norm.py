@@ -212,8 +212,9 @@ def power_iteration(
         raise ValueError(f"sigma_out must be a contiguous float32 ({count},) on {meta.device}")
     for name, v in (("n_iter", n_iter), ("max_h", max_h), ("max_w", max_w)):
         _check_int(name, v)
-    if not (eps >= 0 and math.isfinite(eps)):
-        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    # eps > 0 keeps normalize(0) = 0 / eps defined: zero weights give zero vectors, not NaN.
+    if not (eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be finite and > 0, got {eps}")
     if count == 0:
         return sigma_out
     acc = torch.float64 if dtype == torch.float64 else torch.float32

@@ -38,6 +38,9 @@ namespace {
 // -ffast-math (the order is fixed, so results do not depend on the ISA chosen at load time).
 constexpr int kLanes = 16;
 
+// Multiply-adds below which a call runs on the calling thread (see the call site).
+constexpr int64_t kMinParallelWork = int64_t{1} << 20;
+
 struct Job {
   const void* w;  // (h, n) row-major, row stride ld
   void* u;        // (h)
@@ -175,9 +178,14 @@ void spectral_norm_power_iteration(int64_t count, const int64_t* meta, int dtype
     work[i] = m[3] * m[4] + m[3] + m[4] + 1;
     total += work[i];
   }
+  // A thread start costs 20-100 us on a busy machine, the time of ~1M multiply-adds here: below
+  // that much work a call stays on the calling thread.
+  const int64_t passes = std::max(1, 2 * n_iter);
+  const int64_t threads = total * passes < kMinParallelWork
+                              ? 1
+                              : std::max<int64_t>(1, std::min<int64_t>(num_threads, count));
   // Deal weights to threads, largest first, each to the least loaded: a model's layers differ
   // in size by 100x, and the biggest decides the wall time.
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(num_threads, count));
   std::vector<int64_t> order(static_cast<size_t>(count));
   std::iota(order.begin(), order.end(), int64_t{0});
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return work[a] > work[b]; });
@@ -189,16 +197,15 @@ void spectral_norm_power_iteration(int64_t count, const int64_t* meta, int dtype
     load[t] += work[i];
   }
   const bool f32 = dtype == static_cast<int>(DType::Float32);
-  const int64_t passes = std::max(1, 2 * n_iter);
-  parallel_for(threads, total * passes / threads, static_cast<int>(threads),
-               [&](int64_t t0, int64_t t1) {
-                 for (int64_t t = t0; t < t1; ++t) {
-                   const auto& ids = share[t];
-                   const auto n = static_cast<int64_t>(ids.size());
-                   f32 ? run_f32(jobs.data(), ids.data(), n, n_iter, eps, sigma)
-                       : run_f64(jobs.data(), ids.data(), n, n_iter, eps, sigma);
-                 }
-               });
+  // kParallelMinElements per item: the cut-off above has decided already.
+  parallel_for(threads, kParallelMinElements, static_cast<int>(threads), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const auto& ids = share[t];
+      const auto n = static_cast<int64_t>(ids.size());
+      f32 ? run_f32(jobs.data(), ids.data(), n, n_iter, eps, sigma)
+          : run_f64(jobs.data(), ids.data(), n, n_iter, eps, sigma);
+    }
+  });
 }
 
 }  // namespace genfast::cpu

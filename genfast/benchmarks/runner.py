@@ -56,7 +56,7 @@ class Settings:
     warmup_s: float = 0.1
     repeat_s: float = 0.02  # one repeat lasts at least this: timer jitter stays < 0.1 %
     repeats: int = 15
-    min_repeats: int = 5
+    min_repeats: int = 3
     budget_s: float = 2.0  # per provider; a slow one gets fewer repeats, never < min_repeats
     gpu_warmup_ms: int = 25
     gpu_rep_ms: int = 100
