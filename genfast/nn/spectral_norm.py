@@ -89,9 +89,9 @@ class SpectralNorm(nn.Module):
     @torch.no_grad()
     def _iterate(self, weight: Tensor, n_iter: int) -> Tensor:
         """n_iter power iterations on the buffers in place; the floored sigma, no grad."""
-        s = ops.spectral_norm_power_iteration([weight], [self._u], [self._v], n_iter, self.eps,
-                                              dims=self.dim, backend=self.backend)
-        return ops.floor_sigma(s, self._floor(weight))[0]
+        s = ops.power_iteration([weight], [self._u], [self._v], [self.dim], n_iter, self.eps,
+                                self.backend)
+        return ops.floor_sigma(s, self._floor(weight), n_iter > 0)[0]
 
     def sigma(self, weight: Tensor) -> Tensor:
         """sigma(weight), 0-dim and differentiable; iterates first in training mode."""
@@ -295,10 +295,10 @@ class SpectralNormGroup:
             key = (w.device, w.dtype, n_iter, sn.eps, sn.backend)
             groups.setdefault(key, []).append((w, sn))
         for (_, dtype, n_iter, eps, backend), items in groups.items():
-            sigma = ops.spectral_norm_power_iteration(
+            sigma = ops.power_iteration(
                 [w for w, _ in items], [sn._u for _, sn in items], [sn._v for _, sn in items],
-                n_iter, eps, dims=[sn.dim for _, sn in items], backend=backend)
-            sigma = ops.floor_sigma(sigma, ops.sigma_floor(eps, dtype))
+                [sn.dim for _, sn in items], n_iter, eps, backend)
+            sigma = ops.floor_sigma(sigma, ops.sigma_floor(eps, dtype), n_iter > 0)
             for (_, sn), s in zip(items, sigma.unbind(), strict=True):
                 sn._pending = s
 

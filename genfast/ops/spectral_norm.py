@@ -204,6 +204,23 @@ def _run_power(weights, us, vs, dims, n_iter, eps, backend) -> Tensor:
     return sigma
 
 
+def power_iteration(weights: list[Tensor], us: list[Tensor], vs: list[Tensor],
+                    dims: list[int], n_iter: int, eps: float, backend: str | None) -> Tensor:
+    """:func:`spectral_norm_power_iteration` for callers that validated their settings once
+    (genfast.nn): checks only what the kernels rely on (u, v sizes, one dtype and device)."""
+    w0 = weights[0]
+    for w, u, v, d in zip(weights, us, vs, dims, strict=True):
+        h, n = matrix_shape(w, d)
+        if (u.shape != (h,) or v.shape != (n,) or not w.dtype == u.dtype == v.dtype == w0.dtype
+                or not w.device == u.device == v.device == w0.device):
+            raise ValueError(f"spectral norm buffers do not match their weight {tuple(w.shape)} "
+                             f"{w.dtype} on {w.device} (dim {d}): u {tuple(u.shape)} {u.dtype} "
+                             f"on {u.device}, v {tuple(v.shape)} {v.dtype} on {v.device}")
+    name = backends.resolve("spectral_norm", w0, backend)
+    with torch.no_grad():
+        return _run_power([w.detach() for w in weights], us, vs, dims, n_iter, eps, name)
+
+
 # --------------------------------------------------------------------------- sigma's autograd
 class _Sigma(torch.autograd.Function):
     """sigma(W) = u^T W v for constant u, v: the value comes from the kernel, the gradient is
@@ -232,8 +249,11 @@ def sigma_floor(eps: float, dtype: torch.dtype) -> float:
     return max(float(eps), float(torch.finfo(dtype).tiny))
 
 
-def floor_sigma(sigma: Tensor, floor: float) -> Tensor:
-    """sigma with |sigma| < floor replaced by floor (one op for a whole multi-tensor call)."""
+def floor_sigma(sigma: Tensor, floor: float, iterated: bool) -> Tensor:
+    """sigma with |sigma| < floor replaced by floor. After an iteration sigma = |W^T u| >= 0
+    (up to rounding near 0), so one clamp does it; stored vectors can give any sign."""
+    if iterated:
+        return sigma.clamp_min(floor)
     return torch.where(sigma.abs() < floor, floor, sigma)
 
 
@@ -241,7 +261,9 @@ def sigma_node(weight: Tensor, u: Tensor, v: Tensor, sigma: Tensor, dim: int,
                floor: float) -> Tensor:
     """Differentiable sigma (0-dim) of `weight` from a floored kernel value and the buffers
     it was computed with (cloned here: they change in place at the next update, and autograd
-    keeps these)."""
+    keeps these). Without autograd it is the value itself."""
+    if not (weight.requires_grad and torch.is_grad_enabled()):
+        return sigma
     return _Sigma.apply(weight, u.clone(), v.clone(), sigma, dim, floor)
 
 
@@ -355,7 +377,7 @@ def spectral_sigma(weight: Tensor, u: Tensor, v: Tensor, n_power_iterations: int
     sigma = spectral_norm_power_iteration([weight], [u], [v], n_iter, eps, dims=d,
                                           backend=backend)
     floor = sigma_floor(eps, weight.dtype)
-    return sigma_node(weight, u, v, floor_sigma(sigma, floor)[0], d, floor)
+    return sigma_node(weight, u, v, floor_sigma(sigma, floor, n_iter > 0)[0], d, floor)
 
 
 def spectral_normalize(weight: Tensor, u: Tensor | None = None, v: Tensor | None = None,
