@@ -15,9 +15,11 @@ from genfast.benchmarks import runner
 
 
 def pytest_collect_file(file_path, parent):
-    # Collect bench_*.py even where python_files (pyproject) lists only test_*.py; never twice.
+    # Collect bench_*.py even where python_files (pyproject) lists only test_*.py; never twice:
+    # pytest's own collector takes files named on the command line and python_files matches.
     patterns = parent.config.getini("python_files")
     if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
+            and not parent.session.isinitpath(file_path)
             and not any(fnmatch.fnmatch(file_path.name, p) for p in patterns)):
         return pytest.Module.from_parent(parent, path=file_path)
     return None

@@ -7,8 +7,9 @@ probed on first use (genfast.backends), so it imports on a CPU-only box without 
 from . import backends, nn, ops
 from ._info import info
 from .backends import BackendError, use_backend
-from .ops import gumbel_softmax, sample_categorical
+from .ops import (GradientPenalty, gradient_penalty, gumbel_softmax, per_sample_grad_norm,
+                  sample_categorical)
 
 __version__ = "0.1.0"
-__all__ = ["BackendError", "backends", "gumbel_softmax", "info", "nn", "ops",
-           "sample_categorical", "use_backend"]
+__all__ = ["BackendError", "GradientPenalty", "backends", "gradient_penalty", "gumbel_softmax",
+           "info", "nn", "ops", "per_sample_grad_norm", "sample_categorical", "use_backend"]

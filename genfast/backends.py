@@ -83,6 +83,14 @@ def _device_reason(backend: str, device: torch.device) -> str:
     return _triton_reason(device)
 
 
+def available(backend: str, device: str = "cpu") -> bool:
+    """Whether `backend` can run at all on `device` here (dtypes aside)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return False
+    return not _device_reason(backend, dev)
+
+
 @dataclass(frozen=True)
 class OpSpec:
     """How one op family uses the backends: dtypes each one takes, and `auto` priority."""

@@ -8,15 +8,6 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from genfast import backends  # noqa: E402
-
-
-def has_backend(name: str, device: str = "cpu") -> bool:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        return False
-    return not backends._device_reason(name, dev)
-
 
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")

@@ -7,16 +7,15 @@ import math
 
 import pytest
 import torch
-from conftest import has_backend
 from torch import nn
 
 import genfast
-from genfast import random
+from genfast import backends, random
 from genfast.ops import gradient_penalty as G
 from genfast.ops.gradient_penalty import gradient_penalty, per_sample_grad_norm
 
-FAST = [b for b in ("cpu",) if has_backend(b)]
-if has_backend("triton") and importlib.util.find_spec("genfast.kernels.gradient_penalty"):
+FAST = [b for b in ("cpu",) if backends.available(b)]
+if backends.available("triton") and importlib.util.find_spec("genfast.kernels.gradient_penalty"):
     FAST.append("triton")
 ALL = ["reference", *FAST]
 F64 = [b for b in ALL if torch.float64 in G.SPEC.dtypes[b]]  # gradcheck needs float64
@@ -72,7 +71,8 @@ def _penalty_and_grads(critic, fn):
     critic.zero_grad(set_to_none=True)
     pen = fn()
     pen.backward()
-    # The last bias never reaches the penalty (d critic / dx does not depend on it): zeros.
+    # No .grad: the last bias never reaches the penalty, biases before a LeakyReLU reach it only
+    # through the pruned, identically zero paths. Both compare as zeros.
     return pen.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone()
                           for p in critic.parameters()]
 
@@ -116,6 +116,7 @@ def test_pruned_zero_paths_are_exact(act):
                                                                       "wgan-gp")[0])
     pen, grads = _penalty_and_grads(critic, lambda: gradient_penalty(
         critic, real, fake, generator=torch.Generator().manual_seed(3)).penalty)
+    assert critic[0].bias.grad is None  # reached only through a pruned zero path
     torch.testing.assert_close(pen, ref, rtol=1e-12, atol=1e-14)
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
@@ -126,7 +127,7 @@ def test_penalty_is_differentiable_to_third_order():
     real, fake = _data((4, 6), torch.float64)
     w = critic[0].weight
     pen = gradient_penalty(critic, real, fake, generator=torch.Generator().manual_seed(0),
-                                   backend=FAST[0] if FAST else "reference").penalty
+                           backend=FAST[0] if FAST else "reference").penalty
     (g1,) = torch.autograd.grad(pen, w, create_graph=True)
     (g2,) = torch.autograd.grad(g1.square().sum(), w)
     assert torch.isfinite(g2).all() and g2.abs().sum() > 0
@@ -251,7 +252,7 @@ def test_lazy_regularization_every_k():
     for step in range(9):
         critic.calls = 0
         r = gradient_penalty(critic, real, fake, every=4, step=step,
-                                     generator=torch.Generator().manual_seed(0))
+                             generator=torch.Generator().manual_seed(0))
         if step % 4:
             assert critic.calls == 0 and r.grad_norm is None
             assert r.penalty.item() == 0 and r.penalty.dtype == torch.float32
@@ -267,7 +268,7 @@ def test_drift_term():
     base = gradient_penalty(critic, real, fake, generator=torch.Generator().manual_seed(0))
     critic.calls = 0
     r = gradient_penalty(critic, real, fake, drift=1e-3,
-                                 generator=torch.Generator().manual_seed(0))
+                         generator=torch.Generator().manual_seed(0))
     want = 1e-3 * critic.inner(real).square().mean()
     assert critic.calls == 2  # the penalty's forward and one on real
     torch.testing.assert_close(r.drift, want.detach())
@@ -276,7 +277,7 @@ def test_drift_term():
     scores = critic.inner(real)
     critic.calls = 0
     r = gradient_penalty(critic, real, fake, drift=0.5, real_scores=scores, every=2,
-                                 step=1)
+                         step=1)
     assert critic.calls == 0 and r.grad_norm is None
     torch.testing.assert_close(r.penalty, 0.5 * scores.square().mean())
     assert r.penalty.requires_grad
@@ -418,7 +419,7 @@ def test_ddp_critic_matches_plain_module(tmp_path):
         for c in (plain, wrapped):
             loss = c(fake).mean() - c(real).mean()
             loss = loss + gradient_penalty(c, real, fake,
-                                                   generator=torch.Generator().manual_seed(2)).penalty
+                                           generator=torch.Generator().manual_seed(2)).penalty
             loss.backward()
             grads.append([p.grad for p in c.parameters()])
         for a, b in zip(*grads, strict=True):
@@ -449,7 +450,7 @@ def test_non_finite_gradients_raise_or_are_documented():
         gradient_penalty(overflowing, real, fake)
     with pytest.raises(FloatingPointError, match="drift"):
         gradient_penalty(critic, real, fake, drift=1.0,
-                                 real_scores=torch.tensor([1.0, math.inf, 0.0, 0.0]))
+                         real_scores=torch.tensor([1.0, math.inf, 0.0, 0.0]))
 
 
 W = torch.nn.Parameter(torch.ones(()))

@@ -18,6 +18,7 @@ import torch
 # op stem (DESIGN.md section 1) -> module with cases(device, quick, dtypes) -> list[Case]
 OPS = {
     "gumbel": "genfast.benchmarks.gumbel",
+    "spectral_norm": "genfast.benchmarks.spectral_norm",
     "gradient_penalty": "genfast.benchmarks.gradient_penalty",
 }
 

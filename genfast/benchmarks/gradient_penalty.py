@@ -39,12 +39,13 @@ def _backends(device: str) -> tuple[str, ...]:
 
 
 def dcgan_critic(channels: int = 1, width: int = 64) -> nn.Module:
-    """DCGAN's discriminator for 16x16 inputs, without normalisation (WGAN-GP forbids batch
-    norm in the critic): two stride-2 4x4 convs with LeakyReLU(0.2), then a linear score."""
+    """The critic genfast.models.wgan_gp trains on 16x16 digits (pytorch/examples DCGAN
+    discriminator without BatchNorm, which WGAN-GP forbids): two Conv(4, 2, 1) stages with
+    LeakyReLU(0.2), then Conv(4, 1, 0) to one score per image, (N,)."""
     return nn.Sequential(
-        nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Conv2d(width, 2 * width, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Flatten(), nn.Linear(2 * width * 4 * 4, 1),
+        nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True),
+        nn.Conv2d(width, 2 * width, 4, 2, 1), nn.LeakyReLU(0.2, True),
+        nn.Conv2d(2 * width, 1, 4, 1, 0, bias=False), nn.Flatten(0),
     )
 
 

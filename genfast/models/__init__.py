@@ -8,10 +8,16 @@ from __future__ import annotations
 
 from torch import nn
 
+from .dcgan import DCGAN, DCGANConfig
 from .gumbel_vae import GumbelVAE, GumbelVAEConfig
+from .sngan import SNGAN, SNGANConfig
+from .wgan_gp import WGANGP, WGANGPConfig
 
 REGISTRY: dict[str, type[nn.Module]] = {
     "gumbel-vae": GumbelVAE,
+    "dcgan": DCGAN,
+    "sngan": SNGAN,
+    "wgan-gp": WGANGP,
 }
 
 
@@ -24,4 +30,5 @@ def get(name: str) -> type[nn.Module]:
         raise KeyError(f"unknown model {name!r}; registered models:\n{known}") from None
 
 
-__all__ = ["REGISTRY", "GumbelVAE", "GumbelVAEConfig", "get"]
+__all__ = ["DCGAN", "REGISTRY", "SNGAN", "WGANGP", "DCGANConfig", "GumbelVAE",
+           "GumbelVAEConfig", "SNGANConfig", "WGANGPConfig", "get"]

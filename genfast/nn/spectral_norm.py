@@ -89,22 +89,28 @@ class SpectralNorm(nn.Module):
     @torch.no_grad()
     def _iterate(self, weight: Tensor, n_iter: int) -> Tensor:
         """n_iter power iterations on the buffers in place; the floored sigma, no grad."""
-        s = ops.power_iteration([weight], [self._u], [self._v], [self.dim], n_iter, self.eps,
-                                self.backend)
+        s = ops.power_iteration([weight], [self._buffers["_u"]], [self._buffers["_v"]],
+                                [self.dim], n_iter, self.eps, self.backend)
         return ops.floor_sigma(s, self._floor(weight), n_iter > 0)[0]
 
-    def sigma(self, weight: Tensor) -> Tensor:
-        """sigma(weight), 0-dim and differentiable; iterates first in training mode."""
+    def _sigma_value(self, weight: Tensor) -> Tensor:
+        """The floored sigma, no grad: a group's, or one kernel call (iterating in training)."""
         s, self._pending = self._pending, None
         if s is None:
             s = self._iterate(weight.detach(), self.n_power_iterations if self.training else 0)
-        return ops.sigma_node(weight, self._u, self._v, s, self.dim, self._floor(weight))
+        return s
+
+    def sigma(self, weight: Tensor) -> Tensor:
+        """sigma(weight), 0-dim and differentiable; iterates first in training mode."""
+        return ops.sigma_node(weight, self._buffers["_u"], self._buffers["_v"],
+                              self._sigma_value(weight), self.dim, self._floor(weight))
 
     def forward(self, weight: Tensor) -> Tensor:
         if weight.dim() == 1:
             # Faster and exact, as torch: the spectral norm of a vector is its 2-norm.
             return F.normalize(weight, dim=0, eps=self.eps)
-        return weight / self.sigma(weight)
+        return ops.normalized(weight, self._buffers["_u"], self._buffers["_v"],
+                              self._sigma_value(weight), self.dim, self._floor(weight))
 
     def right_inverse(self, value: Tensor) -> Tensor:
         return value
@@ -152,17 +158,25 @@ def _folded_forward(self: nn.Module, input: Tensor, output_size: list[int] | Non
     return torch.addcdiv(b, y, s)
 
 
+def _fold_problem(module: nn.Module, name: str) -> str:
+    """Why `module.<name>` cannot fold (after spectral_norm registered it); '' when it can."""
+    if name != "weight" or not isinstance(module, _FOLDABLE):
+        return (f"fold=True needs the 'weight' of a Linear, Conv or ConvTranspose layer, got "
+                f"{name!r} of {type(module).__name__}")
+    plist = module.parametrizations[name]
+    if len(plist) != 1 or plist.original.dim() < 2:
+        return ("fold=True needs spectral norm to be the weight's only parametrization, got "
+                f"{[type(p).__name__ for p in plist]}")
+    return ""
+
+
 def _set_fold(module: nn.Module, name: str, fold: bool) -> None:
     if not fold:
         module.__dict__.pop("forward", None)
         return
-    if name != "weight" or not isinstance(module, _FOLDABLE):
-        raise ValueError(f"fold=True needs the 'weight' of a Linear, Conv or ConvTranspose "
-                         f"layer, got {name!r} of {type(module).__name__}")
-    plist = module.parametrizations[name]
-    if len(plist) != 1 or plist.original.dim() < 2:
-        raise ValueError("fold=True needs spectral norm to be the weight's only "
-                         f"parametrization, got {[type(p).__name__ for p in plist]}")
+    why = _fold_problem(module, name)
+    if why:
+        raise ValueError(why)
     module.forward = types.MethodType(_folded_forward, module)
 
 
@@ -208,6 +222,10 @@ def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: i
     if not isinstance(weight, Tensor):
         raise ValueError(f"{type(module).__name__}.{name} is {type(weight).__name__}, not a "
                          "tensor")
+    if fold and (name != "weight" or not isinstance(module, _FOLDABLE)
+                 or parametrize.is_parametrized(module, name)):
+        raise ValueError(f"fold=True needs the unparametrized 'weight' of a Linear, Conv or "
+                         f"ConvTranspose layer, got {name!r} of {type(module).__name__}")
     if dim is None:
         dim = 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
     sn = SpectralNorm(weight, n_power_iterations, dim, eps, backend=backend)
@@ -235,9 +253,7 @@ def convert_spectral_norm(model: nn.Module, *, fold: bool = False,
     for module, name, i, p in list(_sn_entries(model)):
         if isinstance(p, _TorchSpectralNorm):
             module.parametrizations[name][i] = SpectralNorm._from_torch(p, backend)
-        if fold and i == 0 and len(module.parametrizations[name]) == 1 and \
-                isinstance(module, _FOLDABLE) and name == "weight" and \
-                module.parametrizations[name].original.dim() > 1:
+        if fold and not _fold_problem(module, name):
             _set_fold(module, name, True)
     return model
 
@@ -279,6 +295,7 @@ class SpectralNormGroup:
         self._layers = [(module.parametrizations[name], p)
                         for module, name, i, p in _sn_entries(self.model)
                         if isinstance(p, SpectralNorm) and i == 0 and hasattr(p, "_u")]
+        self._planned: tuple | None = None
 
     def __len__(self) -> int:
         return len(self._layers)
@@ -286,21 +303,38 @@ class SpectralNormGroup:
     def _pre_hook(self, module, args) -> None:
         self.update()
 
+    def _plan(self) -> list[tuple]:
+        """Layers grouped by what one kernel call shares, for the current training flags."""
+        flags = tuple((sn.training, sn.n_power_iterations, sn.eps, sn.backend,
+                       plist.original.dtype) for plist, sn in self._layers)
+        if self._planned != flags:
+            groups: dict[tuple, list] = {}
+            for plist, sn in self._layers:
+                w = plist.original
+                n_iter = sn.n_power_iterations if sn.training else 0
+                key = (w.device, w.dtype, n_iter, sn.eps, sn.backend)
+                groups.setdefault(key, []).append((plist, sn))
+            self._groups = [(items, [sn.dim for _, sn in items], n_iter, eps, backend,
+                             ops.sigma_floor(eps, dtype))
+                            for (_, dtype, n_iter, eps, backend), items in groups.items()]
+            self._planned = flags
+        return self._groups
+
     def update(self) -> None:
         """Power-iterate every layer (training ones; eval ones just get sigma) in one call."""
-        groups: dict[tuple, list] = {}
-        for plist, sn in self._layers:
-            w = plist.original
-            n_iter = sn.n_power_iterations if sn.training else 0
-            key = (w.device, w.dtype, n_iter, sn.eps, sn.backend)
-            groups.setdefault(key, []).append((w, sn))
-        for (_, dtype, n_iter, eps, backend), items in groups.items():
-            sigma = ops.power_iteration(
-                [w for w, _ in items], [sn._u for _, sn in items], [sn._v for _, sn in items],
-                [sn.dim for _, sn in items], n_iter, eps, backend)
-            sigma = ops.floor_sigma(sigma, ops.sigma_floor(eps, dtype), n_iter > 0)
+        compiling = torch.compiler.is_compiling()
+        for items, dims, n_iter, eps, backend, floor in self._plan():
+            # Fetched every call: .to(), load_state_dict or assignment may replace them.
+            ws = [plist.original for plist, _ in items]
+            us = [sn._buffers["_u"] for _, sn in items]
+            vs = [sn._buffers["_v"] for _, sn in items]
+            sigma = ops.power_iteration(ws, us, vs, dims, n_iter, eps, backend)
+            sigma = ops.floor_sigma(sigma, floor, n_iter > 0)
             for (_, sn), s in zip(items, sigma.unbind(), strict=True):
-                sn._pending = s
+                if compiling:
+                    sn._pending = s
+                else:  # the attribute exists (see __init__): skip nn.Module.__setattr__
+                    sn.__dict__["_pending"] = s
 
     def remove(self) -> None:
         if self._handle is not None:

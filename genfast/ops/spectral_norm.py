@@ -88,8 +88,17 @@ _META: dict[tuple, Tensor] = {}
 _META_LIMIT = 256
 
 
+def _mismatch(w: Tensor, u: Tensor, v: Tensor, d: int) -> ValueError:
+    return ValueError(f"spectral norm buffers do not match their weight {tuple(w.shape)} "
+                      f"{w.dtype} on {w.device} (dim {d}), or the weights of one call differ "
+                      f"in dtype or device: u {tuple(u.shape)} {u.dtype} on {u.device}, v "
+                      f"{tuple(v.shape)} {v.dtype} on {v.device}")
+
+
 def _operands(weights, us, vs, dims):
-    """(meta table, tensors to keep alive, (buffer, working copy) pairs to copy back)."""
+    """(meta table, tensors to keep alive, (buffer, working copy) pairs to copy back), after
+    checking what the kernels cannot: u and v sizes, one dtype and one device."""
+    dtype, dev = weights[0].dtype, weights[0].device
     rows, keep, back = [], [], []
     for w, u, v, d in zip(weights, us, vs, dims, strict=True):
         if d == 0 and w.is_contiguous():
@@ -103,6 +112,11 @@ def _operands(weights, us, vs, dims):
             keep.append(m)
             (h, n), ptr = m.shape, m.data_ptr()
             ld = m.stride(0) if h > 1 else n
+        # The kernels write h values through u's pointer and n through v's: checked here only.
+        if (u.shape != (h,) or v.shape != (n,) or w.dtype is not dtype or u.dtype is not dtype
+                or v.dtype is not dtype or w.device != dev or u.device != dev
+                or v.device != dev):
+            raise _mismatch(w, u, v, d)
         if not u.is_contiguous():
             back.append((u, u.contiguous()))
             u = back[-1][1]
@@ -110,12 +124,12 @@ def _operands(weights, us, vs, dims):
             back.append((v, v.contiguous()))
             v = back[-1][1]
         rows.append((ptr, u.data_ptr(), v.data_ptr(), h, n, ld))
-    key = (weights[0].device, *rows)
+    key = (dev, *rows)
     meta = _META.get(key)
     if meta is None:
         if len(_META) >= _META_LIMIT:
             _META.clear()
-        meta = _META[key] = torch.tensor(rows, dtype=torch.int64).to(weights[0].device)
+        meta = _META[key] = torch.tensor(rows, dtype=torch.int64).to(dev)
     return meta, keep, back
 
 
@@ -204,21 +218,29 @@ def _run_power(weights, us, vs, dims, n_iter, eps, backend) -> Tensor:
     return sigma
 
 
+_RESOLVED: dict[tuple, str] = {}
+
+
+def _resolve(w: Tensor, backend: str | None) -> str:
+    """backends.resolve, memoized on what it depends on (the request, device and dtype): a
+    model calls this every step, and resolving costs about as much as a small kernel."""
+    if torch.compiler.is_compiling():
+        return backends.resolve("spectral_norm", w, backend)
+    key = (backends.requested_backend(backend), w.device, w.dtype)
+    name = _RESOLVED.get(key)
+    if name is None:
+        name = _RESOLVED[key] = backends.resolve("spectral_norm", w, backend)
+    return name
+
+
 def power_iteration(weights: list[Tensor], us: list[Tensor], vs: list[Tensor],
                     dims: list[int], n_iter: int, eps: float, backend: str | None) -> Tensor:
     """:func:`spectral_norm_power_iteration` for callers that validated their settings once
-    (genfast.nn): checks only what the kernels rely on (u, v sizes, one dtype and device)."""
-    w0 = weights[0]
-    for w, u, v, d in zip(weights, us, vs, dims, strict=True):
-        h, n = matrix_shape(w, d)
-        if (u.shape != (h,) or v.shape != (n,) or not w.dtype == u.dtype == v.dtype == w0.dtype
-                or not w.device == u.device == v.device == w0.device):
-            raise ValueError(f"spectral norm buffers do not match their weight {tuple(w.shape)} "
-                             f"{w.dtype} on {w.device} (dim {d}): u {tuple(u.shape)} {u.dtype} "
-                             f"on {u.device}, v {tuple(v.shape)} {v.dtype} on {v.device}")
-    name = backends.resolve("spectral_norm", w0, backend)
-    with torch.no_grad():
-        return _run_power([w.detach() for w in weights], us, vs, dims, n_iter, eps, name)
+    (genfast.nn). What the kernels rely on (u, v sizes, one dtype and device) is checked on
+    the way to them all the same."""
+    name = _resolve(weights[0], backend)
+    with torch.no_grad():  # the weights may require grad; nothing here is differentiated
+        return _run_power(weights, us, vs, dims, n_iter, eps, name)
 
 
 # --------------------------------------------------------------------------- sigma's autograd
@@ -244,6 +266,34 @@ class _Sigma(torch.autograd.Function):
         return (gw.movedim(0, d) if d else gw), None, None, None, None, None
 
 
+class _Normalize(torch.autograd.Function):
+    """W / sigma(W), sigma(W) = u^T W v for constant u, v, as one node: the backward
+    grad_W = (g - <g, W> / sigma * u v^T) / sigma is one dot and two passes over W, where the
+    composition W / sigma(W) takes six (and an accumulation of two gradients)."""
+
+    @staticmethod
+    def forward(ctx, weight, u, v, sigma, dim, floor):
+        ctx.dim, ctx.floor = dim, floor
+        ctx.save_for_backward(weight, u, v, sigma)
+        return weight / sigma
+
+    @staticmethod
+    def backward(ctx, g):
+        w, u, v, s = ctx.saved_tensors
+        d = ctx.dim
+        if torch.is_grad_enabled():  # create_graph: the second order needs sigma's dependence
+            s = _Sigma.apply(w, u, v, s, d, ctx.floor)
+        live = (s.abs() > ctx.floor).to(s.dtype)  # a floored sigma is a constant
+        coef = torch.vdot(g.reshape(-1), w.reshape(-1)).to(s.dtype) * live / (s * s)
+        vv = (v * -coef).to(w.dtype)
+        gw = (g / s).to(w.dtype)
+        h = w.shape[d]
+        if d == 0:
+            return gw.reshape(h, -1).addr_(u, vv).reshape(w.shape), None, None, None, None, None
+        moved = (h, *w.shape[:d], *w.shape[d + 1:])
+        return gw + torch.outer(u, vv).reshape(moved).movedim(0, d), None, None, None, None, None
+
+
 def sigma_floor(eps: float, dtype: torch.dtype) -> float:
     """The smallest |sigma| a weight is divided by: eps, or the dtype's smallest normal."""
     return max(float(eps), float(torch.finfo(dtype).tiny))
@@ -257,14 +307,27 @@ def floor_sigma(sigma: Tensor, floor: float, iterated: bool) -> Tensor:
     return torch.where(sigma.abs() < floor, floor, sigma)
 
 
+def _needs_grad(weight: Tensor) -> bool:
+    return weight.requires_grad and torch.is_grad_enabled()
+
+
 def sigma_node(weight: Tensor, u: Tensor, v: Tensor, sigma: Tensor, dim: int,
                floor: float) -> Tensor:
     """Differentiable sigma (0-dim) of `weight` from a floored kernel value and the buffers
     it was computed with (cloned here: they change in place at the next update, and autograd
     keeps these). Without autograd it is the value itself."""
-    if not (weight.requires_grad and torch.is_grad_enabled()):
+    if not _needs_grad(weight):
         return sigma
     return _Sigma.apply(weight, u.clone(), v.clone(), sigma, dim, floor)
+
+
+def normalized(weight: Tensor, u: Tensor, v: Tensor, sigma: Tensor, dim: int,
+               floor: float) -> Tensor:
+    """weight / sigma(weight), differentiable to any order, from a floored kernel value and
+    the buffers it was computed with (cloned, as in sigma_node)."""
+    if not _needs_grad(weight):
+        return weight / sigma
+    return _Normalize.apply(weight, u.clone(), v.clone(), sigma, dim, floor)
 
 
 # --------------------------------------------------------------------------- public API
@@ -390,5 +453,10 @@ def spectral_normalize(weight: Tensor, u: Tensor | None = None, v: Tensor | None
     """
     if isinstance(weight, Tensor) and weight.dim() == 1:
         return F.normalize(weight, dim=0, eps=check_eps(eps))
-    return weight / spectral_sigma(weight, u, v, n_power_iterations, eps, dim=dim,
-                                   update=update, backend=backend)
+    check_weight(weight)
+    d = check_dim(dim, weight.dim())
+    n_iter = check_n_iter(n_power_iterations) if update else 0
+    sigma = spectral_norm_power_iteration([weight], [u], [v], n_iter, eps, dims=d,
+                                          backend=backend)
+    floor = sigma_floor(eps, weight.dtype)
+    return normalized(weight, u, v, floor_sigma(sigma, floor, n_iter > 0)[0], d, floor)

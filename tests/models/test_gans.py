@@ -82,11 +82,19 @@ def test_32x32_builds():
     m = _model("dcgan", image_shape=(1, 32, 32))
     assert m.sample(2).shape == (2, 1, 32, 32)
     assert m.discriminator(torch.zeros(3, 1, 32, 32)).shape == (3,)
-    m = _model("sngan", image_shape=(1, 32, 32))
-    assert m.discriminator(torch.zeros(3, 1, 32, 32)).shape == (3,)
+    for d in ("dcgan", "sngan-cnn"):
+        m = _model("sngan", image_shape=(1, 32, 32), discriminator=d)
+        assert m.discriminator(torch.zeros(3, 1, 32, 32)).shape == (3,)
+        # every discriminator weight is spectrally normalised (parametrization state keys)
+        keys = m.discriminator.state_dict().keys()
+        n_weights = sum(isinstance(x, (torch.nn.Conv2d, torch.nn.Linear))
+                        for x in m.discriminator.modules())
+        assert sum(k.endswith("parametrizations.weight.original") for k in keys) == n_weights
+    with pytest.raises(ValueError):
+        _model("sngan", discriminator="resnet")
 
 
-@pytest.mark.parametrize("name", ["sngan", "wgan-gp"])
+@pytest.mark.parametrize("name", list(NAMES))
 def test_resume_is_exact(name, digits16, tmp_path):
     train, test = digits16
     tc = dict(batch_size=16, lr=2e-4, checkpoint_every=3, sample_every=3, log_every=1,

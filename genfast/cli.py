@@ -1,0 +1,146 @@
+"""The `genfast` command: info | bench | train | sample (DESIGN.md sections 2, 6, 7)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+
+def _info(_: argparse.Namespace) -> int:
+    import genfast
+
+    print(genfast.info())
+    return 0
+
+
+def _model_cls(name: str):
+    from genfast import models
+
+    try:
+        return models.get(name)
+    except KeyError as e:
+        raise SystemExit(f"genfast: {e.args[0]}") from None
+
+
+def _data(model, path: str | None):
+    """(train, test) images shaped for `model`: the embedded digits, or the user's file."""
+    from genfast.data import digits_split, load_images, resize, split
+
+    c, h, _ = model.image_shape
+    if path is None:
+        return digits_split(size=h)
+    x = load_images(path)
+    if x.shape[1] != c:
+        raise SystemExit(f"genfast: --data {path} has {x.shape[1]} channels, {type(model).__name__}"
+                         f" expects {c}")
+    return split(resize(x, h) if x.shape[-1] != h else x)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    import genfast
+    from genfast.models._trainer import TrainConfig, fit
+
+    cls = _model_cls(args.model)
+    torch.manual_seed(args.seed)
+    model = cls()
+    defaults = dict(cls.train_defaults)
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                 "seed": args.seed, "checkpoint_every": args.checkpoint_every,
+                 "sample_every": args.sample_every}
+    defaults.update({k: v for k, v in overrides.items() if v is not None})
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    tc = TrainConfig(**{k: v for k, v in defaults.items() if k in fields})
+    train_x, test_x = _data(model, args.data)
+    out = args.out or os.path.join("runs", args.model)
+    with genfast.use_backend(args.backend):
+        metrics = fit(model, args.model, train_x, test_x, tc, out, resume=args.resume,
+                      device=args.device, progress=not args.no_progress)
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+    print(f"{args.model}: {tc.steps} steps; held-out: {summary}")
+    print(f"checkpoint, samples and metrics.jsonl in {out}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from genfast.models._images import save_panels
+    from genfast.models._trainer import load_checkpoint
+
+    cls = _model_cls(args.model)
+    ckpt = load_checkpoint(args.checkpoint)
+    if ckpt["model"] != args.model:
+        raise SystemExit(f"genfast: {args.checkpoint} holds a {ckpt['model']!r} model, "
+                         f"not {args.model!r}")
+    model = cls(cls.config_cls(**ckpt["config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    gen = torch.Generator().manual_seed(args.seed)
+    kwargs = {"generator": gen}
+    if args.truncation is not None:
+        import inspect
+
+        if "truncation" not in inspect.signature(model.sample).parameters:
+            raise SystemExit(f"genfast: {args.model} has no latent truncation (--truncation)")
+        kwargs["truncation"] = args.truncation
+    images = model.sample(args.n, **kwargs)
+    out = args.out or f"{args.model}_samples.png"
+    title = f"{args.model} step {ckpt['step']}" + (
+        f", truncation {args.truncation:g}" if args.truncation is not None else "")
+    save_panels([(title, images, None)], out)
+    print(f"wrote {len(images)} samples to {out}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genfast", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, build metadata, backends per op and why not")
+    sub.add_parser("bench", help="benchmarks (genfast bench --help)", add_help=False)
+
+    t = sub.add_parser("train", help="train a model on the embedded digits (or --data)")
+    t.add_argument("model", help="registered model name (e.g. gumbel-vae, dcgan, sngan, wgan-gp)")
+    t.add_argument("--steps", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint-every", type=int)
+    t.add_argument("--sample-every", type=int)
+    t.add_argument("--out", help="run directory (default runs/MODEL)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--data", help="a .npy/.npz of images (N, [C,] H, W) instead of the digits")
+    t.add_argument("--backend", default="auto",
+                   choices=("auto", "reference", "cpu", "triton", "cuda"))
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("sample", help="write samples of a trained model as a PNG grid")
+    s.add_argument("model")
+    s.add_argument("--checkpoint", required=True, type=Path)
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--out", help="PNG path (default MODEL_samples.png)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--truncation", type=float, metavar="PSI",
+                   help="truncation trick for GANs: latents limited to |z| <= PSI")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "bench":
+        from genfast.benchmarks import main as bench_main
+
+        return bench_main(argv[1:])
+    args = parser().parse_args(argv)
+    if args.command == "sample" and not args.checkpoint.exists():
+        raise SystemExit(f"genfast: --checkpoint {args.checkpoint} does not exist")
+    return {"info": _info, "train": _train, "sample": _sample}[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

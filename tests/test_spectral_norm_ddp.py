@@ -1,0 +1,88 @@
+"""genfast spectral norm under DistributedDataParallel: two CPU processes (gloo), the usual GAN
+discriminator step D(real), D(fake), one backward, with buffers broadcast before every forward
+(forward_sync_buffers, formerly broadcast_buffers). Two steps of it must
+equal the same steps of torch's spectral norm in one process on the whole batch."""
+
+import inspect
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.nn.utils.parametrizations import spectral_norm as torch_sn
+
+from genfast.nn import spectral_norm as N
+
+WORLD = 2
+STEPS = 2
+# Buffers broadcast from rank 0 before every forward (the keyword was renamed in torch 2.13).
+SYNC = ({"forward_sync_buffers": True}
+        if "forward_sync_buffers" in inspect.signature(DDP).parameters
+        else {"broadcast_buffers": True})
+CONFIGS = {"per-layer": dict(fold=False, group=False), "group+fold": dict(fold=True, group=True)}
+
+
+def _d(sn):
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(1, 4, 3, 2, 1), nn.Conv2d(4, 8, 3, 2, 1), nn.Linear(8 * 2 * 2, 1)]
+    a, b, c = (sn(m.double()) for m in layers)  # float64 from the warm-up iterations on
+    return nn.Sequential(a, nn.LeakyReLU(0.2), b, nn.LeakyReLU(0.2), nn.Flatten(), c,
+                         nn.Flatten(0))
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return (torch.rand(STEPS, 8, 1, 8, 8, generator=g, dtype=torch.float64),
+            torch.randn(STEPS, 8, 1, 8, 8, generator=g, dtype=torch.float64))
+
+
+def _train(d, shard=slice(None)):
+    opt = torch.optim.SGD(d.parameters(), lr=0.05)
+    real, fake = _data()
+    for step in range(STEPS):
+        opt.zero_grad()
+        loss = (F.relu(1 - d(real[step][shard])).mean()
+                + F.relu(1 + d(fake[step][shard])).mean())
+        loss.backward()
+        opt.step()
+
+
+def _worker(rank, port, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD)
+    torch.set_num_threads(1)
+    try:
+        for name, cfg in CONFIGS.items():
+            d = _d(lambda m, cfg=cfg: N.spectral_norm(m, fold=cfg["fold"]))
+            if cfg["group"]:
+                N.SpectralNormGroup(d)
+            _train(DDP(d, **SYNC), slice(rank, None, WORLD))
+            torch.save(d.state_dict(), f"{out}/{name}-{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_ddp_gan_step_matches_single_process_torch(tmp_path):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ref = _d(torch_sn)
+    _train(ref)
+    expect = ref.state_dict()
+    for name in CONFIGS:
+        for rank in range(WORLD):
+            got = torch.load(tmp_path / f"{name}-{rank}.pt")
+            assert list(got) == list(expect)  # torch's keys
+            for k in expect:
+                torch.testing.assert_close(got[k], expect[k], rtol=1e-9, atol=1e-11,
+                                           msg=f"{name}, rank {rank}: {k}")
