@@ -8,16 +8,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import has_backend
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as torch_sn
 
 import genfast
+from genfast import backends
 from genfast.nn import spectral_norm as N
 from genfast.ops import spectral_norm as S
 
-FAST = [b for b in ("cpu",) if has_backend(b)]
+FAST = [b for b in ("cpu",) if backends.available(b)]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-11, atol=1e-13)}
 
 # (layer factory, input factory): odd sizes; ConvTranspose normalizes over dim 1.
@@ -425,7 +425,7 @@ def test_replaced_buffer_of_the_wrong_size_is_caught_before_the_kernel():
 
 
 def test_cpu_extension_rejects_out_of_bounds_tables():
-    if not has_backend("cpu"):
+    if not backends.available("cpu"):
         pytest.skip("genfast._C is not built")
     from genfast.ops._boundary import cpu_module
 
@@ -444,7 +444,7 @@ def test_cpu_extension_rejects_out_of_bounds_tables():
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_gpu_backends_match_reference(backend, dtype):
-    if dtype not in S.SPEC.dtypes[backend] or not has_backend(backend, "cuda"):
+    if dtype not in S.SPEC.dtypes[backend] or not backends.available(backend, "cuda"):
         pytest.skip(f"{backend} does not take {dtype} here")
     ws, us, vs = _vectors([(1, 1), (64, 3, 3, 3), (129, 1000), (1, 4096), (33, 7)], dtype)
     ws, us, vs = ([t.cuda() for t in ts] for ts in (ws, us, vs))

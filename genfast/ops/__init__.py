@@ -1,7 +1,7 @@
-"""Public functional API of every op family (importing this registers their torch.library ops)."""
+"""The functional op families, one module per op stem. Importing this registers their
+torch.library ops; the public functions are re-exported at the top level (genfast.*), not here,
+so that ``genfast.ops.gradient_penalty`` stays the module and never shadows it with a function."""
 
-from .gradient_penalty import GradientPenalty, gradient_penalty, per_sample_grad_norm
-from .gumbel import gumbel_softmax, sample_categorical
+from . import gradient_penalty, gumbel
 
-__all__ = ["GradientPenalty", "gradient_penalty", "gumbel_softmax", "per_sample_grad_norm",
-           "sample_categorical"]
+__all__ = ["gradient_penalty", "gumbel"]
