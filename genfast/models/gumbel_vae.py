@@ -60,7 +60,8 @@ class GumbelVAE(nn.Module):
 
     config_cls: ClassVar[type] = GumbelVAEConfig
     description: ClassVar[str] = "categorical VAE with Gumbel-Softmax latents (Jang et al. 2017)"
-    train_defaults: ClassVar[dict[str, float | int]] = {"steps": 6000, "batch_size": 100,
+    # Held-out negative ELBO bottoms out near step 3000 on the digits (25.4 nats) and rises after.
+    train_defaults: ClassVar[dict[str, float | int]] = {"steps": 3000, "batch_size": 100,
                                                          "lr": 1e-3}
 
     def __init__(self, config: GumbelVAEConfig | None = None) -> None:
