@@ -305,3 +305,25 @@ struct Quads {
 };
 
 }  // namespace genfast::cuda::dev
+
+namespace genfast::cuda {
+
+// Host-side dtype dispatch of a launcher: f(Tag<T>{}) for the dtype code (csrc/common/dtype.h);
+// an unknown code is cudaErrorInvalidValue, never a launch.
+template <typename T>
+struct Tag {
+  using type = T;
+};
+
+template <class F>
+int with_dtype(int dtype, F&& f) {
+  switch (dtype) {
+    case 0: return f(Tag<float>{});
+    case 1: return f(Tag<double>{});
+    case 2: return f(Tag<__half>{});
+    case 3: return f(Tag<__nv_bfloat16>{});
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+}
+
+}  // namespace genfast::cuda

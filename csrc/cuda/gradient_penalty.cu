@@ -85,22 +85,6 @@ __global__ void __launch_bounds__(kScaleThreads)
 
 constexpr int64_t kMaxBlocks = 65535;  // grid-stride loops cover the rest
 
-template <typename T>
-struct Tag {
-  using type = T;
-};
-
-template <class F>
-int with_dtype(int dtype, F&& f) {
-  switch (dtype) {
-    case 0: return f(Tag<float>{});
-    case 1: return f(Tag<double>{});
-    case 2: return f(Tag<__half>{});
-    case 3: return f(Tag<__nv_bfloat16>{});
-    default: return static_cast<int>(cudaErrorInvalidValue);
-  }
-}
-
 template <typename T, class C>
 int launch_norms(const T* g, int64_t ld, T* norms, int64_t rows, int64_t d, cudaStream_t st) {
   const int64_t blocks = (rows + C::kRowsPerBlock - 1) / C::kRowsPerBlock;

@@ -477,22 +477,6 @@ __global__ void __launch_bounds__(C::kBlock)
 // can exceed gridDim limits and the per-block loop costs nothing).
 constexpr int64_t kMaxBlocks = 65535;
 
-template <typename T>
-struct Tag {
-  using type = T;
-};
-
-template <class F>
-int with_dtype(int dtype, F&& f) {
-  switch (dtype) {
-    case 0: return f(Tag<float>{});
-    case 1: return f(Tag<double>{});
-    case 2: return f(Tag<__half>{});
-    case 3: return f(Tag<__nv_bfloat16>{});
-    default: return static_cast<int>(cudaErrorInvalidValue);
-  }
-}
-
 // Row length -> launch shape: the smallest group whose register cache holds the row, so short
 // rows keep lanes busy; register caches cap at 32 values per thread (16 for double).
 template <class C, class F>

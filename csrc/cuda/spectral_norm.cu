@@ -245,22 +245,6 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- host side ----------------------------------------------------------------------------
 
-template <typename T>
-struct Tag {
-  using type = T;
-};
-
-template <class F>
-int with_dtype(int dtype, F&& f) {
-  switch (dtype) {
-    case 0: return f(Tag<float>{});
-    case 1: return f(Tag<double>{});
-    case 2: return f(Tag<__half>{});
-    case 3: return f(Tag<__nv_bfloat16>{});
-    default: return static_cast<int>(cudaErrorInvalidValue);
-  }
-}
-
 // eps arrives as double; float math needs it as a float that did not overflow to inf.
 template <typename A>
 A to_param(double v) {
