@@ -46,6 +46,8 @@ def _train(args: argparse.Namespace) -> int:
     from genfast.models._trainer import TrainConfig, fit
 
     cls = _model_cls(args.model)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = cls()
     defaults = dict(cls.train_defaults)
@@ -87,8 +89,11 @@ def _sample(args: argparse.Namespace) -> int:
 
         if "truncation" not in inspect.signature(model.sample).parameters:
             raise SystemExit(f"genfast: {args.model} has no latent truncation (--truncation)")
-        kwargs["truncation"] = args.truncation
-    images = model.sample(args.n, **kwargs)
+        kwargs.update(truncation=args.truncation, truncation_mode=args.truncation_mode)
+    try:
+        images = model.sample(args.n, **kwargs)
+    except ValueError as e:
+        raise SystemExit(f"genfast: {e}") from None
     out = args.out or f"{args.model}_samples.png"
     title = f"{args.model} step {ckpt['step']}" + (
         f", truncation {args.truncation:g}" if args.truncation is not None else "")
@@ -117,6 +122,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", default="auto",
                    choices=("auto", "reference", "cpu", "triton", "cuda"))
     t.add_argument("--device", default="cpu")
+    t.add_argument("--threads", type=int,
+                   help="torch CPU threads (small models train fastest with 1 on a busy box)")
     t.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("sample", help="write samples of a trained model as a PNG grid")
@@ -127,6 +134,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--truncation", type=float, metavar="PSI",
                    help="truncation trick for GANs: latents limited to |z| <= PSI")
+    s.add_argument("--truncation-mode", choices=("resample", "interpolate"), default="resample",
+                   help="resample components with |z| > PSI (BigGAN), or scale z by PSI")
     return p
 
 

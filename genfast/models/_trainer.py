@@ -186,7 +186,11 @@ def fit(model: nn.Module, name: str, train_x: torch.Tensor, test_x: torch.Tensor
             _write_samples(model, fixed, os.path.join(out_dir, f"samples_step{step:06d}.png"),
                            tc.n_samples)
             model.train()
-        _log(log_path, {"step": step, "split": "test", **_evaluate(model, test_x, device)})
+        held_out = _evaluate(model, test_x, device)
+        _log(log_path, {"step": step, "split": "test", **held_out})
+        if progress is not False:  # e.g. a GAN's FD-digits at every snapshot
+            tqdm.write(f"{name} step {step}: held-out "
+                       + ", ".join(f"{k}={v:.4g}" for k, v in held_out.items()))
 
     model.train()
     sums: dict[str, float] = {}

@@ -24,12 +24,9 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._gan import GAN, GANConfig, stages
+from genfast.nn.spectral_norm import spectral_norm
 
-try:  # TODO: drop the fallback once genfast.nn.spectral_norm is committed
-    from genfast.nn.spectral_norm import spectral_norm
-except ImportError:  # pragma: no cover
-    from torch.nn.utils.parametrizations import spectral_norm
+from ._gan import GAN, GANConfig, stages
 
 DISCRIMINATORS = ("dcgan", "sngan-cnn")
 

@@ -2,11 +2,12 @@
 
 Critic loss  E[D(G(z))] - E[D(x)] + lambda * E[(||grad_x^ D(x^)||_2 - 1)^2],
 x^ = a x + (1 - a) G(z), a ~ U(0, 1) per sample (genfast.gradient_penalty, lambda = 10);
-generator loss -E[D(G(z))]. Five critic updates per generator update, Adam lr 1e-4,
-betas (0, 0.9): the paper's settings. The critic is the DCGAN discriminator without BatchNorm
+generator loss -E[D(G(z))]. Five critic updates per generator update, Adam betas
+(0, 0.9): the paper's settings. The critic is the DCGAN discriminator without BatchNorm
 (the penalty is per sample, and BatchNorm would couple the samples of a batch); the
-generator is the DCGAN one, z 128. A trainer step is one critic update, so the default 6000
-steps are 1200 generator updates.
+generator is the DCGAN one, z 128. A trainer step is one critic update, so the default 5000
+steps are 1000 generator updates. The learning rate defaults to 2e-4 (as w86763777/
+pytorch-gan-collections); the paper's 1e-4 reached FD-digits 12 instead of 7 after 5000 steps.
 """
 
 from __future__ import annotations
@@ -16,23 +17,9 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from genfast.ops.gradient_penalty import gradient_penalty
+
 from ._gan import GAN, GANConfig, dcgan_discriminator
-
-try:  # TODO: drop the fallback once genfast.ops.gradient_penalty lands
-    from genfast.ops.gradient_penalty import gradient_penalty
-except ImportError:  # pragma: no cover
-    from types import SimpleNamespace
-
-    import torch
-
-    def gradient_penalty(critic, real, fake=None, kind="wgan-gp", weight=10.0, center=1.0,
-                         **_):
-        a = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
-        x = (a * real + (1 - a) * fake).requires_grad_(True)
-        (g,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
-        norms = g.flatten(1).norm(dim=1)
-        return SimpleNamespace(penalty=weight * (norms - center).square().mean(),
-                               grad_norm=norms.detach())
 
 
 @dataclass
@@ -52,7 +39,7 @@ class WGANGP(GAN):
     config_cls: ClassVar[type] = WGANGPConfig
     description: ClassVar[str] = "WGAN-GP: Wasserstein critic + gradient penalty (Gulrajani 2017)"
     train_defaults: ClassVar[dict[str, float | int]] = {
-        "steps": 6000, "batch_size": 64, "lr": 1e-4, "sample_every": 1000,
+        "steps": 5000, "batch_size": 64, "lr": 2e-4, "sample_every": 1000,
         "checkpoint_every": 1000}
 
     def __init__(self, config: WGANGPConfig | None = None) -> None:
