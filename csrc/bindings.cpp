@@ -214,8 +214,8 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
             count, rows, dtype, n_iter, eps, reinterpret_cast<float*>(sigma),
             num_threads < 1 ? 1 : num_threads);
       },
-      py::arg("count"), py::arg("meta"), py::arg("dtype"), py::arg("n_iter"), py::arg("eps"),
-      py::arg("sigma"), py::arg("num_threads"));
+      py::arg("count"), py::arg("meta_ptr"), py::arg("dtype"), py::arg("n_iter"), py::arg("eps"),
+      py::arg("sigma_ptr"), py::arg("num_threads"));
   // [bind:cpu:gradient_penalty]
   m.def(
       "gp_row_norms",

@@ -14,11 +14,31 @@ from torch.nn.utils.parametrizations import spectral_norm as torch_sn
 
 import genfast
 from genfast import backends
-from genfast.nn import spectral_norm as N
+from genfast.nn.spectral_norm import (
+    SpectralNorm,
+    SpectralNormGroup,
+    convert_spectral_norm,
+    is_folded,
+    remove_spectral_norm,
+    revert_spectral_norm,
+    spectral_norm,
+)
 from genfast.ops import spectral_norm as S
 
 FAST = [b for b in ("cpu",) if backends.available(b)]
+# Kernels compared with the reference directly; Triton runs under the interpreter here.
+KERNELS = [b for b in ("cpu", "triton") if backends.available(b)]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-11, atol=1e-13)}
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny ops: a second OpenMP thread only adds barrier waits, which a busy machine stretches
+    # to milliseconds per op (gradcheck runs thousands).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 # (layer factory, input factory): odd sizes; ConvTranspose normalizes over dim 1.
 LAYERS = {
@@ -35,7 +55,7 @@ def _pair(kind, dtype=torch.float64, seed=0, backend=None, **kw):
     """The same layer, spectral-normalized by torch and by genfast from the same RNG state."""
     make, inp = LAYERS[kind]
     out = []
-    for sn in (torch_sn, lambda m, **kw: N.spectral_norm(m, backend=backend, **kw)):
+    for sn in (torch_sn, lambda m, **kw: spectral_norm(m, backend=backend, **kw)):
         torch.manual_seed(seed)
         out.append(sn(make().to(dtype), **kw))
     torch.manual_seed(seed + 1)
@@ -91,23 +111,41 @@ def test_diagonal_weight_sigma_is_the_largest_entry():
     lin = nn.Linear(4, 4, bias=False)
     with torch.no_grad():
         lin.weight.copy_(torch.diag(torch.tensor([0.5, -3.0, 2.0, 1.0])))
-    N.spectral_norm(lin, n_power_iterations=20)
+    spectral_norm(lin, n_power_iterations=20)
     torch.testing.assert_close(lin.weight.detach().abs().amax(), torch.tensor(1.0))
+
+
+def test_functional_api_matches_the_layer():
+    torch.manual_seed(0)
+    lin = spectral_norm(nn.Linear(6, 4).double())
+    sn, w = _sn(lin), lin.parametrizations.weight.original
+    u, v = sn._u.clone(), sn._v.clone()
+    w_sn = S.spectral_normalize(w, u, v)  # one iteration from the layer's vectors
+    torch.testing.assert_close(w_sn, lin.weight, **TOL[torch.float64])
+    torch.testing.assert_close(u, sn._u, **TOL[torch.float64])
+    s = S.spectral_sigma(w, u, v, update=False)
+    torch.testing.assert_close(w / s, w_sn, **TOL[torch.float64])
+    (g,) = torch.autograd.grad(s, w)
+    torch.testing.assert_close(g, torch.outer(u, v), **TOL[torch.float64])  # d sigma / dW
+    torch.testing.assert_close(S.spectral_normalize(torch.tensor([3.0, 4.0])),
+                               torch.tensor([0.6, 0.8]))
 
 
 def test_one_dim_weights_are_normalized_exactly():
     m = nn.Module()
     m.scale = nn.Parameter(torch.tensor([3.0, -4.0]))
-    N.spectral_norm(m, "scale")
+    spectral_norm(m, "scale")
     torch.testing.assert_close(m.scale, torch.tensor([0.6, -0.8]))
     assert list(m.state_dict()) == ["parametrizations.scale.original"]
 
 
 # ------------------------------------------------------------------ kernels vs reference
-@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n_iter", [0, 1, 3])
 def test_kernel_matches_reference(backend, dtype, n_iter):
+    if dtype not in S.SPEC.dtypes[backend]:
+        pytest.skip(f"{backend} does not take {dtype}")
     shapes = [(1, 1), (7, 3), (33, 129), (5, 2, 3, 3), (3, 1), (1, 40), (129, 33)]
     dims = [0, 1, 0, 1, 0, 1, 0]
     ws, us, vs = _vectors(shapes, dtype, dims=dims)
@@ -122,7 +160,7 @@ def test_kernel_matches_reference(backend, dtype, n_iter):
         torch.testing.assert_close(a, r, **tol)
 
 
-@pytest.mark.parametrize("backend", ["reference", *FAST])
+@pytest.mark.parametrize("backend", ["reference", *KERNELS])
 def test_multi_tensor_equals_one_call_per_weight_and_strides(backend):
     ws, us, vs = _vectors([(9, 4, 2), (6, 13), (1, 8), (17, 17)])
     ws[1] = ws[1].t().contiguous().t()  # column stride 6: copied for the kernel
@@ -139,6 +177,19 @@ def test_multi_tensor_equals_one_call_per_weight_and_strides(backend):
         torch.testing.assert_close(vs[i], one_v[i], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("backend", FAST)
+def test_kernel_threads_give_the_same_bits(backend):
+    # Enough work for the CPU kernel to deal the weights to two threads.
+    ws, us, vs = _vectors([(700, 1000), (300, 2001), (1500, 900), (5, 7)])
+    out = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        u2, v2 = [u.clone() for u in us], [v.clone() for v in vs]
+        out.append((S.spectral_norm_power_iteration(ws, u2, v2, 1, backend=backend), *u2, *v2))
+    for a, b in zip(*out, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_empty_sides_and_zero_weights_are_defined():
     ws = [torch.zeros(4, 0), torch.zeros(0, 3), torch.zeros(3, 5)]
     us = [torch.ones(4) / 2, torch.ones(0), torch.ones(3)]
@@ -147,7 +198,7 @@ def test_empty_sides_and_zero_weights_are_defined():
         sig = S.spectral_norm_power_iteration(ws, [u.clone() for u in us],
                                               [v.clone() for v in vs], 1, backend=b)
         assert torch.equal(sig, torch.zeros(3))
-    lin = N.spectral_norm(nn.Linear(5, 3))
+    lin = spectral_norm(nn.Linear(5, 3))
     with torch.no_grad():
         lin.parametrizations.weight.original.zero_()
     x = torch.randn(2, 5, requires_grad=True)
@@ -192,18 +243,18 @@ def test_converter_both_ways_keeps_tensors_flags_and_outputs(fold):
     ref[2].eval()
     params = [id(p) for p in model.parameters()]
     bufs = [id(b) for b in model.buffers()]
-    assert N.convert_spectral_norm(model, fold=fold) is model
-    assert all(isinstance(_sn(model[i]), N.SpectralNorm) for i in (0, 2, 4))
+    assert convert_spectral_norm(model, fold=fold) is model
+    assert all(isinstance(_sn(model[i]), SpectralNorm) for i in (0, 2, 4))
     assert [id(p) for p in model.parameters()] == params
     assert [id(b) for b in model.buffers()] == bufs
     assert not _sn(model[2]).training and _sn(model[0]).training
-    assert N.is_folded(model[0]) == fold
+    assert is_folded(model[0]) == fold
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     for _ in range(2):
         torch.testing.assert_close(model(x), ref(x), **TOL[torch.float64])
-    N.revert_spectral_norm(model)
-    assert not any(isinstance(m, N.SpectralNorm) for m in model.modules())
-    assert not N.is_folded(model[0])
+    revert_spectral_norm(model)
+    assert not any(isinstance(m, SpectralNorm) for m in model.modules())
+    assert not is_folded(model[0])
     assert [id(p) for p in model.parameters()] == params
     assert [id(b) for b in model.buffers()] == bufs
     torch.testing.assert_close(model(x), ref(x), **TOL[torch.float64])
@@ -221,7 +272,7 @@ def test_fold_gives_the_same_outputs_and_gradients(kind, bias, backend):
         m = make().double()
         if not bias:
             m.bias = None
-        mods.append(N.spectral_norm(m, fold=fold, backend=backend))
+        mods.append(spectral_norm(m, fold=fold, backend=backend))
     x = inp().double()
     for mode in ("train", "eval", "train"):
         outs = []
@@ -240,19 +291,19 @@ def test_fold_gives_the_same_outputs_and_gradients(kind, bias, backend):
 
 def test_fold_conv_transpose_output_size_and_removal():
     torch.manual_seed(0)
-    m = N.spectral_norm(nn.ConvTranspose2d(2, 3, 3, stride=2), fold=True)
+    m = spectral_norm(nn.ConvTranspose2d(2, 3, 3, stride=2), fold=True)
     x = torch.randn(1, 2, 4, 4)
     assert m(x, output_size=[10, 10]).shape == (1, 3, 10, 10)
     m.eval()
     expect = F.conv_transpose2d(x, m.weight, m.bias, stride=2, output_padding=1)
     torch.testing.assert_close(m(x, output_size=[10, 10]), expect)
-    N.remove_spectral_norm(m)
-    assert not N.is_folded(m) and not parametrize.is_parametrized(m)
+    remove_spectral_norm(m)
+    assert not is_folded(m) and not parametrize.is_parametrized(m)
     torch.testing.assert_close(m(x, output_size=[10, 10]), expect)
 
 
 # ------------------------------------------------------------------ multi-tensor group
-def _d(sn=N.spectral_norm, **kw):
+def _d(sn=spectral_norm, **kw):
     torch.manual_seed(0)
     return nn.Sequential(sn(nn.Conv2d(1, 6, 4, 2, 1), **kw), nn.LeakyReLU(0.2),
                          sn(nn.Conv2d(6, 12, 4, 2, 1), **kw), nn.LeakyReLU(0.2),
@@ -262,7 +313,7 @@ def _d(sn=N.spectral_norm, **kw):
 @pytest.mark.parametrize("fold", [False, True])
 def test_group_matches_per_layer_and_torch(fold):
     ref, per_layer, grouped = _d(torch_sn), _d(fold=fold), _d(fold=fold)
-    group = N.SpectralNormGroup(grouped)
+    group = SpectralNormGroup(grouped)
     assert len(group) == 3
     x = torch.randn(5, 1, 8, 8)
     for mode in ("train", "train", "eval", "train"):
@@ -284,7 +335,7 @@ def test_group_mixed_modes_repeated_calls_and_manual_update():
     grouped, per_layer = _d(), _d()
     grouped[2].eval()
     per_layer[2].eval()
-    N.SpectralNormGroup(grouped)
+    SpectralNormGroup(grouped)
     x = torch.randn(2, 1, 8, 8)
     # A layer called twice in one forward iterates again at its second call, as in torch.
     twice = [lambda m: m[2](m[1](m[0](x))), lambda m: m[2](m[1](m[0](x))) + m[0](x).sum()]
@@ -293,7 +344,20 @@ def test_group_mixed_modes_repeated_calls_and_manual_update():
         assert torch.equal(f(grouped), f(per_layer))
     for a, b in zip(grouped.buffers(), per_layer.buffers(), strict=True):
         assert torch.equal(a, b)
-    manual = N.SpectralNormGroup(_d(), hook=False)
+    # A layer the forward skipped: its sigma must not outlive the step (the weights change).
+    root = nn.Module()
+    root.d = _d()
+    root.forward = lambda x: root.d[1](root.d[0](x))  # layers after the first unused
+    SpectralNormGroup(root)
+    root(x)
+    assert all(_sn(m)._pending is None for m in root.d if parametrize.is_parametrized(m))
+    layer = root.d[2].eval()
+    with torch.no_grad():
+        layer.parametrizations.weight.original.mul_(3.0)  # an optimizer step
+    w = layer.parametrizations.weight.original
+    s = S.spectral_sigma(w, _sn(layer)._u, _sn(layer)._v, update=False)
+    torch.testing.assert_close(layer.weight, w / s)
+    manual = SpectralNormGroup(_d(), hook=False)
     manual.update()
     assert all(_sn(m)._pending is not None for m in manual.model if parametrize.is_parametrized(m))
 
@@ -302,7 +366,7 @@ def test_group_mixed_modes_repeated_calls_and_manual_update():
 @pytest.mark.parametrize("backend", ["reference", *FAST])
 def test_gradcheck_and_gradgradcheck(backend):
     torch.manual_seed(0)
-    m = N.spectral_norm(nn.Conv2d(2, 3, 2).double(), n_power_iterations=2, backend=backend)
+    m = spectral_norm(nn.Conv2d(2, 3, 2).double(), n_power_iterations=2, backend=backend)
     sn = _sn(m)
     u0, v0 = sn._u.clone(), sn._v.clone()
     x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
@@ -331,7 +395,7 @@ def test_two_forwards_then_one_backward(fold, group):
     first one's graph still holds what it saved."""
     ref, d = _d(torch_sn), _d(fold=fold)
     if group:
-        N.SpectralNormGroup(d)
+        SpectralNormGroup(d)
     real, fake = torch.randn(2, 4, 1, 8, 8)
     for m in (ref, d):
         (F.relu(1 - m(real)).mean() + F.relu(1 + m(fake)).mean()).backward()
@@ -341,7 +405,7 @@ def test_two_forwards_then_one_backward(fold, group):
 
 def test_gradient_penalty_through_the_group():
     d = _d()
-    N.SpectralNormGroup(d)
+    SpectralNormGroup(d)
     x = torch.randn(4, 1, 8, 8, requires_grad=True)
     (g,) = torch.autograd.grad(d(x).sum(), x, create_graph=True)
     (g.square().sum() + d(x).mean()).backward()
@@ -361,7 +425,7 @@ def test_opcheck(backend):
 def test_torch_compile_fullgraph_module(mode):
     torch._dynamo.reset()
     eager, compiled = _d(fold=True), _d(fold=True)
-    N.SpectralNormGroup(compiled)
+    SpectralNormGroup(compiled)
     for m in (eager, compiled):
         m.train(mode == "train")
     step = torch.compile(compiled, fullgraph=True, backend="aot_eager")
@@ -377,22 +441,43 @@ def test_torch_compile_fullgraph_module(mode):
         torch.testing.assert_close(a, b)  # train mode: the in-place updates happened
 
 
+def test_torch_compile_fullgraph_functional():
+    torch._dynamo.reset()
+    ws, us, vs = _vectors([(5, 3, 2)], dims=[1])
+    w = ws[0].requires_grad_()
+    u2, v2 = us[0].clone(), vs[0].clone()
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(w, u, v):
+        return S.spectral_normalize(w, u, v, 2, dim=1)
+
+    y, y_ref = f(w, us[0], vs[0]), S.spectral_normalize(w, u2, v2, 2, dim=1)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(us[0], u2)  # the in-place update happened, once
+    (g,) = torch.autograd.grad(y.square().sum(), w)
+    (g_ref,) = torch.autograd.grad(y_ref.square().sum(), w)
+    torch.testing.assert_close(g, g_ref)
+
+
 # ------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("call,err,match", [
-    (lambda: N.spectral_norm(nn.Linear(2, 2), "bias2"), ValueError, "no parameter"),
-    (lambda: N.spectral_norm(N.spectral_norm(nn.Linear(2, 2))), ValueError, "already"),
-    (lambda: N.spectral_norm(torch_sn(nn.Linear(2, 2))), ValueError, "already"),
-    (lambda: N.spectral_norm(nn.Linear(2, 2), n_power_iterations=0), ValueError,
+    (lambda: spectral_norm(nn.Linear(2, 2), "bias2"), ValueError, "no parameter"),
+    (lambda: spectral_norm(spectral_norm(nn.Linear(2, 2))), ValueError, "already"),
+    (lambda: spectral_norm(torch_sn(nn.Linear(2, 2))), ValueError, "already"),
+    (lambda: spectral_norm(nn.Linear(2, 2), n_power_iterations=0), ValueError,
      "n_power_iterations"),
-    (lambda: N.spectral_norm(nn.Linear(2, 2), n_power_iterations=1.5), ValueError,
+    (lambda: spectral_norm(nn.Linear(2, 2), n_power_iterations=1.5), ValueError,
      "n_power_iterations"),
-    (lambda: N.spectral_norm(nn.Linear(2, 2), eps=0.0), ValueError, "eps"),
-    (lambda: N.spectral_norm(nn.Linear(2, 2), eps=math.nan), ValueError, "eps"),
-    (lambda: N.spectral_norm(nn.Linear(2, 2), dim=2), IndexError, "dim"),
-    (lambda: N.spectral_norm(nn.Linear(2, 2), dim="0"), TypeError, "dim"),
-    (lambda: N.spectral_norm(nn.Linear(2, 2), name=0), TypeError, "name"),
-    (lambda: N.spectral_norm("linear"), TypeError, "module"),
-    (lambda: N.spectral_norm(nn.LSTMCell(2, 2), "weight_ih", fold=True), ValueError, "fold"),
+    (lambda: spectral_norm(nn.Linear(2, 2), eps=0.0), ValueError, "eps"),
+    (lambda: spectral_norm(nn.Linear(2, 2), eps=math.nan), ValueError, "eps"),
+    (lambda: spectral_norm(nn.Linear(2, 2), dim=2), IndexError, "dim"),
+    (lambda: spectral_norm(nn.Linear(2, 2), dim="0"), TypeError, "dim"),
+    (lambda: spectral_norm(nn.Linear(2, 2), name=0), TypeError, "name"),
+    (lambda: spectral_norm("linear"), TypeError, "module"),
+    (lambda: spectral_norm(nn.LSTMCell(2, 2), "weight_ih", fold=True), ValueError, "fold"),
+    (lambda: S.spectral_normalize(torch.ones(3, 2)), TypeError, "u must be"),
+    (lambda: S.spectral_sigma(torch.ones(3, 2), torch.ones(3), torch.ones(3)), ValueError,
+     "v must be"),
     (lambda: S.spectral_norm_power_iteration([torch.ones(3, 2)], [torch.ones(2)],
                                              [torch.ones(2)]), ValueError, r"us\[0\]"),
     (lambda: S.spectral_norm_power_iteration([torch.ones(3, 2)], [torch.ones(3)],
@@ -418,7 +503,7 @@ def test_bad_input_gets_a_clear_error(call, err, match):
 
 
 def test_replaced_buffer_of_the_wrong_size_is_caught_before_the_kernel():
-    lin = N.spectral_norm(nn.Linear(4, 3))
+    lin = spectral_norm(nn.Linear(4, 3))
     _sn(lin)._u = torch.ones(2)
     with pytest.raises(ValueError, match="do not match"):
         lin(torch.randn(1, 4))

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.nn.utils.parametrizations import spectral_norm as torch_sn
 
-from genfast.nn import spectral_norm as N
+from genfast.nn.spectral_norm import SpectralNormGroup, spectral_norm
 
 WORLD = 2
 STEPS = 2
@@ -57,9 +57,9 @@ def _worker(rank, port, out):
     torch.set_num_threads(1)
     try:
         for name, cfg in CONFIGS.items():
-            d = _d(lambda m, cfg=cfg: N.spectral_norm(m, fold=cfg["fold"]))
+            d = _d(lambda m, cfg=cfg: spectral_norm(m, fold=cfg["fold"]))
             if cfg["group"]:
-                N.SpectralNormGroup(d)
+                SpectralNormGroup(d)
             _train(DDP(d, **SYNC), slice(rank, None, WORLD))
             torch.save(d.state_dict(), f"{out}/{name}-{rank}.pt")
     finally:

@@ -39,7 +39,7 @@ namespace {
 constexpr int kLanes = 16;
 
 // Multiply-adds below which a call runs on the calling thread (see the call site).
-constexpr int64_t kMinParallelWork = int64_t{1} << 20;
+constexpr int64_t kMinParallelWork = int64_t{1} << 22;
 
 struct Job {
   const void* w;  // (h, n) row-major, row stride ld
@@ -185,8 +185,8 @@ void spectral_norm_power_iteration(int64_t count, const int64_t* meta, int dtype
     work[i] = m[3] * m[4] + m[3] + m[4] + 1;
     total += work[i];
   }
-  // A thread start costs 20-100 us on a busy machine, the time of ~1M multiply-adds here: below
-  // that much work a call stays on the calling thread.
+  // A thread start costs 20-100 us, and on a machine whose other cores are busy the new thread
+  // waits for one: below ~4M multiply-adds (~150 us of one core) a call stays on this thread.
   const int64_t passes = std::max(1, 2 * n_iter);  // multiply-adds per weight per iteration
   const int64_t threads = total * passes < kMinParallelWork
                               ? 1

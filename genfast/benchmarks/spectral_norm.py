@@ -1,10 +1,10 @@
 """Benchmark cases for genfast/ops/spectral_norm.py on the SN-GAN discriminators.
 
 The models are genfast.models.sngan's discriminators on the 16x16 digits: its default (the
-DCGAN discriminator, spectrally normalized, 3 layers, 134 k weights) and its paper "standard
-CNN" option (6 layers, 176 k weights), plus that CNN at the paper's 32x32 and width 64 (8 layers,
-2.9 M weights) as a bandwidth-bound contrast. Three cases, each side by side with torch's
-parametrization (torch.nn.utils.parametrizations.spectral_norm) and torch.compile of it:
+DCGAN discriminator, spectrally normalized: 3 layers, 134 k weights) and its paper "standard
+CNN" option (6 layers, 0.7 M weights), plus that CNN at the paper's 32x32 and width 64 (8
+layers, 2.9 M weights) as a bandwidth-bound contrast. Three cases, each side by side with
+torch's parametrization (torch.nn.utils.parametrizations.spectral_norm) and torch.compile:
 
 * ``spectral_norm_update``: one power-iteration step of every SN layer (u, v and sigma), what
   a training forward pays before any conv. genfast: one multi-tensor kernel call
@@ -73,16 +73,16 @@ def _sn_layers(model: nn.Module) -> list[nn.Module]:
 
 def _variant(base: nn.Module, kind: str, backend: str | None = None) -> nn.Module:
     """A copy of `base` with torch's spectral norm, genfast's per layer, grouped, or folded."""
-    from ..nn import spectral_norm as gsn
+    from ..nn.spectral_norm import SpectralNormGroup, convert_spectral_norm, revert_spectral_norm
 
     model = copy.deepcopy(base)
     if kind == "torch":
-        return gsn.revert_spectral_norm(model)
+        return revert_spectral_norm(model)
     for m in _sn_layers(model):
         m.parametrizations.weight[0].backend = backend
     if kind in ("group", "fold"):
-        gsn.convert_spectral_norm(model, fold=kind == "fold")
-        model.genfast_group = gsn.SpectralNormGroup(model)  # kept alive with the model
+        convert_spectral_norm(model, fold=kind == "fold")
+        model.genfast_group = SpectralNormGroup(model)  # kept alive with the model
     return model
 
 

@@ -86,9 +86,9 @@ class SpectralNorm(nn.Module):
     def _floor(self, weight: Tensor) -> float:
         return ops.sigma_floor(self.eps, weight.dtype)
 
-    @torch.no_grad()
     def _iterate(self, weight: Tensor, n_iter: int) -> Tensor:
-        """n_iter power iterations on the buffers in place; the floored sigma, no grad."""
+        """n_iter power iterations on the buffers in place; the floored sigma, no grad (the
+        kernel call runs under no_grad)."""
         s = ops.power_iteration([weight], [self._buffers["_u"]], [self._buffers["_v"]],
                                 [self.dim], n_iter, self.eps, self.backend)
         return ops.floor_sigma(s, self._floor(weight), n_iter > 0)[0]
@@ -277,9 +277,11 @@ class SpectralNormGroup:
     of `model` in training mode is one round of `n_power_iterations` per layer; in eval mode
     the stored vectors are reused. Differences: a layer that a forward skips is updated anyway,
     and a layer called twice in one forward iterates again at its second call (as torch).
+    Under DDP, give it the wrapped model (``ddp.module``), so that the buffers DDP broadcasts
+    before each forward are what the update starts from.
 
-    ``update()`` runs the call by hand (hook=False); ``remove()`` detaches the hook.
-    Layers registered after construction are picked up by ``refresh()``.
+    ``update()`` runs the call by hand (hook=False; the next forward of each layer then uses
+    it); ``remove()`` detaches the hooks. Layers added later are picked up by ``refresh()``.
     """
 
     def __init__(self, model: nn.Module, *, hook: bool = True) -> None:
@@ -287,7 +289,9 @@ class SpectralNormGroup:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.refresh()
-        self._handle = model.register_forward_pre_hook(self._pre_hook) if hook else None
+        self._handles = [model.register_forward_pre_hook(self._pre_hook),
+                         model.register_forward_hook(self._post_hook, always_call=True)
+                         ] if hook else []
 
     def refresh(self) -> None:
         """Collect the genfast spectral norms of the model (weights of >= 2 dims, first in
@@ -302,6 +306,11 @@ class SpectralNormGroup:
 
     def _pre_hook(self, module, args) -> None:
         self.update()
+
+    def _post_hook(self, module, args, output) -> None:
+        # A sigma the forward did not use belongs to this step's weights: drop it before an
+        # optimizer step makes it stale.
+        self.clear()
 
     def _plan(self) -> list[tuple]:
         """Layers grouped by what one kernel call shares, for the current training flags."""
@@ -336,9 +345,17 @@ class SpectralNormGroup:
                 else:  # the attribute exists (see __init__): skip nn.Module.__setattr__
                     sn.__dict__["_pending"] = s
 
-    def remove(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+    def clear(self) -> None:
+        """Forget the sigmas update() computed that no layer has used yet."""
+        compiling = torch.compiler.is_compiling()
         for _, sn in self._layers:
-            sn._pending = None
+            if compiling:
+                sn._pending = None
+            else:
+                sn.__dict__["_pending"] = None
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.clear()

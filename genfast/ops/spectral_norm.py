@@ -238,7 +238,8 @@ def power_iteration(weights: list[Tensor], us: list[Tensor], vs: list[Tensor],
     """:func:`spectral_norm_power_iteration` for callers that validated their settings once
     (genfast.nn). What the kernels rely on (u, v sizes, one dtype and device) is checked on
     the way to them all the same."""
-    name = _resolve(weights[0], backend)
+    # Meta tensors (shape-only models) take the reference, which costs nothing there, quietly.
+    name = "reference" if weights[0].is_meta else _resolve(weights[0], backend)
     with torch.no_grad():  # the weights may require grad; nothing here is differentiated
         return _run_power(weights, us, vs, dims, n_iter, eps, name)
 
@@ -287,9 +288,9 @@ class _Normalize(torch.autograd.Function):
         coef = torch.vdot(g.reshape(-1), w.reshape(-1)).to(s.dtype) * live / (s * s)
         vv = (v * -coef).to(w.dtype)
         gw = (g / s).to(w.dtype)
-        h = w.shape[d]
+        h, n = matrix_shape(w, d)
         if d == 0:
-            return gw.reshape(h, -1).addr_(u, vv).reshape(w.shape), None, None, None, None, None
+            return gw.reshape(h, n).addr_(u, vv).reshape(w.shape), None, None, None, None, None
         moved = (h, *w.shape[:d], *w.shape[d + 1:])
         return gw + torch.outer(u, vv).reshape(moved).movedim(0, d), None, None, None, None, None
 
@@ -422,6 +423,20 @@ def spectral_norm_power_iteration(
         return _run_power([w.detach() for w in weights], us, vs, dims, n_iter, eps, name)
 
 
+def _checked_sigma(weight, u, v, n_power_iterations, eps, dim, update, backend):
+    """(floored sigma, dim, floor) for one weight, its arguments checked by their own names."""
+    check_weight(weight)
+    d = check_dim(dim, weight.dim())
+    n_iter = check_n_iter(n_power_iterations) if update else 0
+    h, n = matrix_shape(weight, d)
+    _check_vector("u", u, h, weight, "weight")
+    _check_vector("v", v, n, weight, "weight")
+    sigma = spectral_norm_power_iteration([weight], [u], [v], n_iter, eps, dims=d,
+                                          backend=backend)
+    floor = sigma_floor(eps, weight.dtype)
+    return floor_sigma(sigma, floor, n_iter > 0)[0], d, floor
+
+
 def spectral_sigma(weight: Tensor, u: Tensor, v: Tensor, n_power_iterations: int = 1,
                    eps: float = 1e-12, *, dim: int = 0, update: bool = True,
                    backend: str | None = None) -> Tensor:
@@ -434,13 +449,9 @@ def spectral_sigma(weight: Tensor, u: Tensor, v: Tensor, n_power_iterations: int
     Returns float32 sigma (float64 for float64 weights). |sigma| below max(eps, the dtype's
     smallest normal) reads as that floor, so a zero weight divides to 0, never NaN.
     """
-    check_weight(weight)
-    d = check_dim(dim, weight.dim())
-    n_iter = check_n_iter(n_power_iterations) if update else 0
-    sigma = spectral_norm_power_iteration([weight], [u], [v], n_iter, eps, dims=d,
-                                          backend=backend)
-    floor = sigma_floor(eps, weight.dtype)
-    return sigma_node(weight, u, v, floor_sigma(sigma, floor, n_iter > 0)[0], d, floor)
+    sigma, d, floor = _checked_sigma(weight, u, v, n_power_iterations, eps, dim, update,
+                                     backend)
+    return sigma_node(weight, u, v, sigma, d, floor)
 
 
 def spectral_normalize(weight: Tensor, u: Tensor | None = None, v: Tensor | None = None,
@@ -453,10 +464,6 @@ def spectral_normalize(weight: Tensor, u: Tensor | None = None, v: Tensor | None
     """
     if isinstance(weight, Tensor) and weight.dim() == 1:
         return F.normalize(weight, dim=0, eps=check_eps(eps))
-    check_weight(weight)
-    d = check_dim(dim, weight.dim())
-    n_iter = check_n_iter(n_power_iterations) if update else 0
-    sigma = spectral_norm_power_iteration([weight], [u], [v], n_iter, eps, dims=d,
-                                          backend=backend)
-    floor = sigma_floor(eps, weight.dtype)
-    return normalized(weight, u, v, floor_sigma(sigma, floor, n_iter > 0)[0], d, floor)
+    sigma, d, floor = _checked_sigma(weight, u, v, n_power_iterations, eps, dim, update,
+                                     backend)
+    return normalized(weight, u, v, sigma, d, floor)
