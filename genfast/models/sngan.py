@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genfast.nn.spectral_norm import spectral_norm
+from genfast.nn.spectral_norm import SpectralNormGroup, spectral_norm
 
 from ._gan import GAN, GANConfig, stages
 
@@ -83,6 +83,8 @@ class SNGAN(GAN):
 
     def __init__(self, config: SNGANConfig | None = None) -> None:
         super().__init__(config or SNGANConfig())
+        # One multi-tensor power-iteration call per discriminator forward, not one per layer.
+        self._sn_group = SpectralNormGroup(self.discriminator)
 
     def build_discriminator(self) -> nn.Module:
         c, s, _ = self.config.image_shape
