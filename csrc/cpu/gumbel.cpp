@@ -21,15 +21,6 @@
 #include "common/parallel.h"
 #include "common/philox.h"
 
-// Multiversioning: the build's baseline is SSE2, so the row loops are compiled again for AVX2+FMA
-// and AVX-512 and the dynamic loader picks one at load time (ifunc). GCC only: the x86-64-v*
-// names need it; elsewhere the baseline code runs.
-#if defined(GENFAST_X86_SIMD) && defined(__linux__) && !defined(__clang__)
-#define GENFAST_FMV 1
-#define GENFAST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define GENFAST_CLONES
-#endif
 
 namespace genfast::cpu {
 namespace {

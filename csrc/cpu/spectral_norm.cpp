@@ -24,12 +24,6 @@
 #include "common/fastmath.h"
 #include "common/parallel.h"
 
-// Multiversioning as in gumbel.cpp: the hot loops again for AVX2+FMA and AVX-512.
-#if defined(GENFAST_X86_SIMD) && defined(__linux__) && !defined(__clang__)
-#define GENFAST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define GENFAST_CLONES
-#endif
 
 namespace genfast::cpu {
 namespace {

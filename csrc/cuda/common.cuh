@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cfloat>
 #include <cstdint>
 
 namespace genfast::cuda::dev {
@@ -323,6 +324,17 @@ int with_dtype(int dtype, F&& f) {
     case 2: return f(Tag<__half>{});
     case 3: return f(Tag<__nv_bfloat16>{});
     default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+}
+
+// Scalar parameters (1/tau, eps, ...) arrive as double; fp32 math needs them as a float that did
+// not overflow to inf (inf * 0 would turn a row max into NaN).
+template <typename A>
+A to_param(double v) {
+  if constexpr (sizeof(A) == sizeof(float)) {
+    return static_cast<float>(v > FLT_MAX ? FLT_MAX : v);
+  } else {
+    return v;
   }
 }
 

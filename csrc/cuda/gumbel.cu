@@ -509,17 +509,6 @@ unsigned grid_for(int64_t rows) {
   return static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
 }
 
-// The scalar parameters arrive as double; fp32 math needs them as float without overflowing to
-// inf (inf * 0 would turn the row max into NaN).
-template <typename A>
-A to_param(double v) {
-  if constexpr (sizeof(A) == sizeof(float)) {
-    return static_cast<float>(v > FLT_MAX ? FLT_MAX : v);
-  } else {
-    return v;
-  }
-}
-
 }  // namespace
 
 int gumbel_softmax_fwd(const void* x, int64_t x_row_stride, void* y, int64_t y_row_stride,

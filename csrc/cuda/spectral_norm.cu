@@ -245,16 +245,6 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- host side ----------------------------------------------------------------------------
 
-// eps arrives as double; float math needs it as a float that did not overflow to inf.
-template <typename A>
-A to_param(double v) {
-  if constexpr (sizeof(A) == sizeof(float)) {
-    return static_cast<float>(v > FLT_MAX ? FLT_MAX : v);
-  } else {
-    return v;
-  }
-}
-
 }  // namespace
 
 int spectral_norm_power_iteration(int64_t count, const int64_t* meta, int dtype, int n_iter,
