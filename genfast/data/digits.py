@@ -77,7 +77,7 @@ def split(x: torch.Tensor, test_fraction: float = 0.2, seed: int = SPLIT_SEED) -
 def digits_split(size: int = 8, mode: Literal["upsample", "pad"] = "upsample") -> tuple[
     torch.Tensor, torch.Tensor
 ]:
-    """(train, test) digit images: 1,437 / 360, the same split on every machine."""
+    """(train, test) digit images: 1,438 / 359, the same split on every machine."""
     return split(load_digits(size, mode)[0])
 
 
