@@ -1,12 +1,25 @@
-"""What every op needs to hand a tensor across the pointer-level C++/CUDA boundary."""
+"""What every op module shares: its math dtype and the way to the compiled and Triton kernels
+(the pointer-level C++/CUDA boundary included)."""
 
 from __future__ import annotations
+
+import importlib
 
 import torch
 
 from .. import backends
 
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype kernels do their math in: float64 for float64 data, float32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def triton_kernels(stem: str):
+    """genfast.kernels.<stem>, imported on first use so triton stays out of import time."""
+    return importlib.import_module(f"genfast.kernels.{stem}")
 
 
 def rows_view(x: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,16 @@ import torch
 from torch import Tensor
 
 from .. import backends
-from ._boundary import DTYPE_CODE, cpu_module, cuda_module, cuda_stream, row_stride, rows_view
+from ._boundary import (
+    DTYPE_CODE,
+    cpu_module,
+    cuda_module,
+    cuda_stream,
+    row_stride,
+    rows_view,
+    triton_kernels,
+    work_dtype,
+)
 
 _ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 SPEC = backends.register_op(backends.OpSpec(
@@ -51,16 +60,12 @@ KINDS = ("wgan-gp", "r1", "r2")
 
 
 # --------------------------------------------------------------------------- reference (oracle)
-def _work_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def _ref_norms(g: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(g, dim=1, dtype=_work_dtype(g)).to(g.dtype)
+    return torch.linalg.vector_norm(g, dim=1, dtype=work_dtype(g.dtype)).to(g.dtype)
 
 
 def _ref_scale(g: Tensor, scale: Tensor) -> Tensor:
-    wd = _work_dtype(g)
+    wd = work_dtype(g.dtype)
     return (g.to(wd) * scale.to(wd)[:, None]).to(g.dtype).contiguous()
 
 
@@ -100,9 +105,7 @@ def _cuda_scale(g, scale):
 
 
 def _triton():
-    from ..kernels import gradient_penalty as k  # on first use: triton stays out of import time
-
-    return k
+    return triton_kernels("gradient_penalty")
 
 
 def _triton_norms(g):

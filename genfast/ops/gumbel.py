@@ -16,10 +16,12 @@ and the logs are in double). Four neighbouring columns share one Philox call.
 
 ## Row preprocessing (defines the result for hostile rows; identical in every op)
 1. m = max_c x[c].
-2. If m == +inf: x'[c] = 0 where x[c] == +inf, else -inf; m' = 0   (mass shared by the +inf entries)
-   If m == -inf: x'[c] = 0 for all c; m' = 0                       (a row with no finite logit is uniform)
+2. If m == +inf: x'[c] = 0 where x[c] == +inf, else -inf; m' = 0
+     (the +inf entries share all the mass)
+   If m == -inf: x'[c] = 0 for all c; m' = 0   (a row with no finite logit is uniform)
    Otherwise x' = x, m' = m.
-   NaN logits: the row's outputs are NaN (gumbel_softmax) / any index in [0, n) (sampling) — never out of range.
+   NaN logits: the row's outputs are NaN (gumbel_softmax) / any index in [0, n) (sampling),
+   never out of range.
 
 ## gumbel_softmax_fwd(x, seed, inv_tau, hard) -> y   (inv_tau = 1/tau, finite, > 0, given by Python)
 a[c] = (x'[c] - m') + g[c]
@@ -56,7 +58,16 @@ import torch
 from torch import Tensor
 
 from .. import backends, random
-from ._boundary import DTYPE_CODE, cpu_module, cuda_module, cuda_stream, row_stride, rows_view
+from ._boundary import (
+    DTYPE_CODE,
+    cpu_module,
+    cuda_module,
+    cuda_stream,
+    row_stride,
+    rows_view,
+    triton_kernels,
+    work_dtype,
+)
 
 _ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 SPEC = backends.register_op(backends.OpSpec(
@@ -70,10 +81,6 @@ _MIN_TAU = 1e-30
 
 
 # --------------------------------------------------------------------------- reference (oracle)
-def _work_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def _seed_value(seed: Tensor) -> int:
     return int(seed.reshape(-1)[0].item()) & 0xFFFFFFFFFFFFFFFF
 
@@ -90,7 +97,7 @@ def _ref_rows(x: Tensor) -> tuple[Tensor, Tensor]:
 def _ref_fwd(x: Tensor, seed: Tensor, inv_tau: float, hard: bool) -> Tensor:
     if x.numel() == 0:
         return torch.empty_like(x, memory_format=torch.contiguous_format)
-    wd = _work_dtype(x)
+    wd = work_dtype(x.dtype)
     xp, mp = _ref_rows(x.to(wd))
     a = (xp - mp) + random.gumbel(_seed_value(seed), x.shape[0], x.shape[1], x.device, wd)
     if hard:
@@ -105,7 +112,7 @@ def _ref_fwd(x: Tensor, seed: Tensor, inv_tau: float, hard: bool) -> Tensor:
 def _ref_bwd(dy: Tensor, src: Tensor, seed: Tensor, inv_tau: float, recompute: bool) -> Tensor:
     if src.numel() == 0:
         return torch.empty_like(src, memory_format=torch.contiguous_format)
-    wd = _work_dtype(src)
+    wd = work_dtype(src.dtype)
     y = (_ref_fwd(src.to(wd), seed, inv_tau, False) if recompute else src).to(wd)
     dyw = dy.to(wd)
     dx = y * (dyw - (dyw * y).sum(dim=1, keepdim=True)) * inv_tau
@@ -113,7 +120,7 @@ def _ref_bwd(dy: Tensor, src: Tensor, seed: Tensor, inv_tau: float, recompute: b
 
 
 def _ref_sample(x: Tensor, seed: Tensor, inv_temp: float, top_k: int, top_p: float) -> Tensor:
-    wd = _work_dtype(x)
+    wd = work_dtype(x.dtype)
     xp, mp = _ref_rows(x.to(wd))
     if math.isinf(inv_temp):
         return xp.argmax(dim=1)
@@ -204,9 +211,7 @@ def _cuda_sample(x, seed, inv_temp, top_k, top_p):
 
 
 def _triton():
-    from ..kernels import gumbel as k  # imported on first use: triton stays out of import time
-
-    return k
+    return triton_kernels("gumbel")
 
 
 def _triton_fwd(x, seed, inv_tau, hard):

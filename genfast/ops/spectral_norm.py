@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import backends
-from ._boundary import DTYPE_CODE, cpu_module, cuda_module, cuda_stream
+from ._boundary import DTYPE_CODE, cpu_module, cuda_module, cuda_stream, triton_kernels, work_dtype
 
 _ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 SPEC = backends.register_op(backends.OpSpec(
@@ -47,10 +47,6 @@ SPEC = backends.register_op(backends.OpSpec(
     dtypes={"reference": _ALL, "cpu": (torch.float32, torch.float64),
             "triton": (torch.float16, torch.bfloat16, torch.float32), "cuda": _ALL},
 ))
-
-
-def _sigma_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def matrix_shape(weight: Tensor, dim: int) -> tuple[int, int]:
@@ -69,7 +65,7 @@ def as_matrix(weight: Tensor, dim: int) -> Tensor:
 def _ref_power(weights, us, vs, dims, n_iter, eps):
     out = []
     for w, u, v, d in zip(weights, us, vs, dims, strict=True):
-        wd = _sigma_dtype(w.dtype)
+        wd = work_dtype(w.dtype)
         m, uw, vw = as_matrix(w, d).to(wd), u.to(wd), v.to(wd)
         for _ in range(n_iter):
             uw = F.normalize(torch.mv(m, vw), dim=0, eps=eps)
@@ -159,7 +155,7 @@ def _cuda_power(weights, us, vs, dims, n_iter, eps):
 
 
 def _triton_power(weights, us, vs, dims, n_iter, eps):
-    from ..kernels import spectral_norm as k  # imported on first use: triton stays out of import
+    k = triton_kernels("spectral_norm")
 
     meta, keep, back = _operands(weights, us, vs, dims)
     sigma = torch.empty(len(weights), dtype=torch.float32, device=weights[0].device)
@@ -198,7 +194,7 @@ def power_iteration_op(weights: list[Tensor], us: list[Tensor], vs: list[Tensor]
 
 @power_iteration_op.register_fake
 def _(weights, us, vs, dims, n_iter, eps, backend):
-    return weights[0].new_empty(len(weights), dtype=_sigma_dtype(weights[0].dtype))
+    return weights[0].new_empty(len(weights), dtype=work_dtype(weights[0].dtype))
 
 
 def _plain(ts) -> bool:
