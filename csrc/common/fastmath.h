@@ -11,22 +11,8 @@
 #include <cstring>
 #include <limits>
 
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_builtin)
-#if __has_builtin(__builtin_shufflevector)  // GCC >= 12, clang
-#include <immintrin.h>
-#define GENFAST_X86_SIMD 1
-#endif
-#endif
-
-// Multiversioning: the build's baseline is SSE2, so hot loops marked GENFAST_CLONES are compiled
-// again for AVX2+FMA and AVX-512 and the dynamic loader picks one at load time (ifunc). GCC only:
-// the x86-64-v* names need it; elsewhere the baseline code runs.
-#if defined(GENFAST_X86_SIMD) && defined(__linux__) && !defined(__clang__)
-#define GENFAST_FMV 1
-#define GENFAST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define GENFAST_CLONES
-#endif
+#include "common/isa.h"
+#include "common/philox.h"
 
 #define GENFAST_INLINE inline __attribute__((always_inline))
 
@@ -231,6 +217,52 @@ GENFAST_INLINE void philox_lanes(uint64_t seed, uint64_t row, uint32_t q0, int64
   }
 }
 #pragma GCC diagnostic pop
+
+#ifdef GENFAST_ISA_X86
+GENFAST_TARGET_AVX512 inline void philox_words_avx512(uint64_t seed, uint64_t row, uint32_t q0,
+                                                      int64_t quads, uint32_t* w) {
+  philox_lanes<u64x8>(seed, row, q0, quads, w);
+}
+GENFAST_TARGET_AVX2 inline void philox_words_avx2(uint64_t seed, uint64_t row, uint32_t q0,
+                                                  int64_t quads, uint32_t* w) {
+  philox_lanes<u64x4>(seed, row, q0, quads, w);
+}
+#endif  // GENFAST_ISA_X86
 #endif  // GENFAST_X86_SIMD
+
+// w[0..4*quads) = the words of blocks q0.. of `row`, in column order; w holds whole vectors of
+// blocks (4 * quads rounded up to a multiple of 32 words). Called once per chunk of columns, so
+// it reads the active ISA (isa.h) itself: the words are the same on every copy.
+inline void philox_words(uint64_t seed, uint64_t row, uint32_t q0, int64_t quads, uint32_t* w) {
+#ifdef GENFAST_X86_SIMD
+  switch (isa::active()) {
+#ifdef GENFAST_ISA_X86
+    case isa::kAvx512: return philox_words_avx512(seed, row, q0, quads, w);
+    case isa::kAvx2: return philox_words_avx2(seed, row, q0, quads, w);
+#endif
+    case isa::kBase: return philox_lanes<u64x2>(seed, row, q0, quads, w);  // SSE2: x86-64's base
+    default: break;
+  }
+#endif
+  for (int64_t q = 0; q < quads; ++q) {
+    const Philox4 b = philox_block(seed, row, q0 + static_cast<uint64_t>(q));
+    for (int j = 0; j < 4; ++j) w[4 * q + j] = b.w[j];
+  }
+}
+
+// out[r * ld + c] = the stream's uniform of (row0 + r, c) for a (rows, n) block: the Philox path
+// of the kernels on its own, so tests can compare it bit for bit with genfast.random.
+inline void philox_uniform_rows(uint64_t seed, uint64_t row0, int64_t rows, int64_t n,
+                                int64_t ld, float* out) {
+  constexpr int64_t kChunk = 256;
+  alignas(64) uint32_t w[kChunk];
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+      const int64_t len = n - c0 < kChunk ? n - c0 : kChunk;
+      philox_words(seed, row0 + static_cast<uint64_t>(r), static_cast<uint32_t>(c0 >> 2),
+                   (len + 3) >> 2, w);
+      for (int64_t i = 0; i < len; ++i) out[r * ld + c0 + i] = uniform_from_word(w[i]);
+    }
+}
 
 }  // namespace genfast::fastmath

@@ -53,8 +53,10 @@ GENFAST_INLINE void scale_block(const ScaleArgs& a, int64_t r0, int64_t r1) {
   }
 }
 
-GENFAST_CLONES void norm_f32(const NormArgs& a, int64_t r0, int64_t r1) { norm_block<float>(a, r0, r1); }
-GENFAST_CLONES void scale_f32(const ScaleArgs& a, int64_t r0, int64_t r1) { scale_block<float>(a, r0, r1); }
+GENFAST_MULTIVERSIONED(norm_f32, (const NormArgs& a, int64_t r0, int64_t r1), (a, r0, r1),
+                       norm_block<float>(a, r0, r1))
+GENFAST_MULTIVERSIONED(scale_f32, (const ScaleArgs& a, int64_t r0, int64_t r1), (a, r0, r1),
+                       scale_block<float>(a, r0, r1))
 void norm_f64(const NormArgs& a, int64_t r0, int64_t r1) { norm_block<double>(a, r0, r1); }
 void scale_f64(const ScaleArgs& a, int64_t r0, int64_t r1) { scale_block<double>(a, r0, r1); }
 

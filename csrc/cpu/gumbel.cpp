@@ -48,34 +48,7 @@ GENFAST_INLINE double flog(double x) { return std::log(x); }
 GENFAST_INLINE float fexp(float x) { return fastmath::exp(x); }
 GENFAST_INLINE double fexp(double x) { return std::exp(x); }
 
-// w[0..4*quads) = the words of blocks q0.. of `row`, in column order; w holds whole vectors of
-// blocks (see fastmath::philox_lanes). One version per ISA (function multiversioning: each body
-// has its own intrinsics), called once per chunk.
-#ifdef GENFAST_FMV
-__attribute__((target("default"))) void philox_words(uint64_t seed, uint64_t row, uint32_t q0,
-                                                     int64_t quads, uint32_t* w) {
-  fastmath::philox_lanes<fastmath::u64x2>(seed, row, q0, quads, w);
-}
-__attribute__((target("avx2"))) void philox_words(uint64_t seed, uint64_t row, uint32_t q0,
-                                                  int64_t quads, uint32_t* w) {
-  fastmath::philox_lanes<fastmath::u64x4>(seed, row, q0, quads, w);
-}
-__attribute__((target("avx512f"))) void philox_words(uint64_t seed, uint64_t row, uint32_t q0,
-                                                     int64_t quads, uint32_t* w) {
-  fastmath::philox_lanes<fastmath::u64x8>(seed, row, q0, quads, w);
-}
-#elif defined(GENFAST_X86_SIMD)
-void philox_words(uint64_t seed, uint64_t row, uint32_t q0, int64_t quads, uint32_t* w) {
-  fastmath::philox_lanes<fastmath::u64x2>(seed, row, q0, quads, w);  // SSE2 is x86-64's baseline
-}
-#else
-void philox_words(uint64_t seed, uint64_t row, uint32_t q0, int64_t quads, uint32_t* w) {
-  for (int64_t q = 0; q < quads; ++q) {
-    const Philox4 b = philox_block(seed, row, q0 + static_cast<uint64_t>(q));
-    for (int j = 0; j < 4; ++j) w[4 * q + j] = b.w[j];
-  }
-}
-#endif
+using fastmath::philox_words;  // the active ISA's copy (common/isa.h)
 
 // Gumbel noise g[0..len) of row `row`, columns c0.. (c0 a multiple of 4): the stream of
 // genfast/random.py.
@@ -354,15 +327,12 @@ GENFAST_INLINE void sample_block(const SampleArgs& a, int64_t r0, int64_t r1) {
                           scratch);
 }
 
-GENFAST_CLONES void fwd_f32(const FwdArgs& a, int64_t r0, int64_t r1) {
-  fwd_block<float>(a, r0, r1);
-}
-GENFAST_CLONES void bwd_f32(const BwdArgs& a, int64_t r0, int64_t r1) {
-  bwd_block<float>(a, r0, r1);
-}
-GENFAST_CLONES void sample_f32(const SampleArgs& a, int64_t r0, int64_t r1) {
-  sample_block<float>(a, r0, r1);
-}
+GENFAST_MULTIVERSIONED(fwd_f32, (const FwdArgs& a, int64_t r0, int64_t r1), (a, r0, r1),
+                       fwd_block<float>(a, r0, r1))
+GENFAST_MULTIVERSIONED(bwd_f32, (const BwdArgs& a, int64_t r0, int64_t r1), (a, r0, r1),
+                       bwd_block<float>(a, r0, r1))
+GENFAST_MULTIVERSIONED(sample_f32, (const SampleArgs& a, int64_t r0, int64_t r1), (a, r0, r1),
+                       sample_block<float>(a, r0, r1))
 void fwd_f64(const FwdArgs& a, int64_t r0, int64_t r1) { fwd_block<double>(a, r0, r1); }
 void bwd_f64(const BwdArgs& a, int64_t r0, int64_t r1) { bwd_block<double>(a, r0, r1); }
 void sample_f64(const SampleArgs& a, int64_t r0, int64_t r1) { sample_block<double>(a, r0, r1); }

@@ -147,11 +147,12 @@ GENFAST_INLINE float run_job(const Job& j, int n_iter, double eps_d, std::vector
 }
 
 // One thread's share: its jobs back to back. Multiversioned so the inlined loops get AVX2/512.
-GENFAST_CLONES void run_f32(const Job* jobs, const int64_t* ids, int64_t count, int n_iter,
-                            double eps, float* sigma) {
-  std::vector<float> scratch;
-  for (int64_t i = 0; i < count; ++i) sigma[ids[i]] = run_job<float>(jobs[ids[i]], n_iter, eps, scratch);
-}
+GENFAST_MULTIVERSIONED(run_f32, (const Job* jobs, const int64_t* ids, int64_t count, int n_iter,
+                                 double eps, float* sigma),
+                       (jobs, ids, count, n_iter, eps, sigma),
+                       std::vector<float> scratch;
+                       for (int64_t i = 0; i < count; ++i)
+                           sigma[ids[i]] = run_job<float>(jobs[ids[i]], n_iter, eps, scratch))
 
 void run_f64(const Job* jobs, const int64_t* ids, int64_t count, int n_iter, double eps,
              float* sigma) {
