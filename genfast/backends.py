@@ -21,10 +21,17 @@ import torch
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 _CHOICES = ("auto", *BACKENDS)
+# A backend chosen by `auto` travels to the op as "auto:<name>": only such a call may fall back
+# at run time; a backend the caller named explicitly raises its own error instead.
+AUTO_PREFIX = "auto:"
 
 
 class BackendError(RuntimeError):
     """No backend can serve a request; the message lists every rejected backend and why."""
+
+
+class BackendFallbackWarning(UserWarning):
+    """`auto` ran an op on a slower backend than the best one for the call (once per cause)."""
 
 
 @functools.cache
@@ -62,7 +69,9 @@ def _triton_reason(device: torch.device) -> str:
             return f"Triton kernels need sm_80+, this GPU is sm_{major}{minor}"
         return ""
     if device.type == "cpu":
-        return "" if triton_interpreting() else "CPU tensors run Triton only under TRITON_INTERPRET=1"
+        if triton_interpreting():
+            return ""
+        return "CPU tensors run Triton only under TRITON_INTERPRET=1"
     return f"no Triton backend for {device.type} tensors"
 
 
@@ -102,7 +111,8 @@ class OpSpec:
 
     def reason(self, backend: str, x: torch.Tensor, device: torch.device | None = None) -> str:
         """Why `backend` cannot take `x` (on `device`, for meta tensors); '' when it can."""
-        why = _device_reason(backend, device or x.device)
+        dev = device or x.device
+        why = _device_reason(backend, dev) or _failed.get((self.name, backend, dev.type), "")
         if not why and x.dtype not in self.dtypes.get(backend, ()):
             names = ", ".join(str(d).removeprefix("torch.") for d in self.dtypes.get(backend, ()))
             why = f"dtype {str(x.dtype).removeprefix('torch.')} not supported (takes {names})"
@@ -110,13 +120,97 @@ class OpSpec:
 
 
 _OPS: dict[str, OpSpec] = {}
+# op -> backend -> tuple of kernel entry points (the op's `which`-th kernel is impls[i])
+_IMPLS: dict[str, dict[str, tuple]] = {}
+# (op, backend, device type) -> why it failed at run time; consulted by every resolution
+_failed: dict[tuple[str, str, str], str] = {}
 _local = threading.local()
 _warned: set[tuple[str, str]] = set()
+_lock = threading.Lock()
+# Bumped whenever a backend is disabled, so callers that memoize resolutions can notice.
+generation = 0
 
 
 def register_op(spec: OpSpec) -> OpSpec:
     _OPS[spec.name] = spec
     return spec
+
+
+def implement(op: str, impls: dict[str, tuple]) -> None:
+    """Register op `op`'s kernels: backend name -> tuple of callables (one per kernel of the
+    family, in a fixed order the op module defines). :func:`call` runs them."""
+    missing = set(impls) ^ set(BACKENDS)
+    if missing:
+        raise ValueError(f"genfast.{op}: implementations must cover {BACKENDS}, "
+                         f"got {sorted(impls)}")
+    _IMPLS[op] = dict(impls)
+
+
+def _tensor_in(args) -> torch.Tensor | None:
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a
+        if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor):
+            return a[0]
+    return None
+
+
+def _fatal(e: BaseException) -> bool:
+    """Errors that no other backend would avoid: out of memory, an interrupt, or a ValueError /
+    IndexError, which genfast raises for arguments the kernels cannot take (a wrong-sized
+    buffer): another backend would fail on them too, and the first message is the clear one."""
+    return (isinstance(e, (torch.OutOfMemoryError, ValueError, IndexError))
+            or not isinstance(e, Exception))
+
+
+def call(op: str, backend: str, which: int, *args):
+    """Run kernel `which` of op `op` on `backend` (a name, or "auto:<name>" from `auto`).
+
+    A backend picked by `auto` that raises (a Triton compile or launch error, a feature the
+    installed Triton lacks, a CUDA launch failure) is disabled for this op in this process
+    with one warning naming the reason, and the call is retried on the next backend `auto`
+    would pick (triton -> cuda -> reference). A backend named explicitly raises instead.
+    """
+    name = backend.removeprefix(AUTO_PREFIX)
+    may_fall = backend.startswith(AUTO_PREFIX)
+    while True:
+        try:
+            return _IMPLS[op][name][which](*args)
+        except BaseException as e:
+            if not may_fall or name == "reference" or _fatal(e):
+                raise
+            name = _disable(op, name, e, _tensor_in(args))
+
+
+def _disable(op: str, name: str, e: BaseException, x: torch.Tensor | None) -> str:
+    """Mark `name` failed for `op` on x's device type, warn once, return the next choice."""
+    global generation
+    if x is None:
+        raise RuntimeError(f"genfast.{op}: backend {name!r} failed and the call has no tensor "
+                           "to pick a fallback by") from e
+    reason = f"failed at run time ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})"
+    with _lock:
+        _failed[(op, name, x.device.type)] = reason
+        _warned.add((op, f"{name}: {reason}"))  # this warning replaces _resolve's own
+        generation += 1
+    nxt = _resolve(op, x.device.type, x.device.index, x.dtype, "auto")
+    warnings.warn(f"genfast.{op}: backend {name!r} {reason}; disabled for this op in this "
+                  f"process, using {nxt!r} from now on", BackendFallbackWarning, stacklevel=3)
+    return nxt
+
+
+def failures() -> dict[tuple[str, str, str], str]:
+    """(op, backend, device type) -> why that backend was disabled at run time."""
+    return dict(_failed)
+
+
+def reset_failures() -> None:
+    """Re-enable every backend disabled at run time (tests; after fixing the cause)."""
+    global generation
+    with _lock:
+        _failed.clear()
+        _warned.clear()
+        generation += 1
 
 
 def registered_ops() -> dict[str, OpSpec]:
@@ -156,15 +250,26 @@ def requested_backend(backend: str | None = None) -> str:
 
 
 def resolve(op: str, x: torch.Tensor, backend: str | None = None) -> str:
-    """Pick the backend for op `op` on tensor `x`, or raise BackendError with every reason."""
+    """Pick the backend for op `op` on tensor `x`, or raise BackendError with every reason.
+
+    Returns the backend name when it was asked for by name, and "auto:<name>" when `auto`
+    chose it: pass the result on to :func:`call`, which may then fall back at run time.
+    """
     if backend is not None:
         _check_choice(backend, "backend")
-    return _resolve(op, x.device.type, x.device.index, x.dtype, requested_backend(backend))
+    want = requested_backend(backend)
+    name = _resolve(op, x.device.type, x.device.index, x.dtype, want, generation)
+    return AUTO_PREFIX + name if want == "auto" else name
+
+
+def base_name(backend: str) -> str:
+    """The backend name inside a resolution ("auto:cpu" -> "cpu")."""
+    return backend.removeprefix(AUTO_PREFIX)
 
 
 @torch.compiler.assume_constant_result
 def _resolve(op: str, device_type: str, device_index: int | None, dtype: torch.dtype,
-             want: str) -> str:
+             want: str, _generation: int = 0) -> str:
     spec = _OPS[op]
     x = torch.empty(0, dtype=dtype, device="meta")
     device = torch.device(device_type, device_index)
@@ -183,6 +288,7 @@ def _resolve(op: str, device_type: str, device_index: int | None, dtype: torch.d
                 warnings.warn(
                     f"genfast.{op}: falling back to the slow reference backend ("
                     + "; ".join(rejected) + ")",
+                    BackendFallbackWarning,
                     stacklevel=4,
                 )
             return name
@@ -200,7 +306,7 @@ def availability(device: str = "cpu", dtype: torch.dtype = torch.float32) -> dic
             if dev.type == "cuda" and not torch.cuda.is_available():
                 row[b] = "no CUDA device here"
                 continue
-            why = _device_reason(b, dev)
+            why = _device_reason(b, dev) or _failed.get((name, b, dev.type), "")
             if not why and dtype not in spec.dtypes.get(b, ()):
                 why = f"dtype {str(dtype).removeprefix('torch.')} not supported"
             row[b] = why

@@ -15,11 +15,11 @@ when a small batch of large images makes few rows.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
+
+from ._launch import check_like, check_rows, device_guard, pow2_block, row_stride
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _TILE = 4096  # elements per tile: 32 values a thread at 4 warps
@@ -80,64 +80,27 @@ def _scale_rows_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
-def _check_g(g: torch.Tensor) -> None:
-    if not isinstance(g, torch.Tensor):
-        raise TypeError(f"g must be a torch.Tensor, got {type(g).__name__}")
-    if g.dim() != 2:
-        raise ValueError(f"g must be 2-D (rows, d), got shape {tuple(g.shape)}")
-    if g.dtype not in _DTYPES:
-        raise TypeError(f"g must be float32, float16, bfloat16 or float64, got {g.dtype}")
-    if g.size(1) > 1 and g.stride(1) != 1:
-        raise ValueError(f"g must have column stride 1, got strides {tuple(g.stride())}")
-    if g.size(0) > 1 and g.stride(0) < 0:
-        raise ValueError(f"g must have a row stride >= 0, got {g.stride(0)}")
-    if g.size(0) >= 2**31 or g.size(1) >= 2**31 - _MAX_BD:
-        raise ValueError(f"g has shape {tuple(g.shape)}; rows and d must stay below 2**31")
-
-
-def _check_vec(name: str, t: torch.Tensor, g: torch.Tensor, shape: tuple[int, ...]) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if tuple(t.shape) != shape or t.dtype != g.dtype or t.device != g.device:
-        raise ValueError(
-            f"{name} must be {g.dtype} of shape {shape} on {g.device}, "
-            f"got {t.dtype} of shape {tuple(t.shape)} on {t.device}"
-        )
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous")
-
-
 def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _tile(rows: int, d: int, block: int | None) -> tuple[int, int, int]:
     """(BR, BD, num_warps): BD covers the row up to _MAX_BD columns, BR rows fill the tile."""
-    if block is None:
-        bd = min(_MAX_BD, max(16, triton.next_power_of_2(d)))
-    elif block < 16 or block & (block - 1):
-        raise ValueError(f"block must be a power of two >= 16, got {block}")
-    else:
-        bd = block
+    bd = pow2_block(block, d, _MAX_BD)
     br = max(1, min(triton.next_power_of_2(max(rows, 1)), _TILE // bd))
     elems = br * bd
     return br, bd, 4 if elems >= 2048 else 2 if elems >= 512 else 1
 
 
-def _guard(t: torch.Tensor):
-    # Triton launches on the current device: make it the tensor's (no-op on the CPU).
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def row_norms(g2d: torch.Tensor, out: torch.Tensor, *, block: int | None = None) -> torch.Tensor:
     """out[r] = ||g2d[r, :]||_2 in g2d's dtype; `block` forces the column chunk (tests)."""
-    _check_g(g2d)
+    check_rows("g", g2d, _DTYPES, slack=_MAX_BD)
     rows, d = g2d.shape
-    _check_vec("out", out, g2d, (rows,))
+    check_like("out", out, (rows,), g2d.dtype, g2d.device)
     if rows:
         br, bd, warps = _tile(rows, d, block)
-        ld = g2d.stride(0) if rows > 1 else d
-        with _guard(g2d):
+        ld = row_stride(g2d)
+        with device_guard(g2d):
             _row_norms_kernel[(triton.cdiv(rows, br),)](
                 g2d, ld, out, rows, d, ACC=_acc(g2d.dtype), BR=br, BD=bd, num_warps=warps
             )
@@ -148,15 +111,15 @@ def scale_rows(
     g2d: torch.Tensor, scale: torch.Tensor, out: torch.Tensor, *, block: int | None = None
 ) -> torch.Tensor:
     """out[r, :] = scale[r] * g2d[r, :]; out contiguous (rows, d) in g2d's dtype."""
-    _check_g(g2d)
+    check_rows("g", g2d, _DTYPES, slack=_MAX_BD)
     rows, d = g2d.shape
-    _check_vec("scale", scale, g2d, (rows,))
-    _check_vec("out", out, g2d, (rows, d))
+    check_like("scale", scale, (rows,), g2d.dtype, g2d.device)
+    check_like("out", out, (rows, d), g2d.dtype, g2d.device)
     if rows and d:
         br, bd, warps = _tile(rows, d, block)
         col_tiles = triton.cdiv(d, bd)
-        ld = g2d.stride(0) if rows > 1 else d
-        with _guard(g2d):
+        ld = row_stride(g2d)
+        with device_guard(g2d):
             _scale_rows_kernel[(triton.cdiv(rows, br) * col_tiles,)](
                 g2d, ld, scale, out, rows, d, col_tiles,
                 ACC=_acc(g2d.dtype), BR=br, BD=bd, num_warps=warps,

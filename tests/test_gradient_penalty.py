@@ -489,7 +489,7 @@ W = torch.nn.Parameter(torch.ones(()))
     (lambda c, r, f: gradient_penalty(c, r, f, every=0), ValueError, "every"),
     (lambda c, r, f: gradient_penalty(c, r, f, every=4), ValueError, "step"),
     (lambda c, r, f: gradient_penalty(c, r, f, every=4, step=-1), ValueError, "step"),
-    (lambda c, r, f: gradient_penalty(c, r, f, every=2.0, step=0), ValueError, "every"),
+    (lambda c, r, f: gradient_penalty(c, r, f, every=2.0, step=0), TypeError, "every"),
     (lambda c, r, f: gradient_penalty(c, r, f, drift=-1e-3), ValueError, "drift"),
     (lambda c, r, f: gradient_penalty(c, None, f, kind="r2", drift=1.0), ValueError,
      "drift"),

@@ -31,7 +31,6 @@ d out / d g:     gp_scale_rows(grad_out, scale);   d out / d scale: (grad_out * 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -39,23 +38,20 @@ import torch
 from torch import Tensor
 
 from .. import backends
+from . import _checks
 from ._boundary import (
-    DTYPE_CODE,
-    cpu_module,
-    cuda_module,
-    cuda_stream,
-    row_stride,
+    Rows,
+    dtype_code,
+    empty_rows,
+    implementations,
+    native,
     rows_view,
+    standard_dtypes,
     triton_kernels,
     work_dtype,
 )
 
-_ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-SPEC = backends.register_op(backends.OpSpec(
-    name="gradient_penalty",
-    dtypes={"reference": _ALL, "cpu": (torch.float32, torch.float64),
-            "triton": (torch.float16, torch.bfloat16, torch.float32), "cuda": _ALL},
-))
+SPEC = backends.register_op(backends.OpSpec(name="gradient_penalty", dtypes=standard_dtypes()))
 KINDS = ("wgan-gp", "r1", "r2")
 
 
@@ -70,64 +66,33 @@ def _ref_scale(g: Tensor, scale: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- compiled backends
-def _cpu_norms(g):
+def _native_norms(backend, g):
     g = rows_view(g)
-    out = torch.empty(g.shape[0], dtype=g.dtype)
-    cpu_module().gp_row_norms(g.data_ptr(), row_stride(g), g.shape[0], g.shape[1],
-                              DTYPE_CODE[g.dtype], out.data_ptr(), torch.get_num_threads())
+    out = g.new_empty(g.shape[0])
+    native(backend, "gp_row_norms", Rows(g), *g.shape, dtype_code(g), out)
     return out
 
 
-def _cpu_scale(g, scale):
-    g, out = rows_view(g), torch.empty(g.shape, dtype=g.dtype)
-    cpu_module().gp_scale_rows(g.data_ptr(), row_stride(g), scale.data_ptr(), out.data_ptr(),
-                               g.shape[0], g.shape[1], DTYPE_CODE[g.dtype],
-                               torch.get_num_threads())
-    return out
-
-
-def _cuda_norms(g):
+def _native_scale(backend, g, scale):
     g = rows_view(g)
-    out = torch.empty(g.shape[0], dtype=g.dtype, device=g.device)
-    with torch.cuda.device(g.device):
-        cuda_module().gp_row_norms(g.data_ptr(), row_stride(g), g.shape[0], g.shape[1],
-                                   DTYPE_CODE[g.dtype], out.data_ptr(), cuda_stream(g))
+    out = empty_rows(g)
+    native(backend, "gp_scale_rows", Rows(g), scale, out, *g.shape, dtype_code(g))
     return out
-
-
-def _cuda_scale(g, scale):
-    g, out = rows_view(g), torch.empty(g.shape, dtype=g.dtype, device=g.device)
-    with torch.cuda.device(g.device):
-        cuda_module().gp_scale_rows(g.data_ptr(), row_stride(g), scale.data_ptr(),
-                                    out.data_ptr(), g.shape[0], g.shape[1],
-                                    DTYPE_CODE[g.dtype], cuda_stream(g))
-    return out
-
-
-def _triton():
-    return triton_kernels("gradient_penalty")
 
 
 def _triton_norms(g):
     g = rows_view(g)
-    out = torch.empty(g.shape[0], dtype=g.dtype, device=g.device)
-    _triton().row_norms(g, out)
-    return out
+    return triton_kernels("gradient_penalty").row_norms(g, g.new_empty(g.shape[0]))
 
 
 def _triton_scale(g, scale):
     g = rows_view(g)
-    out = torch.empty(g.shape, dtype=g.dtype, device=g.device)
-    _triton().scale_rows(g, scale, out)
-    return out
+    return triton_kernels("gradient_penalty").scale_rows(g, scale, empty_rows(g))
 
 
-_IMPL = {
-    "reference": (_ref_norms, _ref_scale),
-    "cpu": (_cpu_norms, _cpu_scale),
-    "cuda": (_cuda_norms, _cuda_scale),
-    "triton": (_triton_norms, _triton_scale),
-}
+implementations("gradient_penalty", reference=(_ref_norms, _ref_scale),
+                native=(_native_norms, _native_scale), triton=(_triton_norms, _triton_scale))
+_NORMS, _SCALE = 0, 1
 
 
 # --------------------------------------------------------------------------- torch.library ops
@@ -144,7 +109,7 @@ def gp_row_norms(g: Tensor, backend: str) -> Tensor:
     _check_rows(g)
     if g.numel() == 0:  # d == 0: every norm is 0; rows == 0: nothing
         return g.new_zeros(g.shape[0])
-    return _IMPL[backend][0](g)
+    return backends.call("gradient_penalty", backend, _NORMS, g)
 
 
 @torch.library.custom_op("genfast::gp_scale_rows", mutates_args=())
@@ -152,7 +117,8 @@ def gp_scale_rows(g: Tensor, scale: Tensor, backend: str) -> Tensor:
     _check_rows(g, scale)
     if g.numel() == 0:
         return g.new_empty(g.shape)
-    return _IMPL[backend][1](g, scale.to(g.dtype).contiguous())
+    return backends.call("gradient_penalty", backend, _SCALE, g,
+                         scale.to(g.dtype).contiguous())
 
 
 @gp_row_norms.register_fake
@@ -229,30 +195,11 @@ def per_sample_grad_norm(grad: Tensor, *, backend: str | None = None) -> Tensor:
 
 
 def _check_tensor(name: str, x: object) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _ALL:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
-    if x.dim() == 0 or x.shape[0] == 0:
+    _checks.tensor(name, x, min_dim=1)
+    if x.shape[0] == 0:
         raise ValueError(f"{name} must have a batch dimension with at least one sample, "
                          f"got shape {tuple(x.shape)}")
     return x
-
-
-def _real_number(name: str, value: object, low: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or (low is not None and v < low):
-        raise ValueError(f"{name} must be finite" + (f" and >= {low}" if low is not None else "")
-                         + f", got {value}")
-    return v
-
-
-def _int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
 
 
 def _scores(name: str, s: object, n: int) -> Tensor:
@@ -418,20 +365,18 @@ def gradient_penalty(
         raise TypeError(f"critic must be callable, got {type(critic).__name__}")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    weight = _real_number("weight", weight, low=0.0)
-    center = _real_number("center", center)
-    if not isinstance(one_sided, bool):
-        raise TypeError(f"one_sided must be a bool, got {type(one_sided).__name__}")
+    weight = _checks.real("weight", weight, low=0.0)
+    center = _checks.real("center", center)
+    _checks.boolean("one_sided", one_sided)
     if kind != "wgan-gp" and (one_sided or center != 1.0):
         raise ValueError(f"center and one_sided apply to kind='wgan-gp' only, got kind={kind!r} "
                          f"with center={center}, one_sided={one_sided}")
-    every = _int("every", every, 1)
+    every = _checks.integer("every", every, 1)
     if step is None and every > 1:
         raise ValueError(f"step is required with every={every} (lazy regularization)")
-    step = None if step is None else _int("step", step, 0)
-    drift = _real_number("drift", drift, low=0.0)
-    if not isinstance(check_finite, bool):
-        raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
+    step = None if step is None else _checks.integer("step", step, 0)
+    drift = _checks.real("drift", drift, low=0.0)
+    _checks.boolean("check_finite", check_finite)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     batch = _inputs(kind, real, fake)

@@ -59,32 +59,28 @@ from torch import Tensor
 
 from .. import backends, random
 from ._boundary import (
-    DTYPE_CODE,
-    cpu_module,
-    cuda_module,
-    cuda_stream,
-    row_stride,
+    FLOATS,
+    Rows,
+    Seed,
+    dtype_code,
+    empty_rows,
+    implementations,
+    native,
     rows_view,
+    seed_value,
+    standard_dtypes,
     triton_kernels,
     work_dtype,
 )
 
-_ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-SPEC = backends.register_op(backends.OpSpec(
-    name="gumbel",
-    dtypes={"reference": _ALL, "cpu": (torch.float32, torch.float64),
-            "triton": (torch.float16, torch.bfloat16, torch.float32), "cuda": _ALL},
-))
+_ALL = FLOATS
+SPEC = backends.register_op(backends.OpSpec(name="gumbel", dtypes=standard_dtypes()))
 # Below this temperature the soft sample is one-hot to float32 precision anyway; clamping keeps
 # 1/tau finite in float32, so no kernel can form inf * 0.
 _MIN_TAU = 1e-30
 
 
 # --------------------------------------------------------------------------- reference (oracle)
-def _seed_value(seed: Tensor) -> int:
-    return int(seed.reshape(-1)[0].item()) & 0xFFFFFFFFFFFFFFFF
-
-
 def _ref_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     """The contract's row preprocessing: (x', m') with +inf / -inf rows given defined values."""
     m = x.amax(dim=1, keepdim=True)
@@ -99,7 +95,7 @@ def _ref_fwd(x: Tensor, seed: Tensor, inv_tau: float, hard: bool) -> Tensor:
         return torch.empty_like(x, memory_format=torch.contiguous_format)
     wd = work_dtype(x.dtype)
     xp, mp = _ref_rows(x.to(wd))
-    a = (xp - mp) + random.gumbel(_seed_value(seed), x.shape[0], x.shape[1], x.device, wd)
+    a = (xp - mp) + random.gumbel(seed_value(seed), x.shape[0], x.shape[1], x.device, wd)
     if hard:
         y = torch.zeros_like(a).scatter_(1, a.argmax(dim=1, keepdim=True), 1.0)
         y = torch.where(a.isnan().any(dim=1, keepdim=True), math.nan, y)  # NaN rows stay NaN
@@ -136,125 +132,79 @@ def _ref_sample(x: Tensor, seed: Tensor, inv_temp: float, top_k: int, top_p: flo
         pos = (cum < top_p).sum(dim=1, keepdim=True)
         t = sorted_s.gather(1, pos.clamp(max=n - 1))
         keep = keep & ((s >= t) | (pos >= n))
-    g = random.gumbel(_seed_value(seed), x.shape[0], n, x.device, wd)
+    g = random.gumbel(seed_value(seed), x.shape[0], n, x.device, wd)
     a = torch.where(keep, s + g, torch.full_like(s, -math.inf))
     return a.argmax(dim=1)
 
 
 # --------------------------------------------------------------------------- compiled backends
-def _empty_rows(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    return torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device)
-
-
-def _cpu_fwd(x, seed, inv_tau, hard):
-    x, y = rows_view(x), _empty_rows(x)
+def _native_fwd(backend, x, seed, inv_tau, hard):
+    x, y = rows_view(x), empty_rows(x)
     if x.numel():
-        cpu_module().gumbel_softmax_fwd(
-            x.data_ptr(), row_stride(x), y.data_ptr(), y.shape[1], x.shape[0], x.shape[1],
-            DTYPE_CODE[x.dtype], _seed_value(seed), inv_tau, hard, torch.get_num_threads())
+        native(backend, "gumbel_softmax_fwd", Rows(x), Rows(y), *x.shape, dtype_code(x),
+               Seed(seed), inv_tau, hard)
     return y
 
 
-def _cpu_bwd(dy, src, seed, inv_tau, recompute):
+def _native_bwd(backend, dy, src, seed, inv_tau, recompute):
     dy, src = rows_view(dy.to(src.dtype)), rows_view(src)
-    dx = _empty_rows(src)
+    dx = empty_rows(src)
     if src.numel():
-        cpu_module().gumbel_softmax_bwd(
-            dy.data_ptr(), row_stride(dy), src.data_ptr(), row_stride(src), dx.data_ptr(),
-            dx.shape[1], src.shape[0], src.shape[1], DTYPE_CODE[src.dtype], _seed_value(seed),
-            inv_tau, recompute, torch.get_num_threads())
+        native(backend, "gumbel_softmax_bwd", Rows(dy), Rows(src), Rows(dx), *src.shape,
+               dtype_code(src), Seed(seed), inv_tau, recompute)
     return dx
 
 
-def _cpu_sample(x, seed, inv_temp, top_k, top_p):
-    x = rows_view(x)
-    out = torch.empty(x.shape[0], dtype=torch.int64)
-    if x.shape[0]:
-        cpu_module().sample_categorical(
-            x.data_ptr(), row_stride(x), out.data_ptr(), x.shape[0], x.shape[1],
-            DTYPE_CODE[x.dtype], _seed_value(seed), inv_temp, top_k, top_p,
-            torch.get_num_threads())
-    return out
-
-
-def _cuda_fwd(x, seed, inv_tau, hard):
-    x, y = rows_view(x), _empty_rows(x)
-    if x.numel():
-        with torch.cuda.device(x.device):
-            cuda_module().gumbel_softmax_fwd(
-                x.data_ptr(), row_stride(x), y.data_ptr(), y.shape[1], x.shape[0], x.shape[1],
-                DTYPE_CODE[x.dtype], seed.data_ptr(), inv_tau, hard, cuda_stream(x))
-    return y
-
-
-def _cuda_bwd(dy, src, seed, inv_tau, recompute):
-    dy, src = rows_view(dy.to(src.dtype)), rows_view(src)
-    dx = _empty_rows(src)
-    if src.numel():
-        with torch.cuda.device(src.device):
-            cuda_module().gumbel_softmax_bwd(
-                dy.data_ptr(), row_stride(dy), src.data_ptr(), row_stride(src), dx.data_ptr(),
-                dx.shape[1], src.shape[0], src.shape[1], DTYPE_CODE[src.dtype],
-                seed.data_ptr(), inv_tau, recompute, cuda_stream(src))
-    return dx
-
-
-def _cuda_sample(x, seed, inv_temp, top_k, top_p):
+def _native_sample(backend, x, seed, inv_temp, top_k, top_p):
     x = rows_view(x)
     out = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
     if x.shape[0]:
-        with torch.cuda.device(x.device):
-            cuda_module().sample_categorical(
-                x.data_ptr(), row_stride(x), out.data_ptr(), x.shape[0], x.shape[1],
-                DTYPE_CODE[x.dtype], seed.data_ptr(), inv_temp, top_k, top_p, cuda_stream(x))
+        native(backend, "sample_categorical", Rows(x), out, *x.shape, dtype_code(x),
+               Seed(seed), inv_temp, top_k, top_p)
     return out
-
-
-def _triton():
-    return triton_kernels("gumbel")
 
 
 def _triton_fwd(x, seed, inv_tau, hard):
     x = rows_view(x)
-    return _triton().gumbel_softmax_fwd(x, seed, inv_tau, hard, _empty_rows(x))
+    return triton_kernels("gumbel").gumbel_softmax_fwd(x, seed, inv_tau, hard, empty_rows(x))
 
 
 def _triton_bwd(dy, src, seed, inv_tau, recompute):
     dy, src = rows_view(dy.to(src.dtype)), rows_view(src)
-    return _triton().gumbel_softmax_bwd(dy, src, seed, inv_tau, recompute, _empty_rows(src))
+    return triton_kernels("gumbel").gumbel_softmax_bwd(dy, src, seed, inv_tau, recompute,
+                                                       empty_rows(src))
 
 
 def _triton_sample(x, seed, inv_temp, top_k, top_p):
     x = rows_view(x)
     out = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
-    return _triton().sample_categorical(x, seed, inv_temp, top_k, top_p, out)
+    return triton_kernels("gumbel").sample_categorical(x, seed, inv_temp, top_k, top_p, out)
 
 
-_IMPL = {
-    "reference": (_ref_fwd, _ref_bwd, _ref_sample),
-    "cpu": (_cpu_fwd, _cpu_bwd, _cpu_sample),
-    "cuda": (_cuda_fwd, _cuda_bwd, _cuda_sample),
-    "triton": (_triton_fwd, _triton_bwd, _triton_sample),
-}
+implementations("gumbel", reference=(_ref_fwd, _ref_bwd, _ref_sample),
+                native=(_native_fwd, _native_bwd, _native_sample),
+                triton=(_triton_fwd, _triton_bwd, _triton_sample))
+_FWD, _BWD, _SAMPLE = 0, 1, 2
 
 
 # --------------------------------------------------------------------------- torch.library ops
 @torch.library.custom_op("genfast::gumbel_softmax_fwd", mutates_args=())
 def gumbel_softmax_fwd(logits: Tensor, seed: Tensor, inv_tau: float, hard: bool,
                        backend: str) -> Tensor:
-    return _IMPL[backend][0](logits, seed, inv_tau, hard)
+    return backends.call("gumbel", backend, _FWD, logits, seed, inv_tau, hard)
 
 
 @torch.library.custom_op("genfast::gumbel_softmax_bwd", mutates_args=())
 def gumbel_softmax_bwd(grad: Tensor, src: Tensor, seed: Tensor, inv_tau: float, recompute: bool,
                        backend: str) -> Tensor:
-    return _IMPL[backend][1](grad, src, seed, inv_tau, recompute)
+    return backends.call("gumbel", backend, _BWD, grad, src, seed, inv_tau, recompute)
 
 
 @torch.library.custom_op("genfast::sample_categorical", mutates_args=())
 def sample_categorical_op(logits: Tensor, seed: Tensor, inv_temperature: float, top_k: int,
                           top_p: float, backend: str) -> Tensor:
-    return _IMPL[backend][2](logits, seed, inv_temperature, top_k, top_p)
+    return backends.call("gumbel", backend, _SAMPLE, logits, seed, inv_temperature, top_k,
+                         top_p)
 
 
 @gumbel_softmax_fwd.register_fake

@@ -39,14 +39,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import backends
-from ._boundary import DTYPE_CODE, cpu_module, cuda_module, cuda_stream, triton_kernels, work_dtype
+from ._boundary import (
+    FLOATS,
+    dtype_code,
+    implementations,
+    native,
+    standard_dtypes,
+    triton_kernels,
+    work_dtype,
+)
 
-_ALL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-SPEC = backends.register_op(backends.OpSpec(
-    name="spectral_norm",
-    dtypes={"reference": _ALL, "cpu": (torch.float32, torch.float64),
-            "triton": (torch.float16, torch.bfloat16, torch.float32), "cuda": _ALL},
-))
+_ALL = FLOATS
+SPEC = backends.register_op(backends.OpSpec(name="spectral_norm", dtypes=standard_dtypes()))
 
 
 def matrix_shape(weight: Tensor, dim: int) -> tuple[int, int]:
@@ -129,38 +133,25 @@ def _operands(weights, us, vs, dims):
     return meta, keep, back
 
 
-def _cpu_power(weights, us, vs, dims, n_iter, eps):
-    meta, keep, back = _operands(weights, us, vs, dims)
-    sigma = torch.empty(len(weights), dtype=torch.float32)
-    cpu_module().spectral_norm_power_iteration(
-        len(weights), meta.data_ptr(), DTYPE_CODE[weights[0].dtype], n_iter, eps,
-        sigma.data_ptr(), torch.get_num_threads())
-    for dst, src in back:
-        dst.copy_(src)
-    return sigma
-
-
-def _cuda_power(weights, us, vs, dims, n_iter, eps):
+def _native_power(backend, weights, us, vs, dims, n_iter, eps):
     meta, keep, back = _operands(weights, us, vs, dims)
     dev = weights[0].device
     sigma = torch.empty(len(weights), dtype=torch.float32, device=dev)
-    max_h, max_w = _device_bounds(weights, dims)
-    with torch.cuda.device(dev):
-        cuda_module().spectral_norm_power_iteration(
-            len(weights), meta.data_ptr(), DTYPE_CODE[weights[0].dtype], n_iter, eps,
-            sigma.data_ptr(), max_h, max_w, cuda_stream(weights[0]))
+    # The CUDA kernel sizes its shared vectors by the largest h and w of the table.
+    bounds = _device_bounds(weights, dims) if backend == "cuda" else ()
+    native(backend, "spectral_norm_power_iteration", len(weights), meta,
+           dtype_code(weights[0]), n_iter, eps, sigma, *bounds, device=dev)
     for dst, src in back:
         dst.copy_(src)
     return sigma
 
 
 def _triton_power(weights, us, vs, dims, n_iter, eps):
-    k = triton_kernels("spectral_norm")
-
     meta, keep, back = _operands(weights, us, vs, dims)
     sigma = torch.empty(len(weights), dtype=torch.float32, device=weights[0].device)
     max_h, max_w = _device_bounds(weights, dims)
-    k.power_iteration(meta, weights[0].dtype, n_iter, eps, sigma, max_h, max_w)
+    triton_kernels("spectral_norm").power_iteration(meta, weights[0].dtype, n_iter, eps, sigma,
+                                                    max_h, max_w)
     for dst, src in back:
         dst.copy_(src)
     return sigma
@@ -172,13 +163,13 @@ def _device_bounds(weights, dims) -> tuple[int, int]:
     return max(h for h, _ in sizes), max(n for _, n in sizes)
 
 
-_IMPL = {"reference": _ref_power, "cpu": _cpu_power, "cuda": _cuda_power,
-         "triton": _triton_power}
+implementations("spectral_norm", reference=(_ref_power,), native=(_native_power,),
+                triton=(_triton_power,))
 
 
 def _power_impl(weights, us, vs, dims, n_iter, eps, backend):
-    sigma = _IMPL[backend](weights, us, vs, dims, n_iter, eps)
-    if weights[0].dtype == torch.float64 and backend != "reference":
+    sigma = backends.call("spectral_norm", backend, 0, weights, us, vs, dims, n_iter, eps)
+    if weights[0].dtype == torch.float64 and backends.base_name(backend) != "reference":
         sigma = torch.stack([torch.dot(u, torch.mv(as_matrix(w, d), v))
                              for w, u, v, d in zip(weights, us, vs, dims, strict=True)])
     return sigma
@@ -222,7 +213,7 @@ def _resolve(w: Tensor, backend: str | None) -> str:
     model calls this every step, and resolving costs about as much as a small kernel."""
     if torch.compiler.is_compiling():
         return backends.resolve("spectral_norm", w, backend)
-    key = (backends.requested_backend(backend), w.device, w.dtype)
+    key = (backends.requested_backend(backend), w.device, w.dtype, backends.generation)
     name = _RESOLVED.get(key)
     if name is None:
         name = _RESOLVED[key] = backends.resolve("spectral_norm", w, backend)
