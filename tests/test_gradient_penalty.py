@@ -2,25 +2,22 @@
 and row-scaling ops on every backend against the reference, autograd to any order,
 torch.library / torch.compile integration, lazy regularization, drift, DDP, hostile input."""
 
-import importlib.util
 import math
 
 import pytest
 import torch
+from _helpers import TOL, fast_backends, layouts
 from torch import nn
 
 import genfast
-from genfast import backends, random
+from genfast import random
 from genfast.ops import gradient_penalty as G
 from genfast.ops.gradient_penalty import gradient_penalty, per_sample_grad_norm
 
-FAST = [b for b in ("cpu",) if backends.available(b)]
-if backends.available("triton") and importlib.util.find_spec("genfast.kernels.gradient_penalty"):
-    FAST.append("triton")
+FAST = fast_backends("gradient_penalty")
 ALL = ["reference", *FAST]
 F64 = [b for b in ALL if torch.float64 in G.SPEC.dtypes[b]]  # gradcheck needs float64
 SHAPES = [(1, 1), (3, 7), (5, 33), (2, 129), (7, 1000)]
-TOL = {torch.float32: dict(rtol=2e-5, atol=2e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 
 
 def _dtypes(backend):
@@ -134,22 +131,11 @@ def test_penalty_is_differentiable_to_third_order():
 
 
 # ------------------------------------------------------------------ the ops vs the reference
-def _views(g):
-    """g itself, a row-strided slice of a wider buffer, a transposed copy's view, expanded."""
-    rows, d = g.shape
-    wide = torch.zeros(rows, d + 5, dtype=g.dtype)
-    wide[:, 2:2 + d] = g
-    yield "contiguous", g
-    yield "row stride > d", wide[:, 2:2 + d]
-    yield "column stride != 1", g.t().contiguous().t()
-    yield "row stride 0", g[:1].expand(rows, d)
-
-
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_ops_match_reference(backend, shape):
     for dtype in _dtypes(backend):
-        for name, g in _views(_randn(*shape, dtype=dtype, seed=shape[1])):
+        for name, g in layouts(_randn(*shape, dtype=dtype, seed=shape[1])):
             norms = G.gp_row_norms(g, backend)
             assert norms.dtype == dtype and norms.shape == shape[:1], name
             torch.testing.assert_close(norms, G.gp_row_norms(g, "reference"), **TOL[dtype])
