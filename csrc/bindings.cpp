@@ -1,6 +1,19 @@
 // pybind11 transport for genfast._C (CPU kernels) and, built with GENFAST_WITH_CUDA, genfast._cuda.
 // Transport only: Python checks every argument first (genfast/ops/); here we re-check just what
 // could write out of bounds, and release the GIL around the kernels.
+//
+// How an op family binds its kernels: one m.def per kernel serves both extensions.
+//  1. Declare the kernel in csrc/cpu/<op>.h (namespace genfast::cpu) and csrc/cuda/<op>.h
+//     (genfast::cuda) with one name and one parameter list, but for the last parameter:
+//     `int num_threads` on the CPU, `void* stream` on CUDA (which returns a cudaError_t code).
+//  2. Include both headers at the [include:cpu] / [include:cuda] marks below.
+//  3. Add one m.def: a lambda taking pointers as Ptr, a seed as GENFAST_SEED_T, ending in
+//     GENFAST_TAIL; it re-checks what could write out of bounds (check_dtype(dtype, GENFAST_HALF),
+//     check_view), releases the GIL and runs GENFAST_CALL(K::kernel(..., GENFAST_TAIL_ARG)). Its
+//     py::arg list ends in GENFAST_TAIL_NAME.
+//  A parameter only CUDA needs goes in GENFAST_CUDA_ONLY(...); a check only the CPU can make
+//  (reading a host-side table that on CUDA lives on the device) sits under #ifndef
+//  GENFAST_WITH_CUDA. Python calls the kernel through genfast.ops._boundary.native().
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -19,6 +32,7 @@
 #include "cpu/gradient_penalty.h"
 #include "cpu/spectral_norm.h"
 // [include:cpu]
+#include "common/fastmath.h"  // the ISA switch and the Philox path of the CPU kernels
 #define GENFAST_MODULE _C
 #endif
 
@@ -67,6 +81,7 @@ void check_cuda(int code) {
 #define GENFAST_TAIL_NAME py::arg("stream")
 #define GENFAST_CALL(expr) check_cuda(expr)
 #define GENFAST_HALF true
+#define GENFAST_CUDA_ONLY(...) __VA_ARGS__
 namespace K = genfast::cuda;
 #else
 #define GENFAST_SEED_T uint64_t
@@ -76,6 +91,7 @@ namespace K = genfast::cuda;
 #define GENFAST_TAIL_NAME py::arg("num_threads")
 #define GENFAST_CALL(expr) (expr)
 #define GENFAST_HALF false
+#define GENFAST_CUDA_ONLY(...)
 namespace K = genfast::cpu;
 #endif
 
@@ -137,112 +153,95 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("dtype"), py::arg("seed"), py::arg("inv_temperature"), py::arg("top_k"),
       py::arg("top_p"), GENFAST_TAIL_NAME);
 
-#ifdef GENFAST_WITH_CUDA
-  // [bind:cuda:spectral_norm]
+  // [bind:spectral_norm]
   m.def(
       "spectral_norm_power_iteration",
-      [](int64_t count, Ptr meta, int dtype, int n_iter, double eps, Ptr sigma, int64_t max_h,
-         int64_t max_w, Ptr stream) {
-        check_dtype(dtype, true);
+      [](int64_t count, Ptr meta, int dtype, int n_iter, double eps, Ptr sigma,
+         GENFAST_CUDA_ONLY(int64_t max_h, int64_t max_w, ) GENFAST_TAIL) {
+        check_dtype(dtype, GENFAST_HALF);
         if (count < 0) throw std::invalid_argument("count: negative");
         if (n_iter < 0) throw std::invalid_argument("n_iter: negative");
         if (!(eps > 0.0)) throw std::invalid_argument("eps: must be > 0");
-        if (max_h < 0 || max_w < 0) throw std::invalid_argument("max_h, max_w: negative");
+        GENFAST_CUDA_ONLY(
+            if (max_h < 0 || max_w < 0) throw std::invalid_argument("max_h, max_w: negative");)
         if (count == 0) return;
         if (meta == 0) throw std::invalid_argument("meta: null data pointer");
         if (sigma == 0) throw std::invalid_argument("sigma: null data pointer");
-        // The table lives on the device, out of reach here; the kernel gives a row whose h or w
-        // passes max_h / max_w (the sizes of its shared vectors) sigma = NaN and never writes it.
-        py::gil_scoped_release nogil;
-        check_cuda(genfast::cuda::spectral_norm_power_iteration(
-            count, reinterpret_cast<const int64_t*>(meta), dtype, n_iter, eps,
-            reinterpret_cast<float*>(sigma), max_h, max_w, reinterpret_cast<void*>(stream)));
-      },
-      py::arg("count"), py::arg("meta_ptr"), py::arg("dtype"), py::arg("n_iter"), py::arg("eps"),
-      py::arg("sigma_ptr"), py::arg("max_h"), py::arg("max_w"), py::arg("stream"));
-  // [bind:cuda:gradient_penalty]
-  m.def(
-      "gp_row_norms",
-      [](Ptr g, int64_t ld, int64_t rows, int64_t d, int dtype, Ptr norms, Ptr stream) {
-        check_dtype(dtype, true);
-        check_view("g", g, rows, d, ld, false);
-        check_view("norms", norms, rows, 1, 1, true);
-        py::gil_scoped_release nogil;
-        check_cuda(genfast::cuda::gp_row_norms(reinterpret_cast<const void*>(g), ld, rows, d, dtype,
-                                               reinterpret_cast<void*>(norms),
-                                               reinterpret_cast<void*>(stream)));
-      },
-      py::arg("g_ptr"), py::arg("ld"), py::arg("rows"), py::arg("d"), py::arg("dtype"),
-      py::arg("norms_ptr"), py::arg("stream"));
-  m.def(
-      "gp_scale_rows",
-      [](Ptr g, int64_t ld, Ptr scale, Ptr out, int64_t rows, int64_t d, int dtype, Ptr stream) {
-        check_dtype(dtype, true);
-        check_view("g", g, rows, d, ld, false);
-        check_view("scale", scale, rows, d > 0 ? 1 : 0, 1, false);
-        check_view("out", out, rows, d, d, true);
-        py::gil_scoped_release nogil;
-        check_cuda(genfast::cuda::gp_scale_rows(
-            reinterpret_cast<const void*>(g), ld, reinterpret_cast<const void*>(scale),
-            reinterpret_cast<void*>(out), rows, d, dtype, reinterpret_cast<void*>(stream)));
-      },
-      py::arg("g_ptr"), py::arg("ld"), py::arg("scale_ptr"), py::arg("out_ptr"), py::arg("rows"),
-      py::arg("d"), py::arg("dtype"), py::arg("stream"));
-#else
-  // [bind:cpu:spectral_norm]
-  m.def(
-      "spectral_norm_power_iteration",
-      [](int64_t count, Ptr meta, int dtype, int n_iter, double eps, Ptr sigma, int num_threads) {
-        check_dtype(dtype, false);
-        if (count < 0) throw std::invalid_argument("count: negative");
-        if (n_iter < 0) throw std::invalid_argument("n_iter: negative");
-        if (!(eps > 0.0)) throw std::invalid_argument("eps: must be > 0");
-        if (count == 0) return;
-        if (meta == 0) throw std::invalid_argument("meta: null data pointer");
-        if (sigma == 0) throw std::invalid_argument("sigma: null data pointer");
+#ifndef GENFAST_WITH_CUDA
         // Rows (W, u, v, h, w, ld): a bad size or stride would walk past W or write past u/v.
-        const auto* rows = reinterpret_cast<const int64_t*>(meta);
+        // On CUDA the table lives on the device, out of reach here; the kernel gives a row whose
+        // h or w passes max_h / max_w (the sizes of its shared vectors) sigma = NaN instead.
         for (int64_t i = 0; i < count; ++i) {
-          const int64_t* r = rows + 6 * i;
+          const int64_t* r = reinterpret_cast<const int64_t*>(meta) + 6 * i;
           const std::string at = "meta row " + std::to_string(i) + ": ";
           check_view((at + "W").c_str(), static_cast<Ptr>(r[0]), r[3], r[4], r[5], false);
           check_view((at + "u").c_str(), static_cast<Ptr>(r[1]), r[3] > 0 ? 1 : 0, r[3], r[3], true);
           check_view((at + "v").c_str(), static_cast<Ptr>(r[2]), r[4] > 0 ? 1 : 0, r[4], r[4], true);
         }
+#endif
         py::gil_scoped_release nogil;
-        genfast::cpu::spectral_norm_power_iteration(
-            count, rows, dtype, n_iter, eps, reinterpret_cast<float*>(sigma),
-            num_threads < 1 ? 1 : num_threads);
+        GENFAST_CALL(K::spectral_norm_power_iteration(
+            count, reinterpret_cast<const int64_t*>(meta), dtype, n_iter, eps,
+            reinterpret_cast<float*>(sigma), GENFAST_CUDA_ONLY(max_h, max_w, ) GENFAST_TAIL_ARG));
       },
       py::arg("count"), py::arg("meta_ptr"), py::arg("dtype"), py::arg("n_iter"), py::arg("eps"),
-      py::arg("sigma_ptr"), py::arg("num_threads"));
-  // [bind:cpu:gradient_penalty]
+      py::arg("sigma_ptr"), GENFAST_CUDA_ONLY(py::arg("max_h"), py::arg("max_w"), )
+      GENFAST_TAIL_NAME);
+
+  // [bind:gradient_penalty]
   m.def(
       "gp_row_norms",
-      [](Ptr g, int64_t ld, int64_t rows, int64_t d, int dtype, Ptr norms, int num_threads) {
-        check_dtype(dtype, false);
+      [](Ptr g, int64_t ld, int64_t rows, int64_t d, int dtype, Ptr norms, GENFAST_TAIL) {
+        check_dtype(dtype, GENFAST_HALF);
         check_view("g", g, rows, d, ld, false);
         check_view("norms", norms, rows, 1, 1, true);
         py::gil_scoped_release nogil;
-        genfast::cpu::gp_row_norms(reinterpret_cast<const void*>(g), ld, rows, d, dtype,
-                                   reinterpret_cast<void*>(norms), num_threads < 1 ? 1 : num_threads);
+        GENFAST_CALL(K::gp_row_norms(reinterpret_cast<const void*>(g), ld, rows, d, dtype,
+                                     reinterpret_cast<void*>(norms), GENFAST_TAIL_ARG));
       },
-      py::arg("g"), py::arg("ld"), py::arg("rows"), py::arg("d"), py::arg("dtype"),
-      py::arg("norms"), py::arg("num_threads"));
+      py::arg("g_ptr"), py::arg("ld"), py::arg("rows"), py::arg("d"), py::arg("dtype"),
+      py::arg("norms_ptr"), GENFAST_TAIL_NAME);
   m.def(
       "gp_scale_rows",
-      [](Ptr g, int64_t ld, Ptr scale, Ptr out, int64_t rows, int64_t d, int dtype,
-         int num_threads) {
-        check_dtype(dtype, false);
+      [](Ptr g, int64_t ld, Ptr scale, Ptr out, int64_t rows, int64_t d, int dtype, GENFAST_TAIL) {
+        check_dtype(dtype, GENFAST_HALF);
         check_view("g", g, rows, d, ld, false);
         check_view("scale", scale, rows, d > 0 ? 1 : 0, 1, false);
         check_view("out", out, rows, d, d, true);
         py::gil_scoped_release nogil;
-        genfast::cpu::gp_scale_rows(reinterpret_cast<const void*>(g), ld,
-                                    reinterpret_cast<const void*>(scale), reinterpret_cast<void*>(out),
-                                    rows, d, dtype, num_threads < 1 ? 1 : num_threads);
+        GENFAST_CALL(K::gp_scale_rows(reinterpret_cast<const void*>(g), ld,
+                                      reinterpret_cast<const void*>(scale),
+                                      reinterpret_cast<void*>(out), rows, d, dtype,
+                                      GENFAST_TAIL_ARG));
       },
-      py::arg("g"), py::arg("ld"), py::arg("scale"), py::arg("out"), py::arg("rows"), py::arg("d"),
-      py::arg("dtype"), py::arg("num_threads"));
+      py::arg("g_ptr"), py::arg("ld"), py::arg("scale_ptr"), py::arg("out_ptr"), py::arg("rows"),
+      py::arg("d"), py::arg("dtype"), GENFAST_TAIL_NAME);
+
+#ifndef GENFAST_WITH_CUDA
+  // [bind:cpu:isa] Which copy of the multiversioned loops runs (common/isa.h). GENFAST_ISA is
+  // read here, at load: a name this CPU cannot run fails the import with the reason.
+  genfast::isa::init_from_env();
+  m.def("isa", [] { return std::string(genfast::isa::active_name()); },
+        "the ISA the CPU kernels' multiversioned loops run with");
+  m.def("supported_isas", [] {
+    py::list names;
+    for (int i = 0; i < genfast::isa::kCount; ++i)
+      if (genfast::isa::supported(i)) names.append(genfast::isa::kNames[i]);
+    return names;
+  }, "the ISAs this build and CPU can run, slowest first");
+  m.def("set_isa", [](const std::string& name) { genfast::isa::set(name, "isa"); },
+        py::arg("name"), "switch the CPU kernels to `name` (or 'auto'), process-wide");
+  m.def(
+      "philox_uniform",
+      [](uint64_t seed, int64_t row0, int64_t rows, int64_t n, Ptr out) {
+        if (row0 < 0) throw std::invalid_argument("row0: negative");
+        check_view("out", out, rows, n, n, true);
+        if (rows == 0 || n == 0) return;
+        py::gil_scoped_release nogil;
+        genfast::fastmath::philox_uniform_rows(seed, static_cast<uint64_t>(row0), rows, n, n,
+                                               reinterpret_cast<float*>(out));
+      },
+      py::arg("seed"), py::arg("row0"), py::arg("rows"), py::arg("n"), py::arg("out_ptr"),
+      "float32 (rows, n) uniforms of the Philox stream, through the active ISA's copy");
 #endif
 }
