@@ -48,6 +48,8 @@ __device__ __forceinline__ float dexp(float v) { return expf(v); }
 __device__ __forceinline__ double dexp(double v) { return exp(v); }
 __device__ __forceinline__ float dlog(float v) { return logf(v); }
 __device__ __forceinline__ double dlog(double v) { return log(v); }
+__device__ __forceinline__ float dsqrt(float v) { return sqrtf(v); }
+__device__ __forceinline__ double dsqrt(double v) { return sqrt(v); }
 
 // Order-preserving map of a float onto an unsigned integer (a < b  <=>  key(a) < key(b) for
 // non-NaN values), so a threshold can be found by a bitwise binary search over the key space.
@@ -308,6 +310,13 @@ struct Quads {
 }  // namespace genfast::cuda::dev
 
 namespace genfast::cuda {
+
+// Kernels outside dev call it unqualified (it has float and double overloads, no ADL for them).
+using dev::dsqrt;
+
+// Grid size cap: every kernel loops over its work grid-stride, and 65535 blocks fill any GPU
+// many times over.
+constexpr int64_t kMaxBlocks = 65535;
 
 // Host-side dtype dispatch of a launcher: f(Tag<T>{}) for the dtype code (csrc/common/dtype.h);
 // an unknown code is cudaErrorInvalidValue, never a launch.

@@ -23,9 +23,6 @@ using dev::Group;
 using dev::Quads;
 using dev::SumOp;
 
-__device__ __forceinline__ float dsqrt(float v) { return sqrtf(v); }
-__device__ __forceinline__ double dsqrt(double v) { return sqrt(v); }
-
 template <typename T, class C>
 __global__ void __launch_bounds__(C::kBlock)
     row_norms_kernel(const T* __restrict__ g,  // (rows, d), unit column stride
@@ -82,8 +79,6 @@ __global__ void __launch_bounds__(kScaleThreads)
 }
 
 // ---- host side ----------------------------------------------------------------------------
-
-constexpr int64_t kMaxBlocks = 65535;  // grid-stride loops cover the rest
 
 template <typename T, class C>
 int launch_norms(const T* g, int64_t ld, T* norms, int64_t rows, int64_t d, cudaStream_t st) {

@@ -34,14 +34,10 @@ using dev::Group;
 using dev::Io;
 using dev::SumOp;
 
-constexpr int kThreads = 256;          // threads per block (one weight)
-constexpr int64_t kMaxBlocks = 65535;  // the weight loop is grid-stride beyond this
+constexpr int kThreads = 256;  // threads per block (one weight)
 
 // Rounds a vector length up to whole quads, so v's shared array starts 16-byte aligned.
 __host__ __device__ constexpr int64_t pad4(int64_t n) { return (n + 3) & ~int64_t{3}; }
-
-__device__ __forceinline__ float dsqrt(float v) { return sqrtf(v); }
-__device__ __forceinline__ double dsqrt(double v) { return sqrt(v); }
 
 // max(||x||, eps) from sum x^2. A NaN norm stays NaN: fmax would replace it by eps and hide a
 // NaN weight behind a finite sigma.
