@@ -4,7 +4,8 @@ per-sample norm kernel alone).
 
 One benchmark group per case, so genfast's backends line up with the plain-torch step and the
 plain critic step (floor) in one table. `pytest bench` calls each provider once on tiny shapes
-(pyproject's addopts disable timing): the CI smoke test. `pytest bench --benchmark-enable` times them.
+(pyproject's addopts disable timing): the CI smoke test.
+`pytest bench --benchmark-enable` times them.
 """
 
 import pytest

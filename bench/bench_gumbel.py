@@ -2,7 +2,8 @@
 
 One benchmark group per case, so genfast's backends line up with torch eager, torch.compile
 and the floor in one table. `pytest bench` calls each provider once on tiny shapes
-(pyproject's addopts disable timing): the CI smoke test. `pytest bench --benchmark-enable` times them.
+(pyproject's addopts disable timing): the CI smoke test.
+`pytest bench --benchmark-enable` times them.
 """
 
 import pytest

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("pytest_benchmark")
 
-from genfast.benchmarks import spectral_norm, pytest_view  # noqa: E402
+from genfast.benchmarks import pytest_view, spectral_norm  # noqa: E402
 
 
 @pytest.mark.parametrize(("case", "provider"), pytest_view.params(spectral_norm))

@@ -1,8 +1,9 @@
 """Shared set-up of the pytest-benchmark files (bench/bench_<op>.py).
 
 Cases come from genfast.benchmarks.<op>, so pytest and `genfast bench` time the same thing.
-Environment: GENFAST_BENCH_QUICK=0 (full shapes), GENFAST_BENCH_COMPILE=0|1,
-GENFAST_BENCH_DEVICE=cpu|cuda, GENFAST_BENCH_THREADS (default 2, as the CLI).
+Environment: GENFAST_BENCH_SCOPE=quick|default|full (the CLI's --quick, default and --full;
+default here: quick; GENFAST_BENCH_QUICK=0 means full), GENFAST_BENCH_COMPILE=0|1,
+GENFAST_BENCH_DEVICE=cpu|cuda, GENFAST_BENCH_THREADS (default 2, as the CLI; 1 for quick).
 """
 
 import fnmatch
@@ -27,9 +28,12 @@ def pytest_collect_file(file_path, parent):
 
 @pytest.fixture(scope="session", autouse=True)
 def _bench_threads():
-    # The CLI's default too: ratios from pytest and from `genfast bench` should agree.
+    # 2 (the CLI's default) when timing: ratios from pytest and `genfast bench` should agree.
+    # 1 for the quick smoke run, which times nothing: on a busy 2-core box every parallel
+    # region of a 2-thread op waits for a time slice (a tiny D step: 2.4 s instead of 0.06 s).
     before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("GENFAST_BENCH_THREADS", "2")))
+    default = "1" if runner.env_scope() == "quick" else "2"
+    torch.set_num_threads(int(os.environ.get("GENFAST_BENCH_THREADS", default)))
     yield
     torch.set_num_threads(before)
 
@@ -45,9 +49,9 @@ def prepare():
     held: dict = {}
 
     def get(case: runner.Case, name: str):
-        if name == runner.COMPILED and not settings.compile:
+        if name == runner.COMPILED and not settings.compiles(case):
             pytest.skip("torch.compile costs ~20 s of compiling on 2 cores: "
-                        "GENFAST_BENCH_COMPILE=1 (or GENFAST_BENCH_QUICK=0) runs it")
+                        "GENFAST_BENCH_COMPILE=1 (or GENFAST_BENCH_SCOPE=full) runs it")
         if held.get("id") != case.id:
             held.clear()  # free the last case's tensors before allocating this one's
             held.update(id=case.id, inputs=runner.fresh_inputs(case, settings))

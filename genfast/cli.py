@@ -106,7 +106,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genfast", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, build metadata, backends per op and why not")
-    sub.add_parser("bench", help="benchmarks (genfast bench --help)", add_help=False)
+    sub.add_parser("bench", help="benchmarks: every op against PyTorch eager, torch.compile and "
+                                 "the best plain-PyTorch version, a few minutes on 2 cores "
+                                 "(--quick, --full, --gpu; genfast bench --help)", add_help=False)
 
     t = sub.add_parser("train", help="train a model on the embedded digits (or --data)")
     t.add_argument("model", help="registered model name (e.g. gumbel-vae, dcgan, sngan, wgan-gp)")

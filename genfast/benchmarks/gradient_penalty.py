@@ -22,20 +22,16 @@ from torch import nn
 
 import genfast.ops.gradient_penalty as gp
 
-from .runner import COMPILED, Case, Factory, Inputs
+from .runner import COMPILED, Case, Factory, Inputs, backends_for
 
 STEP_SHAPE = (64, 1, 16, 16)  # a DCGAN batch of digits upsampled to 16x16 (genfast.data)
 QUICK_STEP = (8, 1, 16, 16)
 NORM_SHAPES = [(64, 4096), (256, 3 * 32 * 32)]  # 64x1x64x64 and CIFAR-sized input gradients
 QUICK_NORM = (7, 1000)
+GPU_NORM = (256, 3 * 256 * 256)  # 256x3x256x256 input gradients: 200 MB, bandwidth-bound
 WEIGHT = 10.0
 LAZY = 4
 EAGER, FLOOR = "torch eager", "plain critic step (floor)"
-
-
-def _backends(device: str) -> tuple[str, ...]:
-    # Triton on a CPU tensor is the interpreter (a correctness tool), never worth timing.
-    return ("triton", "cuda", "reference") if device.startswith("cuda") else ("cpu", "reference")
 
 
 def dcgan_critic(channels: int = 1, width: int = 64) -> nn.Module:
@@ -108,9 +104,9 @@ def _stepper(penalty: str, backend: str | None, lazy: int) -> Factory:
     return factory
 
 
-def step_case(shape, dtype, device: str, lazy: int) -> Case:
+def step_case(shape, dtype, device: str, lazy: int, backends: tuple[str, ...]) -> Case:
     providers: dict[str, Factory] = {
-        f"genfast:{b}": _stepper("genfast", b, lazy) for b in _backends(device)}
+        f"genfast:{b}": _stepper("genfast", b, lazy) for b in backends}
     providers[EAGER] = _stepper("torch", None, lazy)
     providers[FLOOR] = _stepper("none", None, lazy)
     n = torch.Size(shape).numel() * dtype.itemsize
@@ -122,7 +118,7 @@ def step_case(shape, dtype, device: str, lazy: int) -> Case:
         # Per step at least: read real and fake, and the weights, their gradient and Adam's
         # two moments read and written once (a floor, far below what the convolutions move).
         bytes=lazy * (2 * n + 7 * params),
-        eager=EAGER, floor=FLOOR,
+        eager=EAGER, floor=FLOOR, count_flops=True,
     )
 
 
@@ -142,7 +138,8 @@ def _timed(f, grad: bool) -> Factory:
     return lambda inp: lambda: f(inp["g"])
 
 
-def norm_case(shape, dtype, device: str, mode: str) -> Case:
+def norm_case(shape, dtype, device: str, mode: str, backends: tuple[str, ...],
+              compile_default: bool = False) -> Case:
     grad = mode == "forward+backward"
 
     def eager(g):
@@ -150,7 +147,7 @@ def norm_case(shape, dtype, device: str, mode: str) -> Case:
 
     providers: dict[str, Factory] = {
         f"genfast:{b}": _timed(lambda g, b=b: gp.per_sample_grad_norm(g, backend=b), grad)
-        for b in _backends(device)}
+        for b in backends}
     providers[EAGER] = _timed(eager, grad)
     providers[COMPILED] = lambda inp: _timed(torch.compile(eager, dynamic=False), grad)(inp)
     providers["torch.sum (floor)"] = _timed(lambda g: g.sum(dim=1), grad)
@@ -159,21 +156,34 @@ def norm_case(shape, dtype, device: str, mode: str) -> Case:
         op="per_sample_grad_norm", name="l2", shape=shape, dtype=dtype, device=device, mode=mode,
         inputs=_norm_inputs(shape, dtype, device, grad), providers=providers,
         bytes=(3 if grad else 1) * n,  # forward reads g; backward reads g, writes dg
-        eager=EAGER, floor="torch.sum (floor)",
+        eager=EAGER, floor="torch.sum (floor)", compile_default=compile_default,
     )
 
 
-def cases(device: str = "cpu", quick: bool = False,
+def cases(device: str = "cpu", scope: str = "default",
           dtypes: list[torch.dtype] | None = None) -> list[Case]:
+    """quick: tiny shapes. default: both critic steps, the norm of 64x4096 gradients with its
+    backward (the compiled case) and of 256x3072 forward; on a GPU every norm shape in both
+    modes, the 200 MB one compiled. full: everything, the reference backend, all compiled."""
     cuda = device.startswith("cuda")
+    backends = backends_for(device, scope)
     if dtypes is None:
         # Half precision is a GPU dtype for genfast (DESIGN.md section 4).
         dtypes = [torch.float32, torch.bfloat16] if cuda else [torch.float32]
+    if scope == "quick":
+        norms = [(QUICK_NORM, m) for m in ("forward", "forward+backward")]
+    elif scope == "full" or cuda:
+        shapes = NORM_SHAPES + ([GPU_NORM] if cuda else [])
+        norms = [(s, m) for s in shapes for m in ("forward", "forward+backward")]
+    else:
+        norms = [(NORM_SHAPES[0], "forward+backward"), (NORM_SHAPES[1], "forward")]
+    compiled = ((GPU_NORM if cuda else NORM_SHAPES[0]), "forward+backward")
     out = []
     for dtype in dtypes:
         if dtype == torch.float32:  # the critic step is a float32 training recipe
-            step = QUICK_STEP if quick else STEP_SHAPE
-            out += [step_case(step, dtype, device, lazy) for lazy in (1, LAZY)]
-        for shape in [QUICK_NORM] if quick else NORM_SHAPES:
-            out += [norm_case(shape, dtype, device, m) for m in ("forward", "forward+backward")]
+            step = QUICK_STEP if scope == "quick" else STEP_SHAPE
+            out += [step_case(step, dtype, device, lazy, backends) for lazy in (1, LAZY)]
+        out += [norm_case(shape, dtype, device, mode, backends,
+                          compile_default=scope == "default" and (shape, mode) == compiled)
+                for shape, mode in norms]
     return out

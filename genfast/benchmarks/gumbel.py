@@ -12,18 +12,13 @@ import torch.nn.functional as F
 
 import genfast
 
-from .runner import COMPILED, Case, Factory, Inputs
+from .runner import COMPILED, Case, Factory, Inputs, backends_for
 
 TARGET = (256, 32768)  # the issue's target: 256 rows over a 32k vocabulary, float32
 SMALL_VOCAB = (4096, 256)  # many short rows: per-row overhead dominates
 GPU_SHAPE = (1024, 128256)  # a Llama-3 vocabulary: 0.5 GB of fp32 logits, bandwidth-bound on a GPU
 QUICK = (32, 1000)  # n not a multiple of 4: exercises the Philox tail group
 TAU = 1.0
-
-
-def _backends(device: str) -> tuple[str, ...]:
-    # Triton on a CPU tensor is the interpreter (a correctness tool), never worth timing.
-    return ("triton", "cuda", "reference") if device.startswith("cuda") else ("cpu", "reference")
 
 
 def _inputs(shape, dtype, device, grad: bool):
@@ -53,14 +48,15 @@ def _compiled(f, grad: bool) -> Factory:
     return lambda inp: _timed(torch.compile(f, dynamic=False), grad)(inp)
 
 
-def gumbel_case(shape, dtype, device: str, mode: str, hard: bool) -> Case:
+def gumbel_case(shape, dtype, device: str, mode: str, hard: bool, backends: tuple[str, ...],
+                compile_default: bool = False) -> Case:
     grad = mode == "forward+backward"
 
     def eager(x):
         return F.gumbel_softmax(x, tau=TAU, hard=hard)
 
     providers: dict[str, Factory] = {}
-    for b in _backends(device):
+    for b in backends:
         providers[f"genfast:{b}"] = _timed(
             lambda x, b=b: genfast.gumbel_softmax(x, tau=TAU, hard=hard, backend=b), grad)
     providers["torch eager"] = _timed(eager, grad)
@@ -73,7 +69,7 @@ def gumbel_case(shape, dtype, device: str, mode: str, hard: bool) -> Case:
         providers=providers,
         # forward: read x, write y; backward: read dy and the saved y (or x), write dx.
         bytes=(5 if grad else 2) * n,
-        eager="torch eager", floor="torch.softmax (floor)",
+        eager="torch eager", floor="torch.softmax (floor)", compile_default=compile_default,
     )
 
 
@@ -83,9 +79,10 @@ def _gumbel_max(x):
     return torch.argmax(x - torch.empty_like(x).exponential_().log(), dim=-1)
 
 
-def sample_case(shape, dtype, device: str) -> Case:
+def sample_case(shape, dtype, device: str, backends: tuple[str, ...],
+                compile_default: bool = False) -> Case:
     providers: dict[str, Factory] = {}
-    for b in _backends(device):
+    for b in backends:
         providers[f"genfast:{b}"] = _timed(
             lambda x, b=b: genfast.sample_categorical(x, backend=b), grad=False)
     providers["torch.multinomial"] = _timed(
@@ -99,23 +96,41 @@ def sample_case(shape, dtype, device: str) -> Case:
         mode="sample", inputs=_inputs(shape, dtype, device, grad=False), providers=providers,
         bytes=torch.Size(shape).numel() * dtype.itemsize + rows * 8,  # read x, write int64 per row
         eager="torch.multinomial", floor="torch.argmax (floor)",
+        compile_default=compile_default,
     )
 
 
-def cases(device: str = "cpu", quick: bool = False,
+def cases(device: str = "cpu", scope: str = "default",
           dtypes: list[torch.dtype] | None = None) -> list[Case]:
+    """quick: one tiny shape. default: the target shape soft forward (compiled), soft and hard
+    forward+backward, sampled (compiled), and many short rows forward and sampled; on a GPU
+    the target and the Llama-3 vocabulary in every mode, the latter compiled. full: every
+    shape and mode, the reference backend, everything compiled."""
     cuda = device.startswith("cuda")
-    if quick:
-        shapes = [QUICK]
-    else:
-        shapes = [TARGET, SMALL_VOCAB] + ([GPU_SHAPE] if cuda else [])
+    backends = backends_for(device, scope)
     if dtypes is None:
         # Half precision is a GPU dtype for genfast (DESIGN.md section 4).
         dtypes = [torch.float32, torch.bfloat16] if cuda else [torch.float32]
+    big = GPU_SHAPE if cuda else TARGET  # where the default run compiles
     out = []
     for dtype in dtypes:
+        if scope == "quick":
+            shapes, partial = [QUICK], []
+        elif scope == "full":
+            shapes, partial = [TARGET, SMALL_VOCAB] + ([GPU_SHAPE] if cuda else []), []
+        else:
+            shapes, partial = ([TARGET, GPU_SHAPE] if cuda else [TARGET]), [SMALL_VOCAB]
         for shape in shapes:
+            mark = scope == "default" and shape == big
             for mode in ("forward", "forward+backward"):
-                out += [gumbel_case(shape, dtype, device, mode, hard) for hard in (False, True)]
-            out.append(sample_case(shape, dtype, device))
+                for hard in (False, True):
+                    if hard and mode == "forward" and scope == "default" and not cuda:
+                        continue  # CPU default: hard forward+backward covers straight-through
+                    out.append(gumbel_case(shape, dtype, device, mode, hard, backends,
+                                           compile_default=mark and mode == "forward"
+                                           and not hard))
+            out.append(sample_case(shape, dtype, device, backends, compile_default=mark))
+        for shape in partial:  # per-row overhead: the soft forward and sampling say it all
+            out.append(gumbel_case(shape, dtype, device, "forward", False, backends))
+            out.append(sample_case(shape, dtype, device, backends))
     return out

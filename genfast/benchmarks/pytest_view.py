@@ -18,7 +18,7 @@ def params(op_module: ModuleType) -> list:
     return [
         pytest.param(case, name, id=f"{case.id}-{report.slug(name)}",
                      marks=pytest.mark.benchmark(group=case.id, **timing))
-        for case in op_module.cases(device=device, quick=runner.env_quick())
+        for case in op_module.cases(device=device, scope=runner.env_scope())
         for name in case.providers
     ]
 

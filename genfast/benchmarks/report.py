@@ -13,31 +13,15 @@ import os
 import platform
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
+from . import gpu
 from .runner import COMPILED, Result, dtype_name
 
-# Peak DRAM bandwidth in TB/s by marketing name, most specific first; matched as substrings
-# of torch.cuda.get_device_name (e.g. "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB").
-PEAK_TBPS = (
-    (("H200",), 4.8),
-    (("H100", "PCIE"), 2.0),
-    (("H100",), 3.35),
-    (("A100", "80GB"), 2.0),
-    (("A100",), 1.55),
-    (("V100",), 0.9),
-)
 RATIOS = ("vs_eager", "vs_compile", "vs_floor")  # speedup columns, baseline time / genfast time
-
-
-def peak_tbps(gpu_name: str) -> float | None:
-    name = gpu_name.upper()
-    for keys, tbps in PEAK_TBPS:
-        if all(k in name for k in keys):
-            return tbps
-    return None
 
 
 def _run(cmd: list[str], cwd: str | None = None) -> str:
@@ -73,8 +57,10 @@ def _genfast_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def machine(device: str, load_before: float | None = None) -> dict:
-    """Everything a reader needs to trust (or discount) the times; called after the run."""
+def machine(device: str, load_before: float | None = None,
+            ceilings: dict | None = None) -> dict:
+    """Everything a reader needs to trust (or discount) the times; called after the run.
+    ceilings: gpu.ceilings() of the card, measured before the run (GPU only)."""
     from importlib import metadata
 
     def version(dist: str) -> str | None:
@@ -101,14 +87,13 @@ def machine(device: str, load_before: float | None = None) -> dict:
         "load_1min_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     if device.startswith("cuda"):
-        name = torch.cuda.get_device_name(device)
         info |= {
-            "device_name": name,
+            "device_name": torch.cuda.get_device_name(device),
             "capability": "sm_{}{}".format(*torch.cuda.get_device_capability(device)),
             "driver": _first_line(
                 _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])),
-            "peak_tbps": peak_tbps(name),
         }
+        info |= ceilings or {}
     try:
         from genfast import backends
 
@@ -128,18 +113,34 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
 
 
-def file_stem(op_stem: str, info: dict, quick: bool) -> str:
+def file_stem(what: str, info: dict, scope: str) -> str:
+    """`what`_`where`, suffixed -quick or -default: the full grid (--full) has no suffix, as
+    the committed results in bench/results/ were made with it."""
     if info["device"].startswith("cuda"):
         where = slug(info["device_name"])
     else:  # CPU results depend on the thread count as much as on the chip
         where = f"cpu-{slug(info['cpu'])}-{info['threads']}t"
-    return f"{op_stem}_{where}" + ("-quick" if quick else "")
+    return f"{what}_{where}" + ("" if scope == "full" else f"-{scope}")
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    return f"{seconds * 1e3:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def fmt_rate(x: float) -> str:
+    """12.3 G, 456 T: FLOP/s with an SI prefix, 3 significant digits."""
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= scale:
+            return f"{x / scale:.3g} {prefix}"
+    return f"{x:.3g}"
 
 
 def _fmt_times(median: float, lo: float, hi: float) -> tuple[str, str]:
     """'111.4 µs', '109.6–113.1': the spread in the median's unit, so the column stays narrow."""
-    scale, unit, digits = (1e6, "µs", 1) if median < 1e-3 else (1e3, "ms", 2)
-    return f"{median * scale:.{digits}f} {unit}", f"{lo * scale:.{digits}f}–{hi * scale:.{digits}f}"
+    scale, digits = (1e6, 1) if median < 1e-3 else (1e3, 2)
+    return fmt_time(median), f"{lo * scale:.{digits}f}–{hi * scale:.{digits}f}"
 
 
 def speedups(res: Result, by_name: dict[str, Result]) -> dict[str, float | None]:
@@ -161,34 +162,36 @@ def rows(results: list[Result], info: dict) -> list[dict]:
     out = []
     for r in results:
         c, med = r.case, r.median_s
-        gbps = c.bytes / med / 1e9 if med else None
+        dt = dtype_name(c.dtype)
         row = {
-            "op": c.op, "case": c.name, "shape": list(c.shape), "dtype": dtype_name(c.dtype),
+            "op": c.op, "case": c.name, "shape": list(c.shape), "dtype": dt,
             "device": c.device, "mode": c.mode, "provider": r.provider, "status": r.status,
-            "reason": r.reason, "bytes": c.bytes,
+            "reason": r.reason, "bytes": c.bytes, "flops": r.flops, "table": c.table,
+            "eager": c.eager, "floor": c.floor,
             "p20_ms": r.quantiles_s[0] * 1e3 if med else None,
             "median_ms": med * 1e3 if med else None,
             "p80_ms": r.quantiles_s[2] * 1e3 if med else None,
             "times_ms": [t * 1e3 for t in r.times_s], "iterations": r.iterations,
-            "gbps": gbps,
-            "pct_peak_bw": 100 * gbps / (info["peak_tbps"] * 1e3)
-            if gbps and info.get("peak_tbps") else None,
             "peak_mem_mib": r.peak_mem_bytes / 2**20 if r.peak_mem_bytes is not None else None,
-            "foreign_cores": r.foreign_cores,
+            "foreign_cores": r.foreign_cores, "case_wall_s": r.case_wall_s,
         }
+        row |= gpu.achieved(c.bytes, r.flops, med, peak_tbps=info.get("peak_tbps"),
+                            peak_tflops=info.get("matmul_tflops_measured", {}).get(dt))
         if r.provider.startswith("genfast"):
             row |= speedups(r, by_case[c.id])
         out.append(row)
     return out
 
 
-def header(op_stem: str, info: dict, rows_: list[dict]) -> str:
+def header(title: str, info: dict, rows_: list[dict]) -> str:
     commit = info["genfast_commit"] or "n/a"
-    gpu = info["device"].startswith("cuda")
-    if gpu:
-        bw = f"{info['peak_tbps']} TB/s" if info["peak_tbps"] else "unknown card"
+    if info["device"].startswith("cuda"):
+        mm = ", ".join(f"{k} {v:.0f}" for k, v in info.get("matmul_tflops_measured", {}).items())
         extra = (f" | {info['capability']} | CUDA {info['cuda']} | "
-                 f"driver {info['driver'] or 'n/a'} | peak BW {bw}")
+                 f"driver {info['driver'] or 'n/a'} | % peak BW against the "
+                 f"{info.get('peak_source', 'n/a')}; copy measured here "
+                 f"{info.get('copy_tbps_measured') or 0:.2f} TB/s | % peak FLOP/s against a "
+                 f"matmul measured here (TFLOP/s: {mm or 'n/a'})")
     else:
         extra = f" | {info['threads']} threads | peak memory: n/a on CPU"
     warn, foreign = "", foreign_max(rows_)
@@ -196,24 +199,26 @@ def header(op_stem: str, info: dict, rows_: list[dict]) -> str:
         warn = (f"\n**Warning: the machine was busy**: other processes used up to {foreign:.1f} "
                 f"of {info['cpu_count']} cores while this ran. Times are inflated, multi-threaded "
                 "baselines most, so these ratios flatter genfast.\n")
-    return (f"## genfast bench: {op_stem}\n\n"
+    return (f"## genfast bench: {title}\n\n"
             f"**{info['device_name']}**{extra} | torch {info['torch']} | "
             f"triton {info['triton'] or 'n/a'} | python {info['python']} | "
             f"genfast {info['genfast']} ({commit}) | {info['time_utc']}\n\n"
-            "Times are per call: median (p20–p80). Speedup = baseline time / genfast time "
-            "(> 1: genfast is faster), measured side by side in this run.\n" + warn)
+            "Times are per call: median (p20–p80) of repeats run in interleaved rounds. "
+            "Speedup = baseline time / genfast time (> 1: genfast is faster), measured side by "
+            "side in this run.\n" + warn)
 
 
-def table(op: str, rows_: list[dict], gpu: bool) -> str:
+def table(op: str, rows_: list[dict], gpu_run: bool) -> str:
+    mine = [r for r in rows_ if r["op"] == op and r["table"]]
+    flops = any(r["flops"] for r in mine)
     cols = ["shape", "dtype", "mode", "case", "provider", "median", "p20–p80", "GB/s"]
-    cols += ["% peak BW", "peak mem"] if gpu else []
+    cols += ["FLOP/s"] if flops else []
+    cols += ["% peak", "peak mem"] if gpu_run else []
     cols += ["vs eager", "vs compile", "vs floor"]
     lines = [f"### {op}", "", "| " + " | ".join(cols) + " |",
              "|" + "|".join("---:" if i >= 5 else "---" for i in range(len(cols))) + "|"]
     notes: dict[str, set[str]] = {}
-    for r in rows_:
-        if r["op"] != op:
-            continue
+    for r in mine:
         cells = ["x".join(map(str, r["shape"])), r["dtype"], r["mode"], r["case"], r["provider"]]
         if r["median_ms"] is None:
             notes.setdefault(r["provider"], set()).add(f"{r['status']}: {r['reason']}")
@@ -221,66 +226,97 @@ def table(op: str, rows_: list[dict], gpu: bool) -> str:
         else:
             cells += [*_fmt_times(r["median_ms"] / 1e3, r["p20_ms"] / 1e3, r["p80_ms"] / 1e3),
                       f"{r['gbps']:.1f}"]
-            if gpu:
-                pct = r["pct_peak_bw"]
+            if flops:
+                cells.append(fmt_rate(r["tflops"] * 1e12) if r["tflops"] else "")
+            if gpu_run:
+                pct = r["pct_peak_flops"] if r["flops"] else r["pct_peak_bw"]
+                mem = r["peak_mem_mib"]
                 cells += [f"{pct:.0f} %" if pct is not None else "n/a",
-                          f"{r['peak_mem_mib']:.1f} MiB"]
+                          f"{mem:.1f} MiB" if mem is not None else "n/a"]
             cells += [f"{r[k]:.2f}x" if r.get(k) else "" for k in RATIOS]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines += [f"- {p}: {why}" for p, whys in notes.items() for why in sorted(whys)]
+    if gpu_run:
+        lines.append("- % peak: of the card's DRAM bandwidth (memory-bound rows), or of the "
+                     "measured matmul rate (rows with FLOP/s)")
     return "\n".join(lines) + "\n"
 
 
-def markdown(op_stem: str, info: dict, rows_: list[dict]) -> str:
-    ops = list(dict.fromkeys(r["op"] for r in rows_))
-    gpu = info["device"].startswith("cuda")
-    return header(op_stem, info, rows_) + "\n" + "\n".join(table(op, rows_, gpu) for op in ops)
+def _is_torch(r: dict) -> bool:
+    """A plain-PyTorch way to get the same result: not genfast, not the floor."""
+    return not r["provider"].startswith("genfast") and r["provider"] != r["floor"]
+
+
+def summary(rows_: list[dict]) -> str:
+    """One line per case: genfast's best provider against eager, torch.compile and the best
+    plain-PyTorch version in the run (the specialist, when it is the fastest)."""
+    cases: dict[tuple, list[dict]] = {}
+    for r in rows_:
+        if r["table"]:
+            cases.setdefault((r["op"], r["case"], tuple(r["shape"]), r["dtype"], r["mode"]),
+                             []).append(r)
+    lines = ["### summary: genfast's best provider per case", "",
+             "| op | case | shape | dtype | mode | genfast | time | vs eager | "
+             "vs torch.compile | vs best torch (which) |",
+             "|---|---|---|---|---|---|---:|---:|---:|---|"]
+    absent: set[str] = set()
+    for (op, name, shape, dtype, mode), rs in cases.items():
+        ok = [r for r in rs if r["median_ms"] is not None]
+        mine = [r for r in ok if r["provider"].startswith("genfast")]
+        torch_ok = [r for r in ok if _is_torch(r)]
+        cells = [op, name, "x".join(map(str, shape)), dtype, mode]
+        if not mine:
+            why = "; ".join(sorted({f"{r['provider']}: {r['status']}" for r in rs
+                                    if r["provider"].startswith("genfast")}))
+            lines.append("| " + " | ".join(cells + [why or "no genfast provider"] + [""] * 4)
+                         + " |")
+            continue
+        best = min(mine, key=lambda r: r["median_ms"])
+        comp = next((r for r in rs if r["provider"] == COMPILED), None)
+        if comp is None:
+            vs_comp = "n/a"
+        elif comp["median_ms"] is None:
+            vs_comp = f"— ({comp['status']})"
+            absent.add(f"{comp['status']}: {comp['reason']}")
+        else:
+            vs_comp = f"{best['vs_compile']:.2f}x"
+        top = min(torch_ok, key=lambda r: r["median_ms"], default=None)
+        vs_top = f"{top['median_ms'] / best['median_ms']:.2f}x ({top['provider']})" if top else ""
+        vs_eager = f"{best['vs_eager']:.2f}x" if best.get("vs_eager") else ""
+        cells += [best["provider"], fmt_time(best["median_ms"] / 1e3), vs_eager, vs_comp, vs_top]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- torch.compile {why}" for why in sorted(absent)]
+    return "\n".join(lines) + "\n"
+
+
+def markdown(title: str, info: dict, rows_: list[dict], extra: list[str] = ()) -> str:
+    """The header, one table per op, the op modules' own sections (`extra`), the summary."""
+    ops = list(dict.fromkeys(r["op"] for r in rows_ if r["table"]))
+    gpu_run = info["device"].startswith("cuda")
+    parts = [header(title, info, rows_)] + [table(op, rows_, gpu_run) for op in ops]
+    return "\n".join([*parts, *extra, summary(rows_)])
 
 
 def save(out_dir: Path, stem: str, payload: dict, text: str) -> list[Path]:
+    """JSON, Markdown and (with matplotlib) a PNG; each written whole, then renamed, so an
+    interrupted run never leaves a half-written file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.png"]
-    paths[0].write_text(json.dumps(payload, indent=1) + "\n")
-    paths[1].write_text(text)
+    for path, content in zip(paths, (json.dumps(payload, indent=1) + "\n", text), strict=False):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(content)
+        os.replace(tmp, path)
     try:
-        chart(paths[2], payload)
+        from .chart import chart
+
+        tmp = paths[2].with_name(paths[2].name + ".tmp")
+        chart(tmp, payload)
+        os.replace(tmp, paths[2])
     except ImportError:  # matplotlib is an optional (bench) extra
         paths.pop()
+    except Exception as e:  # noqa: BLE001 - a chart is not worth the JSON and Markdown
+        print(f"genfast bench: no PNG ({type(e).__name__}: {e})", file=sys.stderr)
+        paths.pop()
     return paths
-
-
-def chart(path: Path, payload: dict) -> None:
-    """Speedup over PyTorch eager per case, one panel per op, log scale (1 = eager)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on CI or a GPU box
-    import matplotlib.pyplot as plt
-
-    rows_ = [r for r in payload["results"] if r["median_ms"] is not None]
-    ops = list(dict.fromkeys(r["op"] for r in rows_))
-    fig, axes = plt.subplots(len(ops), 1, figsize=(11, 3.6 * len(ops)), squeeze=False)
-    for ax, op in zip(axes[:, 0], ops, strict=True):
-        mine = [r for r in rows_ if r["op"] == op]
-        key = lambda r: ("x".join(map(str, r["shape"])), r["dtype"], r["mode"], r["case"])
-        cases = list(dict.fromkeys(key(r) for r in mine))
-        providers = list(dict.fromkeys(r["provider"] for r in mine))
-        eager = {key(r): r["median_ms"] for r in mine if r["provider"] == payload["eager"][op]}
-        width = 0.8 / len(providers)
-        for i, p in enumerate(providers):
-            pts = [(cases.index(key(r)), eager[key(r)] / r["median_ms"])
-                   for r in mine if r["provider"] == p and key(r) in eager]
-            ax.bar([x + i * width for x, _ in pts], [y for _, y in pts], width, label=p)
-        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(cases))])
-        ax.set_xticklabels(["\n".join(c) for c in cases], fontsize=7)
-        ax.set_yscale("log")
-        ax.axhline(1.0, color="black", lw=0.8)
-        ax.set_ylabel(f"speedup vs {payload['eager'][op]}")
-        ax.set_title(op)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    info = payload["machine"]
-    extra = "" if info["device"].startswith("cuda") else f", {info['threads']} threads"
-    fig.suptitle(f"genfast {payload['op']} on {info['device_name']}{extra}, torch {info['torch']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

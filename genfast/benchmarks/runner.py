@@ -3,11 +3,13 @@
 An op file (genfast/benchmarks/<op>.py) says *what* to time; this file says *how*
 (DESIGN.md section 6, research/ecosystem.md B.9):
 
-* CPU: warm up, calibrate how many calls make one repeat long against the timer's
-  resolution, then run the repeats of all providers of a case round-robin, so slow drift
-  (turbo, a noisy neighbour) hits every provider alike. Report the median and p20/p80.
-* CUDA: triton.testing.do_bench, which times with CUDA events and flushes L2 between reps.
-  Never a sync per iteration: on a µs-scale kernel that measures the sync, not the kernel.
+* Every provider of a case is warmed up, then the repeats of all providers run in
+  interleaved rounds, so slow drift (turbo, a noisy neighbour, GPU clocks) hits every
+  provider alike. Reported: the median and p20/p80 over the repeats.
+* CPU: a repeat is enough back-to-back calls to be long against the timer's resolution.
+* CUDA: CUDA events around each call with the L2 cache flushed before it, as
+  triton.testing.do_bench does; one synchronize per block of calls, never one per call
+  (on a µs-scale kernel that would time the sync, not the kernel).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 MODES = ("forward", "forward+backward", "sample")
+SCOPES = ("quick", "default", "full")  # see cases() of each op module and Settings below
 COMPILED = "torch.compile"  # provider name of the compiled baseline in every case
 
 Inputs = dict[str, torch.Tensor]
@@ -44,6 +47,13 @@ class Case:
     bytes: int  # least memory traffic one call needs; GB/s = bytes / time
     eager: str  # provider names the genfast providers are compared against
     floor: str  # a cheaper op that any implementation must also do: a lower bound on time
+    # The one case per op whose torch.compile provider the default run builds: each compiled
+    # graph costs seconds (tens on 2 cores), so `genfast bench` compiles one shape per op.
+    compile_default: bool = False
+    # Compute-bound (convolutions): count the eager provider's FLOPs and report TFLOP/s.
+    count_flops: bool = False
+    # False: the rows go to JSON and to the op module's own summary, not the generic table.
+    table: bool = True
 
     @property
     def id(self) -> str:
@@ -58,13 +68,24 @@ class Settings:
     repeats: int = 15
     min_repeats: int = 3
     budget_s: float = 2.0  # per provider; a slow one gets fewer repeats, never < min_repeats
-    gpu_warmup_ms: int = 25
-    gpu_rep_ms: int = 100
-    compile: bool = True  # torch.compile costs seconds per case on a small CPU
+    gpu_warmup_ms: float = 25
+    gpu_rep_ms: float = 100  # per provider, over all rounds
+    gpu_rounds: int = 5
+    # torch.compile: "all" cases, the "marked" one per op (Case.compile_default), or "none".
+    compile: str = "all"
+
+    def compiles(self, case: Case) -> bool:
+        return self.compile == "all" or (self.compile == "marked" and case.compile_default)
 
 
+FULL = Settings()
+# `genfast bench`: < 3 minutes on 2 cores with the compiles, still >= 3 interleaved repeats;
+# on a GPU ~90 cases in a few minutes, inside the GPU check's time (bench/gpu_check.sh).
+DEFAULT = Settings(warmup_s=0.03, repeat_s=0.01, repeats=9, min_repeats=3, budget_s=0.25,
+                   gpu_warmup_ms=10, gpu_rep_ms=60, gpu_rounds=3, compile="marked")
 QUICK = Settings(warmup_s=0.002, repeat_s=0.002, repeats=3, min_repeats=3, budget_s=0.05,
-                 gpu_warmup_ms=5, gpu_rep_ms=20, compile=False)
+                 gpu_warmup_ms=5, gpu_rep_ms=20, gpu_rounds=2, compile="none")
+SETTINGS = {"quick": QUICK, "default": DEFAULT, "full": FULL}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -91,17 +112,34 @@ def env_device() -> str:
     return dev
 
 
-def env_quick() -> bool:
-    """Tiny shapes in pytest unless GENFAST_BENCH_QUICK=0: the bench files are CI smoke tests."""
-    return os.environ.get("GENFAST_BENCH_QUICK", "1") != "0"
+def env_scope() -> str:
+    """Scope of pytest runs: GENFAST_BENCH_SCOPE (quick | default | full); else quick, or full
+    with GENFAST_BENCH_QUICK=0. The bench files are CI smoke tests by default."""
+    scope = os.environ.get("GENFAST_BENCH_SCOPE")
+    if scope is None:
+        return "quick" if os.environ.get("GENFAST_BENCH_QUICK", "1") != "0" else "full"
+    if scope not in SCOPES:
+        raise ValueError(f"GENFAST_BENCH_SCOPE must be one of {SCOPES}, got {scope!r}")
+    return scope
 
 
 def env_settings() -> Settings:
-    """Settings for pytest runs: as the CLI, torch.compile only with the full shapes unless
-    GENFAST_BENCH_COMPILE=1 (or =0) says otherwise."""
-    s = QUICK if env_quick() else Settings()
+    """Settings for pytest runs: the scope's, torch.compile as GENFAST_BENCH_COMPILE=1|0 says."""
+    s = SETTINGS[env_scope()]
     want = os.environ.get("GENFAST_BENCH_COMPILE")
-    return s if want is None else replace(s, compile=want != "0")
+    return s if want is None else replace(s, compile="all" if want != "0" else "none")
+
+
+def backends_for(device: str, scope: str) -> tuple[str, ...]:
+    """genfast backends an op module times. The reference (plain PyTorch, the oracle) is slow
+    on the CPU and says nothing the eager baseline does not: --quick and --full only, unless
+    it is all genfast has here. Triton on a CPU tensor is the interpreter, never worth timing."""
+    from genfast import backends
+
+    native = ("triton", "cuda") if device.startswith("cuda") else ("cpu",)
+    if scope != "default" or not any(backends.available(b, device) for b in native):
+        return (*native, "reference")
+    return native
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -120,7 +158,7 @@ def build(case: Case, inputs: Inputs, name: str) -> Callable[[], object]:
 
 
 def fresh_inputs(case: Case, settings: Settings) -> Inputs:
-    if settings.compile and COMPILED in case.providers:
+    if settings.compiles(case) and COMPILED in case.providers:
         # Every case compiles the same code objects again (new shape, hard, grad mode); a
         # fresh Dynamo cache keeps each compile specialised and clear of the recompile limit.
         torch._dynamo.reset()
@@ -134,10 +172,12 @@ class Result:
     status: str = "ok"  # ok | unavailable (backend says why) | failed | not run
     reason: str = ""
     times_s: list[float] = field(default_factory=list)  # per call, one value per repeat
-    iterations: int = 0  # calls per repeat (CPU); 0 where do_bench chose
+    iterations: int = 0  # calls per repeat
     quantiles_s: tuple[float, float, float] | None = None  # p20, median, p80
     peak_mem_bytes: int | None = None  # CUDA only: allocated by one call beyond what existed
     foreign_cores: float | None = None  # CPU only: cores other processes used while we timed
+    flops: int | None = None  # of one eager call, where the case counts them
+    case_wall_s: float = 0.0  # the whole case: inputs, builds and compiles, timing
 
     @property
     def median_s(self) -> float | None:
@@ -190,80 +230,123 @@ def foreign_cores(before, after, wall_s: float) -> float | None:
     return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / wall_s)
 
 
+Plan = dict[str, tuple[int, int]]  # provider -> (calls per repeat, repeats)
+Measure = Callable[[Callable[[], object], int], list[float]]  # (fn, calls) -> s per call
+
+
+def plan_repeats(per_call: dict[str, float], repeat_s: float, repeats: int, min_repeats: int,
+                 budget_s: float) -> Plan:
+    """Calls per repeat (a repeat lasts >= repeat_s) and repeats per provider: a slow provider
+    gets fewer repeats to stay inside budget_s, never fewer than min_repeats."""
+    plan = {}
+    for name, t in per_call.items():
+        t = max(t, 1e-9)
+        iters = max(1, math.ceil(repeat_s / t))
+        plan[name] = (iters, min(repeats, max(min_repeats, int(budget_s / (iters * t)))))
+    return plan
+
+
+def interleave(fns: dict[str, Callable[[], object]], plan: Plan,
+               measure: Measure) -> dict[str, list[float]]:
+    """Round r runs repeat r of every provider that still has one: providers alternate, so
+    drift during the run spreads over all of them instead of biasing the last one."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(max((reps for _, reps in plan.values()), default=0)):
+        for name, fn in fns.items():
+            iters, reps = plan[name]
+            if r < reps:
+                times[name] += measure(fn, iters)
+    return times
+
+
+def _cpu_measure(fn: Callable[[], object], calls: int) -> list[float]:
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return [(time.perf_counter() - t0) / calls]
+
+
 def time_cpu(fns: dict[str, Callable[[], object]], s: Settings) -> dict[str, tuple[list, int]]:
     """Per provider: (seconds per call of each repeat, calls per repeat)."""
-    plan = {}
-    for name, fn in fns.items():
-        per_call = max(_warm(fn, s.warmup_s), 1e-9)
-        iters = max(1, math.ceil(s.repeat_s / per_call))
-        reps = min(s.repeats, max(s.min_repeats, int(s.budget_s / (iters * per_call))))
-        plan[name] = (iters, reps)
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    per_call = {name: _warm(fn, s.warmup_s) for name, fn in fns.items()}
+    plan = plan_repeats(per_call, s.repeat_s, s.repeats, s.min_repeats, s.budget_s)
     gc_was_on = gc.isenabled()
     gc.disable()  # a collection inside a repeat is noise that belongs to no provider
     try:
-        for r in range(max((reps for _, reps in plan.values()), default=0)):
-            for name, fn in fns.items():
-                iters, reps = plan[name]
-                if r < reps:
-                    t0 = time.perf_counter()
-                    for _ in range(iters):
-                        fn()
-                    times[name].append((time.perf_counter() - t0) / iters)
+        times = interleave(fns, plan, _cpu_measure)
     finally:
         if gc_was_on:
             gc.enable()
     return {name: (times[name], plan[name][0]) for name in fns}
 
 
-def time_cuda(fn: Callable[[], object], s: Settings) -> tuple[float, float, float]:
+def count_flops(fn: Callable[[], object]) -> int | None:
+    """FLOPs of one call by torch's own per-op formulas (matmuls and convolutions, forward
+    and every backward): the useful work, for TFLOP/s. A dispatch mode of our own, not
+    FlopCounterMode, whose module hooks break torch.autograd.grad (a gradient penalty).
+    None where it cannot count: it is a column of the report, never a reason to fail."""
     try:
-        from triton.testing import do_bench
-    except ImportError:  # triton is optional; torch's Timer also syncs once per block only
-        from torch.utils.benchmark import Timer
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils.flop_counter import flop_registry
+    except ImportError:
+        return None
 
-        timer = Timer(stmt="fn()", globals={"fn": fn})
-        m = timer.blocked_autorange(min_run_time=s.gpu_rep_ms / 1e3)
-        return _quantiles(list(m.times))
-    q = [0.2, 0.5, 0.8]
-    p20, p50, p80 = do_bench(fn, warmup=s.gpu_warmup_ms, rep=s.gpu_rep_ms, quantiles=q)
-    return p20 / 1e3, p50 / 1e3, p80 / 1e3
+    class Counter(TorchDispatchMode):
+        total = 0
 
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.total += formula(*args, **kwargs, out_val=out)
+            return out
 
-def peak_memory(fn: Callable[[], object], device: str) -> int:
-    """Bytes one call allocates on top of what is live (its output and any workspace)."""
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - base
+    try:
+        with Counter() as counter:
+            fn()
+    except Exception:  # noqa: BLE001 - see the docstring
+        return None
+    return counter.total or None
 
 
 def run_case(case: Case, s: Settings) -> list[Result]:
     """Time every provider of one case side by side; a provider that cannot run is recorded."""
+    start = time.perf_counter()
     inputs = fresh_inputs(case, s)
     results, ready = {}, {}
     for name in case.providers:
         res = results[name] = Result(case, name)
-        if name == COMPILED and not s.compile:
-            res.status, res.reason = "not run", "torch.compile not requested (--compile)"
+        if name == COMPILED and not s.compiles(case):
+            res.status = "not run"
+            res.reason = ("torch.compile off (--compile turns it on)" if s.compile == "none" else
+                          "the default run compiles one case per op (each compile costs "
+                          "seconds on a small CPU); --full compiles every case")
             continue
         try:
             ready[name] = build(case, inputs, name)
         except Exception as e:  # noqa: BLE001 - recorded per provider, the run goes on
             res.status = "unavailable" if is_unavailable(e) else "failed"
             res.reason = _reason(e)
+    flops = None
+    if case.count_flops and case.eager in ready:
+        flops = count_flops(ready[case.eager])
     if case.device.startswith("cuda"):
+        from .gpu import peak_memory, time_cuda
+
+        timed = time_cuda(ready, s, case.device)
         for name, fn in ready.items():
-            results[name].quantiles_s = time_cuda(fn, s)
             results[name].peak_mem_bytes = peak_memory(fn, case.device)
+        foreign = None
     else:
         before, t0 = _cpu_seconds(), time.perf_counter()
         timed = time_cpu(ready, s)
         foreign = foreign_cores(before, _cpu_seconds(), time.perf_counter() - t0)
-        for name, (times, iters) in timed.items():
-            res = results[name]
-            res.times_s, res.iterations, res.quantiles_s = times, iters, _quantiles(times)
-            res.foreign_cores = foreign
+    for name, (times, iters) in timed.items():
+        res = results[name]
+        res.times_s, res.iterations, res.quantiles_s = times, iters, _quantiles(times)
+        res.foreign_cores = foreign
+    wall = time.perf_counter() - start
+    for res in results.values():
+        res.flops, res.case_wall_s = flops, wall
     return list(results.values())

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .runner import COMPILED, Case, Factory, Inputs
+from .runner import COMPILED, Case, Factory, Inputs, backends_for
 
 # name -> SNGANConfig overrides: the model's default discriminator, its paper "standard CNN"
 # option, and that CNN at the paper's 32x32 and width 64.
@@ -41,11 +41,6 @@ MODELS = {
 QUICK_MODELS = {"sngan-cnn-tiny": {"discriminator": "sngan-cnn", "image_shape": (1, 8, 8),
                                    "d_width": 8}}
 BATCH = 64
-
-
-def _backends(device: str) -> tuple[str, ...]:
-    # Triton on a CPU tensor is the interpreter (a correctness tool), never worth timing.
-    return ("triton", "cuda") if device.startswith("cuda") else ("cpu",)
 
 
 def _settings(name: str) -> dict:
@@ -149,7 +144,8 @@ def _d_step(model: nn.Module, real, fake):
     return step
 
 
-def _case(op: str, name: str, device: str, dtype: torch.dtype, mode: str, batch: int) -> Case:
+def _case(op: str, name: str, device: str, dtype: torch.dtype, mode: str, batch: int,
+          backends: tuple[str, ...], compile_default: bool = False, lean: bool = False) -> Case:
     base = _build(name, device, dtype)  # small; providers copy it when they are built
     n_layers = len(_sn_layers(base))
     wbytes = sum(m.parametrizations.weight.original.numel() for m in _sn_layers(base)) * \
@@ -161,7 +157,7 @@ def _case(op: str, name: str, device: str, dtype: torch.dtype, mode: str, batch:
         return lambda inp: build(_variant(base, kind, backend), inp)
 
     if op == "spectral_norm_update":
-        for b in _backends(device):
+        for b in backends:
             providers[f"genfast:{b} multi-tensor"] = on(
                 "group", b, lambda m, inp: m.genfast_group.update)
             providers[f"genfast:{b} per-layer"] = on(
@@ -175,7 +171,7 @@ def _case(op: str, name: str, device: str, dtype: torch.dtype, mode: str, batch:
                 [x.parametrizations.weight.original.detach() for x in _sn_layers(m)]))
         nbytes, floor = 2 * wbytes, "torch._foreach_norm (floor)"
     elif op == "spectral_norm_weights":
-        for b in _backends(device):
+        for b in backends:
             providers[f"genfast:{b} multi-tensor"] = on(
                 "group", b, lambda m, inp: _weights_step(m))
             providers[f"genfast:{b} per-layer"] = on(
@@ -196,10 +192,11 @@ def _case(op: str, name: str, device: str, dtype: torch.dtype, mode: str, batch:
         def d_step(m, inp):
             return _d_step(m, inp["real"], inp["fake"])
 
-        for b in _backends(device):
+        for b in backends:
             providers[f"genfast:{b} multi-tensor"] = on("group", b, d_step)
             providers[f"genfast:{b} multi-tensor fold"] = on("fold", b, d_step)
-            providers[f"genfast:{b} per-layer"] = on("per-layer", b, d_step)
+            if not lean:  # the convolutions dominate: per-layer adds little but seconds
+                providers[f"genfast:{b} per-layer"] = on("per-layer", b, d_step)
         providers["torch eager"] = on("torch", None, d_step)
         providers[COMPILED] = on(
             "torch", None, lambda m, inp: torch.compile(_d_step(m, inp["real"], inp["fake"]),
@@ -210,20 +207,46 @@ def _case(op: str, name: str, device: str, dtype: torch.dtype, mode: str, batch:
     shape = (batch, 1, size, size) if op == "sngan_d_step" else (n_layers, wbytes // dtype.itemsize)
     return Case(op=op, name=name, shape=shape, dtype=dtype, device=device, mode=mode,
                 inputs=_inputs(size, device, dtype, batch), providers=providers,
-                bytes=nbytes, eager="torch eager", floor=floor)
+                bytes=nbytes, eager="torch eager", floor=floor, compile_default=compile_default,
+                count_flops=op == "sngan_d_step")
 
 
-def cases(device: str = "cpu", quick: bool = False,
+def cases(device: str = "cpu", scope: str = "default",
           dtypes: list[torch.dtype] | None = None) -> list[Case]:
-    models = QUICK_MODELS if quick else MODELS
-    batch = 4 if quick else BATCH
+    """quick: a tiny model. default: the update on the digits model (compiled) and on the
+    8-layer critic, that critic's weights with backward, the digits D step, and the drop-in
+    cases (spectral_norm_dropin.py); on a GPU every model in both dtypes, the critic's update
+    compiled. full: every model and case, the reference backend, all compiled."""
+    from . import spectral_norm_dropin
+
+    cuda = device.startswith("cuda")
+    backends = backends_for(device, scope)
+    if dtypes is None:
+        dtypes = [torch.float32, torch.bfloat16] if cuda else [torch.float32]
+    batch = 4 if scope == "quick" else BATCH
+    if scope == "quick":
+        plan = {name: ("update", "weights", "d_step") for name in QUICK_MODELS}
+    elif scope == "full" or cuda:
+        plan = {name: ("update", "weights") + (() if name.endswith("w64") else ("d_step",))
+                for name in MODELS}  # the w64 D step is its convs, not its spectral norm
+    else:
+        plan = {"sngan-digits": ("update", "d_step"), "sngan-cnn-32-w64": ("update", "weights")}
+    compiled = ("sngan-cnn-32-w64" if cuda else "sngan-digits", "update")
+    ops = {"update": ("spectral_norm_update", "forward"),
+           "weights": ("spectral_norm_weights", "forward+backward"),
+           "d_step": ("sngan_d_step", "forward+backward")}
     out = []
-    for dtype in dtypes or [torch.float32]:
-        for name in models:
-            out.append(_case("spectral_norm_update", name, device, dtype, "forward", batch))
-            out.append(_case("spectral_norm_weights", name, device, dtype, "forward+backward",
-                             batch))
-            if not name.endswith("w64"):  # its convs, not its spectral norm, set that time
-                out.append(_case("sngan_d_step", name, device, dtype, "forward+backward",
-                                 batch))
+    for dtype in dtypes:
+        for name, kinds in plan.items():
+            out += [_case(ops[k][0], name, device, dtype, ops[k][1], batch, backends,
+                          compile_default=scope == "default" and (name, k) == compiled,
+                          lean=scope == "default" and not cuda)
+                    for k in kinds]
+    out += spectral_norm_dropin.cases(device, scope, dtypes, backends)
     return out
+
+
+def sections(rows: list[dict]) -> list[str]:
+    from . import spectral_norm_dropin
+
+    return spectral_norm_dropin.sections(rows)
