@@ -133,14 +133,22 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(settings, compile="all" if args.compile else "none")
     torch.set_num_threads(args.threads)
     ops = args.ops or list(OPS)
-    plan = [(op, [c for c in load(op).cases(device=device, scope=scope, dtypes=args.dtype)
-                  if args.filter in c.id]) for op in ops]
+    plan, broken = [], []
+    for op in ops:
+        try:  # building cases builds models: a family that cannot must not stop the others
+            cases = load(op).cases(device=device, scope=scope, dtypes=args.dtype)
+        except Exception:  # noqa: BLE001 - reported, and the exit status says so
+            print(f"genfast bench: {op}: cannot build its cases\n{traceback.format_exc()}",
+                  file=sys.stderr)
+            broken.append(op)
+            continue
+        plan.append((op, [c for c in cases if args.filter in c.id]))
     if args.list:
         for _, cases in plan:
             for c in cases:
                 compiled = settings.compiles(c) and runner.COMPILED in c.providers
                 print(c.id + ("  [torch.compile]" if compiled else ""))
-        return 0
+        return 1 if broken else 0
 
     # Sampled before any timing of ours: what else was keeping this machine busy.
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -210,4 +218,6 @@ def main(argv: list[str] | None = None) -> int:
     # A genfast provider that crashed fails the run; a baseline that cannot run here
     # (e.g. torch.compile without a compiler) is reported, not fatal.
     failed = [r for r in rows if r["status"] == "failed" and r["provider"].startswith("genfast")]
-    return 1 if failed else 0
+    if broken:
+        print(f"genfast bench: not run, their cases failed to build: {broken}", file=sys.stderr)
+    return 1 if failed or broken else 0
