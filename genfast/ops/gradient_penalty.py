@@ -8,7 +8,15 @@ the loss plus the penalty) and are all-reduced once (pytorch #63812, research/ec
 norms = gp_row_norms(g as a (N, d) view); the penalty, a few ops on N numbers, stays in torch.
 Only the norm and its backward are kernels: the rest of the cost is the critic's own double
 backward, less the identically zero paths of piecewise-linear activations, which are pruned
-(see _prune_zero_paths; StyleGAN2's bias_act skips the same second derivatives).
+(see gradient_penalty_graph.prune_zero_paths; StyleGAN2's bias_act skips the same second
+derivatives).
+
+## Host syncs, loss scaling, autocast
+A training step reads nothing back to the host unless check_finite says so (default: on for CPU
+tensors, where a read is free, off on accelerators). With a torch.amp.GradScaler the scaled mean
+of the scores is differentiated and the norms unscaled (by a tensor, not get_scale()) before the
+penalty math, torch's AMP recipe for gradient penalties. Under autocast gp_row_norms is a float32
+op, as torch's own norms are: float16 / bfloat16 input is cast and the norms come back in float32.
 
 ## Kernel contract (reference here, csrc/cpu/gradient_penalty.cpp, csrc/cuda/gradient_penalty.*,
 ## kernels/gradient_penalty.py)
@@ -39,6 +47,7 @@ from torch import Tensor
 
 from .. import backends
 from . import _checks
+from . import gradient_penalty_graph as graph
 from ._boundary import (
     Rows,
     dtype_code,
@@ -161,6 +170,31 @@ def _scale_grad(ctx, grad_out):
 
 gp_row_norms.register_autograd(_norms_grad, setup_context=_norms_setup)
 gp_scale_rows.register_autograd(_scale_grad, setup_context=_scale_setup)
+# torch's norms are on autocast's float32 list (a float16 norm overflows past 65504 and keeps 11
+# bits); the same policy here, also for direct calls of the op. gp_scale_rows is elementwise: it
+# keeps its inputs' dtype, as a multiply does under autocast.
+for _device_type in ("cpu", "cuda"):
+    if torch.amp.is_autocast_available(_device_type):
+        gp_row_norms.register_autocast(_device_type, torch.float32)
+
+
+def _norm_dtype(x: Tensor) -> torch.dtype:
+    """The dtype gp_row_norms computes a gradient like x in: float32 for float16 / bfloat16
+    under autocast (its autocast rule), else x's."""
+    low = x.dtype in (torch.float16, torch.bfloat16)
+    return torch.float32 if low and torch.is_autocast_enabled(x.device.type) else x.dtype
+
+
+def _autocast_float(x: Tensor) -> Tensor:
+    # Cast here, not only in the op's autocast rule, so the backend is resolved for float32.
+    dtype = _norm_dtype(x)
+    return x if dtype == x.dtype else x.to(dtype)
+
+
+def _norm_probe(x: Tensor) -> Tensor:
+    """A tensor with the device and dtype gp_row_norms will see for a gradient like x."""
+    dtype = _norm_dtype(x)
+    return x if dtype == x.dtype else x.new_empty(0, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- public API
@@ -178,7 +212,8 @@ def _sample_rows(g: Tensor) -> Tensor:
     does not change its norm)."""
     if g.dim() > 2:
         order = sorted(range(1, g.dim()), key=g.stride, reverse=True)
-        g = g.permute(0, *order)
+        if order != list(range(1, g.dim())):  # no identity permute in traced graphs
+            g = g.permute(0, *order)
     return g.reshape(g.shape[0], math.prod(g.shape[1:]))
 
 
@@ -187,122 +222,13 @@ def per_sample_grad_norm(grad: Tensor, *, backend: str | None = None) -> Tensor:
 
     One fused kernel (sum of squares in float32, or float64 for float64 input), with a backward
     that is itself differentiable, to any order. A zero row has gradient 0 (as torch's norm).
+    The norms have grad's dtype; under autocast, float16 / bfloat16 grad gives float32 norms (the
+    policy of torch's norms). Exportable: torch.export sees one genfast::gp_row_norms node.
     backend: "auto" (default), "reference", "cpu", "triton" or "cuda"; see genfast.backends.
     """
-    _check_tensor("grad", grad)
-    g2d = _sample_rows(grad)
+    graph.check_batch("grad", grad)
+    g2d = _autocast_float(_sample_rows(grad))
     return gp_row_norms(g2d, backends.resolve("gradient_penalty", g2d, backend))
-
-
-def _check_tensor(name: str, x: object) -> Tensor:
-    _checks.tensor(name, x, min_dim=1)
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} must have a batch dimension with at least one sample, "
-                         f"got shape {tuple(x.shape)}")
-    return x
-
-
-def _scores(name: str, s: object, n: int) -> Tensor:
-    if not isinstance(s, Tensor):
-        raise TypeError(f"{name} must return a tensor, got {type(s).__name__}")
-    if tuple(s.shape) not in ((n,), (n, 1)):
-        raise ValueError(f"{name} must have shape ({n},) or ({n}, 1) for {n} samples, "
-                         f"got {tuple(s.shape)}")
-    return s
-
-
-def _inputs(kind: str, real: Tensor | None, fake: Tensor | None) -> Tensor:
-    """Validate real / fake for `kind`; returns the tensor whose shape is the batch's."""
-    need = {"wgan-gp": ("real", "fake"), "r1": ("real",), "r2": ("fake",)}[kind]
-    given = {"real": real, "fake": fake}
-    for name in need:
-        if given[name] is None:
-            raise ValueError(f"{name} is required for kind={kind!r}")
-    for name, x in given.items():
-        if x is not None:
-            _check_tensor(name, x)
-    if real is not None and fake is not None:
-        if real.shape != fake.shape:
-            raise ValueError(f"real and fake must have the same shape, got real "
-                             f"{tuple(real.shape)} and fake {tuple(fake.shape)}")
-        if real.dtype != fake.dtype or real.device != fake.device:
-            raise ValueError(f"real and fake must share dtype and device, got real "
-                             f"{real.dtype} on {real.device}, fake {fake.dtype} on {fake.device}")
-    return given[need[0]]
-
-
-def _point(kind: str, real: Tensor | None, fake: Tensor | None,
-           generator: torch.Generator | None) -> Tensor:
-    """The detached leaf the critic is differentiated at."""
-    if kind == "r1":
-        return real.detach().requires_grad_()
-    if kind == "r2":
-        return fake.detach().requires_grad_()
-    n = real.shape[0]
-    eps = torch.rand(n, generator=generator, device=real.device, dtype=real.dtype)
-    eps = eps.view(n, *([1] * (real.dim() - 1)))
-    return torch.lerp(fake.detach(), real.detach(), eps).requires_grad_()
-
-
-def _input_grad(s: Tensor, x: Tensor, create_graph: bool) -> Tensor:
-    why = ("the critic's output does not depend on its input (a critic that detaches or "
-           "ignores x, or runs under torch.no_grad?); the penalty needs d critic(x) / dx")
-    if not s.requires_grad:
-        raise ValueError(why)
-    (g,) = torch.autograd.grad(s, x, torch.ones_like(s), create_graph=create_graph,
-                               allow_unused=True)
-    if g is None:
-        raise ValueError(why)
-    return g
-
-
-# Double-backward nodes of piecewise-linear activations (LeakyReLU, ReLU, Hardtanh / ReLU6).
-# Their derivative with respect to the forward activation (next edge 1) is identically zero, but
-# torch materialises it as a zeros tensor and pushes it through the critic's whole forward graph:
-# weight and input gradients of every layer below, all of zeros, about a third of a penalty's
-# cost on a ReLU-family critic. Handing back None (autograd's "zero") ends that walk; exact.
-_ZERO_SECOND = frozenset({"LeakyReluBackwardBackward0", "ThresholdBackwardBackward0",
-                          "HardtanhBackwardBackward0"})
-
-
-def _drop_zero_edge(grad_inputs, grad_outputs):
-    return (grad_inputs[0], None, *grad_inputs[2:])
-
-
-def _nodes(root, stop: frozenset | set = frozenset()) -> set:
-    seen, stack = set(), [root]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen or node in stop:
-            continue
-        seen.add(node)
-        stack.extend(f for f, _ in node.next_functions)
-    return seen
-
-
-def _prune_zero_paths(s: Tensor, g: Tensor) -> None:
-    """Hook the zero edges of g's graph (built by create_graph), never the critic's forward."""
-    if g.grad_fn is None:
-        return
-    for node in _nodes(g.grad_fn, stop=_nodes(s.grad_fn)):
-        if type(node).__name__ in _ZERO_SECOND and len(node.next_functions) == 2:
-            node.register_hook(_drop_zero_edge)
-
-
-def _raise_not_finite(norms: Tensor, x: Tensor) -> None:
-    bad = ~torch.isfinite(norms)
-    idx = bad.nonzero().flatten()[:8].tolist()
-    if not idx:  # every norm is finite: the square overflowed
-        raise FloatingPointError(
-            f"gradient_penalty: the penalty overflowed (largest gradient norm "
-            f"{norms.max().item():.3g}); the critic is diverging")
-    where = ("the critic's input has non-finite values (from real / fake)"
-             if not bool(torch.isfinite(x).all()) else
-             "the critic's output or its gradient overflowed or is NaN")
-    raise FloatingPointError(
-        f"gradient_penalty: the critic's input gradient is not finite for samples {idx} (norms "
-        f"{norms.detach()[idx].tolist()}): {where}. Pass check_finite=False to get a "
-        "non-finite penalty instead")
 
 
 def gradient_penalty(
@@ -319,7 +245,8 @@ def gradient_penalty(
     drift: float = 0.0,
     real_scores: Tensor | None = None,
     generator: torch.Generator | None = None,
-    check_finite: bool = True,
+    scaler: torch.amp.GradScaler | None = None,
+    check_finite: bool | None = None,
     backend: str | None = None,
 ) -> GradientPenalty:
     """Gradient penalty of a GAN critic, ready to add to its loss.
@@ -346,6 +273,23 @@ def gradient_penalty(
     Returns GradientPenalty(penalty, grad_norm, drift): penalty is a scalar in float32 (float64
     for float64 input) to add to the loss; grad_norm the detached (N,) norms ||g_i|| for logging.
 
+    Mixed precision: call it inside the autocast region of the critic's forward; the norms and
+    the penalty are float32 there. With a torch.amp.GradScaler, pass it as `scaler` (torch's AMP
+    recipe for gradient penalties): the input gradient is taken of scaler.scale(mean of the
+    scores), so low-precision gradients neither underflow nor, at the default scale, overflow
+    (see gradient_penalty_graph.scaled_root), and the norms are unscaled before the penalty,
+    which therefore equals the unscaled one; then backpropagate scaler.scale(loss + penalty).
+    A scaled gradient that overflows makes the penalty inf / NaN with no error: the scaler finds
+    the non-finite gradients, skips that step and lowers its scale (a non-finite real / fake
+    still raises, see check_finite). grad_norm is unscaled.
+
+    check_finite: read the penalty back and raise FloatingPointError naming the samples whose
+    gradient is not finite, and why (non-finite input, or an overflowing critic), or saying that
+    the drift term is not finite. None (default): True for CPU tensors; False on a GPU, where
+    the read would be a host sync per step, so the penalty is simply inf / NaN there (pass True
+    to debug; a device-side assert is not used as it leaves the CUDA context unusable).
+    With check_finite off, a training step (penalty and backward) makes no host sync.
+
     DDP: g comes from torch.autograd.grad(create_graph=True) out of place, never .backward(), so
     no .grad is touched and DDP all-reduces once, in the one backward of loss + penalty (the
     pattern recommended in pytorch #63812). Called under torch.no_grad the penalty is evaluated
@@ -356,9 +300,10 @@ def gradient_penalty(
     on a DCGAN critic). Exact, with one visible effect: a parameter whose penalty gradient is
     identically zero (a bias feeding such an activation) gets no .grad from penalty.backward()
     alone (None rather than zeros); backpropagated together with the loss, nothing changes.
-    Non-finite gradients raise FloatingPointError naming the samples (one host sync; on a GPU,
-    check_finite=False skips it and lets the penalty be inf / NaN). A zero gradient has
-    norm 0 and gradient 0 through the norm.
+    A zero gradient has norm 0 and gradient 0 through the norm.
+    torch.export: the penalty does not export (torch 2.13 traces the autograd.grad inside it
+    with the critic's weights frozen in as constants, and check_finite's read is data-dependent);
+    export per_sample_grad_norm, the op, in a model's forward instead.
     backend: of the norm kernel: "auto" (default), "reference", "cpu", "triton", "cuda".
     """
     if not callable(critic):
@@ -376,49 +321,57 @@ def gradient_penalty(
         raise ValueError(f"step is required with every={every} (lazy regularization)")
     step = None if step is None else _checks.integer("step", step, 0)
     drift = _checks.real("drift", drift, low=0.0)
-    _checks.boolean("check_finite", check_finite)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    batch = _inputs(kind, real, fake)
+    scaler = graph.enabled_scaler(scaler)
+    batch = graph.inputs(kind, real, fake)
     n = batch.shape[0]
     if real_scores is not None:
-        real_scores = _scores("real_scores", _check_tensor("real_scores", real_scores), n)
+        real_scores = graph.scores("real_scores", graph.check_batch("real_scores", real_scores), n)
     if drift and real is None and real_scores is None:
         raise ValueError("drift needs real (or real_scores)")
+    check = graph.finite_check(check_finite, batch.device)
     out_dtype = torch.promote_types(batch.dtype, torch.float32)
-    # Before the critic runs: a backend that cannot serve fails fast. g has the input's dtype.
-    name = backends.resolve("gradient_penalty", batch, backend)
+    # Before the critic runs: a backend that cannot serve fails fast. g has the input's dtype
+    # (float32 under autocast, see _autocast_float).
+    name = backends.resolve("gradient_penalty", _norm_probe(batch), backend)
 
     total, norms_out, real_out = None, None, None
     if every == 1 or step % every == 0:
-        x = _point(kind, real, fake, generator)
+        x = graph.point(kind, real, fake, generator)
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
-            s = _scores("critic(x)", critic(x), n)
-            g = _input_grad(s, x, create_graph)
+            s = graph.scores("critic(x)", critic(x), n)
+            root, factor = (s, None) if scaler is None else graph.scaled_root(scaler, s)
+            g = graph.input_grad(root, x, create_graph)
         if create_graph:
-            _prune_zero_paths(s, g)
-        g2d = _sample_rows(g)
-        norms = gp_row_norms(g2d, name)
+            graph.prune_zero_paths(root, g)
+        norms = gp_row_norms(_autocast_float(_sample_rows(g)), name)
         nw = norms.to(out_dtype)
+        if factor is not None:
+            # A division by the factor the backward applied: exact for power-of-two scale / N.
+            nw = nw / factor
+            norms = nw.to(norms.dtype)
         if kind == "wgan-gp":
             dev = nw - center
             term = (torch.relu(dev) if one_sided else dev).square().mean() * (weight * every)
         else:
             term = nw.square().mean() * (0.5 * weight * every)
         # The term is finite iff every norm is (and its square did not overflow): one scalar
-        # read instead of a check over the norms.
-        if check_finite and not math.isfinite(term.item()):
-            _raise_not_finite(norms, x)
+        # read instead of a check over the norms. With a scaler, only a non-finite input is an
+        # error: an overflowing gradient is the scaler's to skip.
+        if check and not math.isfinite(term.item()):
+            if scaler is None or not bool(torch.isfinite(x).all()):
+                graph.raise_not_finite(nw, x)
         total, norms_out = term, norms.detach()
         real_out = s if kind == "r1" else None
     drift_out = None
     if drift:
         if real_scores is None:
-            real_scores = real_out if real_out is not None else _scores("critic(real)",
+            real_scores = real_out if real_out is not None else graph.scores("critic(real)",
                                                                         critic(real), n)
         d = real_scores.to(out_dtype).square().mean() * drift
-        if check_finite and not math.isfinite(d.item()):
+        if check and not math.isfinite(d.item()):
             raise FloatingPointError(f"gradient_penalty: the drift term is {d.item()}: the "
                                      "critic's scores on real are not finite (or overflow)")
         total = d if total is None else total + d
