@@ -156,7 +156,8 @@ def _extensions() -> list[Extension]:
     if nvcc:
         cuda_home = _cuda_home(nvcc)
         cu_sources = sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cuda").glob("*.cu"))
-        lib_dirs = [str(cuda_home / d) for d in ("lib64", "lib", "lib64/stubs") if (cuda_home / d).exists()]
+        lib_dirs = [str(cuda_home / d) for d in ("lib64", "lib", "lib64/stubs")
+                    if (cuda_home / d).exists()]
         ext = Extension(
             "genfast._cuda",
             sources=["csrc/bindings.cpp", *cu_sources],

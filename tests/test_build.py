@@ -108,7 +108,9 @@ def test_cuda_binary_holds_a_cubin_per_arch_and_newest_ptx():
     so = _cuda_binary()
     fatbins = _fatbins(_section(so.read_bytes(), ".nv_fatbin"))
     sources = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
-    assert len(fatbins) == len(sources), (fatbins, sources)
+    assert len(fatbins) == len(sources), (
+        f"{so.name} holds {len(fatbins)} fatbins, csrc/cuda has {len(sources)} .cu files "
+        f"({', '.join(p.name for p in sources)}): a stale build")
     archs = _expected_archs()
     want = sorted([("elf", int(a)) for a in archs] + [("ptx", int(archs[-1]))])
     for entries in fatbins:
