@@ -53,6 +53,22 @@ def test_the_op_itself_has_the_autocast_rule():
     torch.testing.assert_close(norms, g.float().norm(dim=1))
 
 
+def test_autocast_rule_holds_under_torch_compile():
+    torch._dynamo.reset()
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def norms(g):
+        with torch.autocast(**BF16):
+            return per_sample_grad_norm(g)
+
+    g = torch.randn(4, 3, 5).bfloat16().requires_grad_()
+    out = norms(g)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, g.detach().float().reshape(4, -1).norm(dim=1))
+    out.sum().backward()
+    assert g.grad.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("kind", ["wgan-gp", "r1"])
 def test_penalty_under_bf16_autocast_with_a_conv_critic(backend, kind):
