@@ -13,6 +13,7 @@ import functools
 import importlib
 import os
 import threading
+import types
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -271,7 +272,8 @@ def base_name(backend: str) -> str:
 def _resolve(op: str, device_type: str, device_index: int | None, dtype: torch.dtype,
              want: str, _generation: int = 0) -> str:
     spec = _OPS[op]
-    x = torch.empty(0, dtype=dtype, device="meta")
+    # Only the dtype is read (the device is passed on): no tensor, so no node in exported graphs.
+    x = types.SimpleNamespace(dtype=dtype)
     device = torch.device(device_type, device_index)
     if want != "auto":
         why = spec.reason(want, x, device)
