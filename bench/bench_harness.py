@@ -79,10 +79,10 @@ def test_cuda_timing_syncs_once_per_block(fake_cuda):
     timed = gpu.time_cuda({"a": provider("a", 5e-4), "b": provider("b", 5e-3)}, s, "cpu")
     for times, per_round in timed.values():
         assert len(times) == 2 * per_round and min(times) > 0
-    assert timed["a"][1] >= timed["b"][1]  # a faster provider gets as many calls or more
-    assert 3 * len(fake_cuda) < sum(calls.values())  # far fewer syncs than calls
-    # sleep never undershoots; a busy box may stretch it
-    assert 5e-3 <= sorted(timed["b"][0])[len(timed["b"][0]) // 2] < 0.5
+    # one sync per block of calls: the 5-call estimate, then one block per round
+    assert len(fake_cuda) == 2 * (1 + s.gpu_rounds) < sum(calls.values())
+    # seconds, not ms: sleep never undershoots, and a busy box stretches it far less than 400x
+    assert 5e-3 <= sorted(timed["b"][0])[len(timed["b"][0]) // 2] < 2
 
 
 def test_unknown_card_is_judged_by_a_measured_copy(fake_cuda, monkeypatch):

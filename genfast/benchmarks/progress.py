@@ -1,8 +1,10 @@
-"""Progress of a benchmark run on stderr: tqdm where it is installed and stderr is a terminal,
-else one plain line, rewritten in place on a terminal and one line per case in a log file."""
+"""Progress of a benchmark run on stderr: tqdm where it is installed and stderr is a terminal
+of known width, else one plain line, rewritten in place on a terminal and one line per case
+in a log file."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
@@ -13,6 +15,14 @@ def _clock(seconds: float) -> str:
     return f"{m}:{s:02d}"
 
 
+def _columns(stream: TextIO) -> int:
+    """The terminal's width; 0 where unknown (tqdm draws nothing in a 0-column pty)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
 class Progress:
     def __init__(self, total: int, *, enabled: bool = True, stream: TextIO | None = None,
                  use_tqdm: bool | None = None) -> None:
@@ -21,7 +31,8 @@ class Progress:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.t0 = time.perf_counter()
         self.bar = None
-        if enabled and (self.tty if use_tqdm is None else use_tqdm):
+        if enabled and (self.tty and _columns(self.stream) >= 40 if use_tqdm is None
+                        else use_tqdm):
             try:
                 from tqdm import tqdm
             except ImportError:
@@ -49,6 +60,8 @@ class Progress:
             return
         text = self.line(label)
         if self.tty:
+            width = _columns(self.stream)
+            text = text[: width - 1] if width > 1 else text  # a wrapped line cannot be redrawn
             pad = max(0, self._width - len(text))
             self.stream.write("\r" + text + " " * pad)
             self._width = len(text)
