@@ -17,17 +17,17 @@ u . (W v) = (W^T u) . v = ||s||^2 / d exactly (d = max(||s||, eps)). n_iter = 0 
 more to form u . (W v) from the stored vectors.
 
 Limit: a weight is one program (one SM), so a single huge weight is bounded by one SM's
-bandwidth; the many-layer case (a GAN discriminator's weights, one call) fills the GPU.
+bandwidth; the many-layer case (a GAN discriminator's weights, one call) fills the GPU. The op
+(genfast/ops/_spectral_norm_kernels.py) routes weights past that point to torch.mv by shape.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-
 import torch
 import triton
 import triton.language as tl
+
+from ._launch import check_count, check_like, check_positive, device_guard
 
 _TL_DTYPES = {
     torch.float32: tl.float32,
@@ -131,7 +131,8 @@ def _power_iteration_kernel(
     s_ptr = t_ptr + max_h
     # The launcher cannot read the table without a host sync, so a row that breaks the bounds
     # is caught here: it would write past its scratch row. It gets sigma = NaN, u and v untouched.
-    ok = (h >= 0) & (w >= 0) & (h <= max_h) & (w <= max_w) & ((h <= 1) | (ld >= w))
+    # W is only read: its rows may overlap (ld < w, even 0 for one row repeated).
+    ok = (h >= 0) & (w >= 0) & (h <= max_h) & (w <= max_w) & (ld >= 0)
     if ok:
         # v goes to the scratch first, so every iteration reads its x from one ACC buffer.
         for c0 in range(0, w, BW):
@@ -174,11 +175,6 @@ def _tiles(max_h: int, max_w: int) -> tuple[int, int]:
     return bh, bw
 
 
-def _check_int(name: str, v: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-
-
 def power_iteration(
     meta: torch.Tensor,
     dtype: torch.dtype,
@@ -202,27 +198,17 @@ def power_iteration(
     if meta.shape[1] != 6 or not meta.is_contiguous():
         raise ValueError(f"meta must be contiguous (count, 6), got shape {tuple(meta.shape)}")
     count = meta.shape[0]
-    if (
-        not isinstance(sigma_out, torch.Tensor)
-        or sigma_out.dtype != torch.float32
-        or tuple(sigma_out.shape) != (count,)
-        or sigma_out.device != meta.device
-        or not sigma_out.is_contiguous()
-    ):
-        raise ValueError(f"sigma_out must be a contiguous float32 ({count},) on {meta.device}")
+    check_like("sigma_out", sigma_out, (count,), torch.float32, meta.device)
     for name, v in (("n_iter", n_iter), ("max_h", max_h), ("max_w", max_w)):
-        _check_int(name, v)
+        check_count(name, v)
     # eps > 0 keeps normalize(0) = 0 / eps defined: zero weights give zero vectors, not NaN.
-    if not (eps > 0 and math.isfinite(eps)):
-        raise ValueError(f"eps must be finite and > 0, got {eps}")
+    check_positive("eps", eps)
     if count == 0:
         return sigma_out
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     scratch = torch.empty((count, max_h + max_w), dtype=acc, device=meta.device)
     bh, bw = _tiles(max_h, max_w)
-    # Triton launches on the current device: make it the table's (no-op on the CPU).
-    guard = torch.cuda.device(meta.device) if meta.is_cuda else contextlib.nullcontext()
-    with guard:
+    with device_guard(meta):
         _power_iteration_kernel[(count,)](
             meta, scratch, sigma_out, n_iter, float(eps), max_h, max_w,
             DT=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc], BH=bh, BW=bw, num_warps=4,

@@ -165,7 +165,8 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // the previous weight's last reads of us / vs are done
     // Python checked the table; a row that would still write out of bounds (shared vectors
     // sized by max_h / max_w) or read through a null pointer gets sigma = NaN, u and v untouched.
-    const bool ok = h >= 0 && w >= 0 && h <= max_h && w <= max_w && (h <= 1 || ld >= w) &&
+    // W is only read: its rows may overlap (ld < w, even 0 for one row repeated).
+    const bool ok = h >= 0 && w >= 0 && h <= max_h && w <= max_w && ld >= 0 &&
                     (h == 0 || u != nullptr) && (w == 0 || v != nullptr) &&
                     (h == 0 || w == 0 || W != nullptr);
     if (!ok) {

@@ -16,21 +16,34 @@ repeat n_iter times:  u = normalize(W v);  v = normalize(W^T u)
 sigma = u . (W v) with the final u and v, float32. Kernels may use the identity
 u . (W v) = ||W^T u||^2 / max(||W^T u||, eps) when n_iter >= 1, which saves a pass over W.
 Accumulation is float32 for float16/bfloat16/float32 weights, float64 for float64 weights.
-n_iter = 0 computes sigma from the stored vectors only (eval mode).
+n_iter = 0 computes sigma from the stored vectors only (eval mode) and writes nothing else.
 For float64 weights the op recomputes sigma = u . (W v) in float64 after the kernel and
 returns float64: the kernels report float32, which would cap gradcheck's precision.
+
+Complex weights (complex64 / complex128, as torch's parametrization takes them): the same
+iteration with W^H in place of W^T and sigma = u^H (W v), complex (real and positive up to
+rounding after an iteration). Only the reference runs them: the OpSpec gives the compiled
+backends real dtypes, so `auto` picks the reference and a request naming another backend raises
+BackendError with the reason. The GPU backends route weights too big for one SM to torch.mv
+(genfast/ops/_spectral_norm_kernels.py).
 
 ## sigma as a function of the weight (differentiable; autograd only, no kernel)
 sigma(W) = u^T W v with u, v constants (clones of the buffers, as PyTorch: gradients do not
 flow through the power iteration), so d sigma / dW = u v^T and W / sigma(W) is differentiable
 to any order. |sigma| below floor = max(eps, smallest normal of W's dtype) is replaced by the
 floor, with zero gradient: a zero weight normalizes to exactly 0 (gradient grad / floor, as
-F.normalize of a zero vector) where PyTorch divides 0 by 0.
+F.normalize of a zero vector) where PyTorch divides 0 by 0. Complex: sigma(W) = u^H W v,
+d sigma / dW = conj(u) v^T (genfast/ops/_spectral_norm_autograd.py).
+
+## Autocast
+The power iteration and W / sigma run in the weight's own dtype (fp32 accumulation) whatever
+the autocast state, as torch's parametrization does on the CPU: autocast casts the layer that
+consumes W / sigma, not the normalization. The reference turns autocast off around its torch.mv
+calls (CUDA autocast would run them in float16) and so do the backward formulas.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 
@@ -39,132 +52,25 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import backends
-from ._boundary import (
-    FLOATS,
-    dtype_code,
-    implementations,
-    native,
-    standard_dtypes,
-    triton_kernels,
-    work_dtype,
+from . import _checks
+from ._boundary import FLOATS, standard_dtypes
+from ._spectral_norm_autograd import (
+    floor_sigma,
+    normalized,
+    sigma_floor,
+    sigma_node,
 )
+from ._spectral_norm_kernels import as_matrix, direct_runner, matrix_shape, sigma_dtype
 
-_ALL = FLOATS
-SPEC = backends.register_op(backends.OpSpec(name="spectral_norm", dtypes=standard_dtypes()))
+__all__ = ["as_matrix", "floor_sigma", "layer_sigma", "matrix_shape", "normalized",
+           "power_iteration", "power_iteration_op", "sigma_floor", "sigma_node", "sigma_op",
+           "spectral_norm_power_iteration", "spectral_normalize", "spectral_sigma"]
 
-
-def matrix_shape(weight: Tensor, dim: int) -> tuple[int, int]:
-    """(h, w) of the weight read as a matrix: h = shape[dim], w = the other dims' product."""
-    shape = weight.shape
-    return shape[dim], math.prod(shape[:dim]) * math.prod(shape[dim + 1:])
-
-
-def as_matrix(weight: Tensor, dim: int) -> Tensor:
-    """The (h, w) matrix of the contract: `dim` moved first, the rest flattened."""
-    h, w = matrix_shape(weight, dim)
-    return (weight.movedim(dim, 0) if dim else weight).reshape(h, w)
-
-
-# --------------------------------------------------------------------------- reference (oracle)
-def _ref_power(weights, us, vs, dims, n_iter, eps):
-    out = []
-    for w, u, v, d in zip(weights, us, vs, dims, strict=True):
-        wd = work_dtype(w.dtype)
-        m, uw, vw = as_matrix(w, d).to(wd), u.to(wd), v.to(wd)
-        for _ in range(n_iter):
-            uw = F.normalize(torch.mv(m, vw), dim=0, eps=eps)
-            vw = F.normalize(torch.mv(m.t(), uw), dim=0, eps=eps)
-        out.append(torch.dot(uw, torch.mv(m, vw)))
-        u.copy_(uw)
-        v.copy_(vw)
-    return torch.stack(out)
-
-
-# --------------------------------------------------------------------------- compiled backends
-# Tables keyed by their own content: the same pointers and sizes are the same table, whatever
-# tensor they came from, so a cached table can never be stale. A model's weights and buffers
-# keep their storage from step to step, so this skips building a tensor per call.
-_META: dict[tuple, Tensor] = {}
-_META_LIMIT = 256
-
-
-def _mismatch(w: Tensor, u: Tensor, v: Tensor, d: int) -> ValueError:
-    return ValueError(f"spectral norm buffers do not match their weight {tuple(w.shape)} "
-                      f"{w.dtype} on {w.device} (dim {d}), or the weights of one call differ "
-                      f"in dtype or device: u {tuple(u.shape)} {u.dtype} on {u.device}, v "
-                      f"{tuple(v.shape)} {v.dtype} on {v.device}")
-
-
-def _operands(weights, us, vs, dims):
-    """(meta table, tensors to keep alive, (buffer, working copy) pairs to copy back), after
-    checking what the kernels cannot: u and v sizes, one dtype and one device."""
-    dtype, dev = weights[0].dtype, weights[0].device
-    rows, keep, back = [], [], []
-    for w, u, v, d in zip(weights, us, vs, dims, strict=True):
-        if d == 0 and w.is_contiguous():
-            h = w.shape[0]
-            n = w.numel() // h if h else math.prod(w.shape[1:])
-            ptr, ld = w.data_ptr(), n
-        else:
-            m = as_matrix(w, d)
-            if m.size(1) > 1 and m.stride(1) != 1:
-                m = m.contiguous()
-            keep.append(m)
-            (h, n), ptr = m.shape, m.data_ptr()
-            ld = m.stride(0) if h > 1 else n
-        # The kernels write h values through u's pointer and n through v's: checked here only.
-        if (u.shape != (h,) or v.shape != (n,) or w.dtype is not dtype or u.dtype is not dtype
-                or v.dtype is not dtype or w.device != dev or u.device != dev
-                or v.device != dev):
-            raise _mismatch(w, u, v, d)
-        if not u.is_contiguous():
-            back.append((u, u.contiguous()))
-            u = back[-1][1]
-        if not v.is_contiguous():
-            back.append((v, v.contiguous()))
-            v = back[-1][1]
-        rows.append((ptr, u.data_ptr(), v.data_ptr(), h, n, ld))
-    key = (dev, *rows)
-    meta = _META.get(key)
-    if meta is None:
-        if len(_META) >= _META_LIMIT:
-            _META.clear()
-        meta = _META[key] = torch.tensor(rows, dtype=torch.int64).to(dev)
-    return meta, keep, back
-
-
-def _native_power(backend, weights, us, vs, dims, n_iter, eps):
-    meta, keep, back = _operands(weights, us, vs, dims)
-    dev = weights[0].device
-    sigma = torch.empty(len(weights), dtype=torch.float32, device=dev)
-    # The CUDA kernel sizes its shared vectors by the largest h and w of the table.
-    bounds = _device_bounds(weights, dims) if backend == "cuda" else ()
-    native(backend, "spectral_norm_power_iteration", len(weights), meta,
-           dtype_code(weights[0]), n_iter, eps, sigma, *bounds, device=dev)
-    for dst, src in back:
-        dst.copy_(src)
-    return sigma
-
-
-def _triton_power(weights, us, vs, dims, n_iter, eps):
-    meta, keep, back = _operands(weights, us, vs, dims)
-    sigma = torch.empty(len(weights), dtype=torch.float32, device=weights[0].device)
-    max_h, max_w = _device_bounds(weights, dims)
-    triton_kernels("spectral_norm").power_iteration(meta, weights[0].dtype, n_iter, eps, sigma,
-                                                    max_h, max_w)
-    for dst, src in back:
-        dst.copy_(src)
-    return sigma
-
-
-def _device_bounds(weights, dims) -> tuple[int, int]:
-    """max h and max w over the table, from host-side shapes (reading the table would sync)."""
-    sizes = [matrix_shape(w, d) for w, d in zip(weights, dims, strict=True)]
-    return max(h for h, _ in sizes), max(n for _, n in sizes)
-
-
-implementations("spectral_norm", reference=(_ref_power,), native=(_native_power,),
-                triton=(_triton_power,))
+COMPLEX = (torch.complex64, torch.complex128)
+# What the public API takes; the reference runs all of it, the kernels the real dtypes.
+DTYPES = (*FLOATS, *COMPLEX)
+SPEC = backends.register_op(backends.OpSpec(
+    name="spectral_norm", dtypes=standard_dtypes(reference=DTYPES)))
 
 
 def _power_impl(weights, us, vs, dims, n_iter, eps, backend):
@@ -179,36 +85,62 @@ def _power_impl(weights, us, vs, dims, n_iter, eps, backend):
 @torch.library.custom_op("genfast::spectral_norm_power_iteration", mutates_args=("us", "vs"))
 def power_iteration_op(weights: list[Tensor], us: list[Tensor], vs: list[Tensor],
                        dims: list[int], n_iter: int, eps: float, backend: str) -> Tensor:
-    """The contract's power_iteration; sigma (count,) float32 (float64 for float64 weights)."""
+    """The contract's power_iteration; sigma (count,) float32 (float64 for float64 weights,
+    the weights' dtype for complex ones)."""
     return _power_impl(weights, us, vs, dims, n_iter, eps, backend)
 
 
 @power_iteration_op.register_fake
 def _(weights, us, vs, dims, n_iter, eps, backend):
-    return weights[0].new_empty(len(weights), dtype=work_dtype(weights[0].dtype))
+    return weights[0].new_empty(len(weights), dtype=sigma_dtype(weights[0].dtype))
+
+
+@torch.library.custom_op("genfast::spectral_norm_sigma", mutates_args=())
+def sigma_op(weights: list[Tensor], us: list[Tensor], vs: list[Tensor], dims: list[int],
+             eps: float, backend: str) -> Tensor:
+    """sigma from the stored vectors (n_iter = 0, eval mode): the same kernels, which then write
+    nothing but sigma; a separate op that mutates nothing, so an exported or compiled eval-mode
+    model has no buffer updates, as torch's has none."""
+    return _power_impl(weights, us, vs, dims, 0, eps, backend)
+
+
+@sigma_op.register_fake
+def _(weights, us, vs, dims, eps, backend):
+    return weights[0].new_empty(len(weights), dtype=sigma_dtype(weights[0].dtype))
 
 
 def _plain(ts) -> bool:
     return all(type(t) is Tensor or type(t) is torch.nn.Parameter for t in ts)
 
 
+def _direct(weights, us, vs) -> bool:
+    """Plain eager mode: nothing (compiler, dispatch or function mode, torch.func transform,
+    tensor subclass) needs to see the op, so its implementation may run directly."""
+    return not (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+                or torch._C._is_torch_function_mode_enabled()
+                or torch._C._are_functorch_transforms_active()
+                or not (_plain(weights) and _plain(us) and _plain(vs)))
+
+
 def _run_power(weights, us, vs, dims, n_iter, eps, backend) -> Tensor:
     """The op, or in plain eager mode its implementation directly: the dispatcher's three
     Python layers of a mutating custom op cost more than the kernel for a whole small model.
-    The direct path bumps the version counters of u and v as the op would."""
-    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-            or torch._C._is_torch_function_mode_enabled()
-            or not (_plain(weights) and _plain(us) and _plain(vs))):
+    The direct path bumps the version counters of u and v as the op would. torch.func
+    transforms (functorch-wrapped tensors, whose data pointers cannot be read) take the op."""
+    if not _direct(weights, us, vs):
+        if n_iter == 0:
+            return sigma_op(weights, us, vs, dims, eps, backend)
         return power_iteration_op(weights, us, vs, dims, n_iter, eps, backend)
     sigma = _power_impl(weights, us, vs, dims, n_iter, eps, backend)
-    torch.autograd.graph.increment_version([*us, *vs])
+    if n_iter:
+        torch.autograd.graph.increment_version([*us, *vs])
     return sigma
 
 
 _RESOLVED: dict[tuple, str] = {}
 
 
-def _resolve(w: Tensor, backend: str | None) -> str:
+def resolve(w: Tensor, backend: str | None) -> str:
     """backends.resolve, memoized on what it depends on (the request, device and dtype): a
     model calls this every step, and resolving costs about as much as a small kernel."""
     if torch.compiler.is_compiling():
@@ -226,131 +158,60 @@ def power_iteration(weights: list[Tensor], us: list[Tensor], vs: list[Tensor],
     (genfast.nn). What the kernels rely on (u, v sizes, one dtype and device) is checked on
     the way to them all the same."""
     # Meta tensors (shape-only models) take the reference, which costs nothing there, quietly.
-    name = "reference" if weights[0].is_meta else _resolve(weights[0], backend)
+    name = "reference" if weights[0].is_meta else resolve(weights[0], backend)
     with torch.no_grad():  # the weights may require grad; nothing here is differentiated
         return _run_power(weights, us, vs, dims, n_iter, eps, name)
 
 
-# --------------------------------------------------------------------------- sigma's autograd
-class _Sigma(torch.autograd.Function):
-    """sigma(W) = u^T W v for constant u, v: the value comes from the kernel, the gradient is
-    u v^T laid out as W. An autograd.Function, not a custom op: it is glue around no kernel,
-    and one per layer per step, where a custom op's eager dispatch costs ~5x more."""
-
-    @staticmethod
-    def forward(ctx, weight, u, v, sigma, dim, floor):
-        ctx.shape, ctx.dtype, ctx.dim, ctx.floor = weight.shape, weight.dtype, dim, floor
-        ctx.save_for_backward(u, v, sigma)
-        return sigma.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        u, v, sigma = ctx.saved_tensors
-        # A floored sigma is a constant; linear in g, so this is differentiable again.
-        g = g * (sigma.abs() > ctx.floor)
-        d = ctx.dim
-        moved = (ctx.shape[d], *ctx.shape[:d], *ctx.shape[d + 1:])
-        gw = (torch.outer(u, v) * g).to(ctx.dtype).reshape(moved)
-        return (gw.movedim(0, d) if d else gw), None, None, None, None, None
-
-
-class _Normalize(torch.autograd.Function):
-    """W / sigma(W), sigma(W) = u^T W v for constant u, v, as one node: the backward
-    grad_W = (g - <g, W> / sigma * u v^T) / sigma is one dot and two passes over W, where the
-    composition W / sigma(W) takes six (and an accumulation of two gradients)."""
-
-    @staticmethod
-    def forward(ctx, weight, u, v, sigma, dim, floor):
-        ctx.dim, ctx.floor = dim, floor
-        ctx.save_for_backward(weight, u, v, sigma)
-        return weight / sigma
-
-    @staticmethod
-    def backward(ctx, g):
-        w, u, v, s = ctx.saved_tensors
-        d = ctx.dim
-        if torch.is_grad_enabled():  # create_graph: the second order needs sigma's dependence
-            s = _Sigma.apply(w, u, v, s, d, ctx.floor)
-        live = (s.abs() > ctx.floor).to(s.dtype)  # a floored sigma is a constant
-        coef = torch.vdot(g.reshape(-1), w.reshape(-1)).to(s.dtype) * live / (s * s)
-        vv = (v * -coef).to(w.dtype)
-        gw = (g / s).to(w.dtype)
-        h, n = matrix_shape(w, d)
-        if d == 0:
-            return gw.reshape(h, n).addr_(u, vv).reshape(w.shape), None, None, None, None, None
-        moved = (h, *w.shape[:d], *w.shape[d + 1:])
-        return gw + torch.outer(u, vv).reshape(moved).movedim(0, d), None, None, None, None, None
-
-
-def sigma_floor(eps: float, dtype: torch.dtype) -> float:
-    """The smallest |sigma| a weight is divided by: eps, or the dtype's smallest normal."""
-    return max(float(eps), float(torch.finfo(dtype).tiny))
-
-
-def floor_sigma(sigma: Tensor, floor: float, iterated: bool) -> Tensor:
-    """sigma with |sigma| < floor replaced by floor. After an iteration sigma = |W^T u| >= 0
-    (up to rounding near 0), so one clamp does it; stored vectors can give any sign."""
-    if iterated:
-        return sigma.clamp_min(floor)
-    return torch.where(sigma.abs() < floor, floor, sigma)
-
-
-def _needs_grad(weight: Tensor) -> bool:
-    return weight.requires_grad and torch.is_grad_enabled()
-
-
-def sigma_node(weight: Tensor, u: Tensor, v: Tensor, sigma: Tensor, dim: int,
-               floor: float) -> Tensor:
-    """Differentiable sigma (0-dim) of `weight` from a floored kernel value and the buffers
-    it was computed with (cloned here: they change in place at the next update, and autograd
-    keeps these). Without autograd it is the value itself."""
-    if not _needs_grad(weight):
-        return sigma
-    return _Sigma.apply(weight, u.clone(), v.clone(), sigma, dim, floor)
-
-
-def normalized(weight: Tensor, u: Tensor, v: Tensor, sigma: Tensor, dim: int,
-               floor: float) -> Tensor:
-    """weight / sigma(weight), differentiable to any order, from a floored kernel value and
-    the buffers it was computed with (cloned, as in sigma_node)."""
-    if not _needs_grad(weight):
-        return weight / sigma
-    return _Normalize.apply(weight, u.clone(), v.clone(), sigma, dim, floor)
+def layer_sigma(weight: Tensor, u: Tensor, v: Tensor, dim: int, n_iter: int, eps: float,
+                backend: str | None, memo: list) -> Tensor:
+    """One layer's floored sigma (0-dim, no grad) after `n_iter` iterations on its buffers: the
+    drop-in layer's hot path, run at every read of its weight. `memo` is a one-element list the
+    layer owns: in plain eager mode it keeps a direct runner of the native kernel (table built
+    and checked once), keyed on everything the table and the backend choice depend on, so a
+    call costs a key, an output tensor and the kernel."""
+    floor = sigma_floor(eps, weight.dtype)
+    if _direct((weight,), (u,), (v,)) and not weight.is_meta:
+        key = (weight.data_ptr(), u.data_ptr(), v.data_ptr(), weight.shape, weight.stride(),
+               u.shape, u.stride(), v.shape, v.stride(), weight.dtype, u.dtype, v.dtype,
+               weight.device, u.device, v.device, backends.requested_backend(backend),
+               backends.generation)
+        hit = memo[0]
+        if hit is None or hit[0] != key:
+            name = backends.base_name(resolve(weight, backend))
+            hit = memo[0] = (key, direct_runner(name, weight, u, v, dim))
+        if hit[1] is not None:
+            sigma = torch.empty((), dtype=torch.float32, device=weight.device)
+            try:
+                hit[1](n_iter, eps, sigma)
+            except Exception:  # the general path below raises, or falls back and warns
+                memo[0] = None
+            else:
+                if n_iter:
+                    torch.autograd.graph.increment_version([u, v])
+                    return sigma.clamp_min_(floor)
+                return floor_sigma(sigma, floor, False)
+    sigma = power_iteration([weight], [u], [v], [dim], n_iter, eps, backend)
+    return floor_sigma(sigma, floor, n_iter > 0)[0]
 
 
 # --------------------------------------------------------------------------- public API
 def check_n_iter(n: object, allow_zero: bool = False) -> int:
-    low = 0 if allow_zero else 1
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < low:
-        raise ValueError(f"n_power_iterations must be an int >= {low}, got {n!r}")
-    return int(n)
+    return _checks.integer("n_power_iterations", n, 0 if allow_zero else 1)
 
 
 def check_eps(eps: object) -> float:
-    if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
-            or not (math.isfinite(float(eps)) and float(eps) > 0)):
-        raise ValueError(f"eps must be a finite float > 0, got {eps!r}")
-    return float(eps)
+    return _checks.positive("eps", eps)
 
 
 def check_dim(dim: object, ndim: int, what: str = "weight") -> int:
-    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
-        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-    if not -ndim <= dim < ndim:
-        raise IndexError(f"dim={dim} is out of range for {what} with {ndim} dims (expected "
-                         f"[-{ndim}, {ndim - 1}])")
-    return int(dim) % ndim
+    return _checks.dim("dim", dim, ndim, what)
 
 
 def check_weight(w: object, what: str = "weight") -> Tensor:
-    if not isinstance(w, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
-    if w.dtype not in _ALL:
-        raise TypeError(f"{what} must be float16, bfloat16, float32 or float64, got {w.dtype}")
-    if w.dim() < 2:
-        raise ValueError(f"{what} must have at least 2 dims for a power iteration, got shape "
-                         f"{tuple(w.shape)} (a 1-D weight is normalized exactly: F.normalize)")
-    return w
+    """A weight the power iteration takes: real floating or complex, >= 2 dims (a 1-D weight
+    is normalized exactly: F.normalize)."""
+    return _checks.tensor(what, w, DTYPES, min_dim=2)
 
 
 def _check_vector(name: str, x: object, n: int, w: Tensor, what: str) -> None:
@@ -371,14 +232,16 @@ def spectral_norm_power_iteration(
         backend: str | None = None) -> Tensor:
     """Power iteration for many weights in one kernel call: updates every u and v in place.
 
-    weights: tensors of >= 2 dims, all of one dtype and device; weight i is read as the matrix
+    weights: tensors of >= 2 dims, all of one dtype (real floating, or complex: reference
+    backend only) and device; weight i is read as the matrix
     W_i of shape (h, w) = (weights[i].shape[dims[i]], the other dims' product), as
     ``torch.nn.utils.parametrizations.spectral_norm`` does (dims: one int for all, or one each).
     us[i]: (h,) and vs[i]: (w,) buffers of that dtype and device, overwritten by
-    `n_power_iterations` (>= 0) rounds of u = normalize(W v), v = normalize(W^T u), with
+    `n_power_iterations` (>= 0) rounds of u = normalize(W v), v = normalize(W^H u), with
     normalize(x) = x / max(||x||, eps).
-    Returns sigma: (count,) = u_i . (W_i v_i) after the update, float32 (float64 for float64
-    weights), without grad. Accumulation is float32 (float64 for float64 weights).
+    Returns sigma: (count,) = u_i^H (W_i v_i) after the update, float32 (float64 for float64
+    weights, the weights' dtype for complex ones), without grad. Accumulation is float32
+    (float64 for float64 weights).
     """
     n_iter = check_n_iter(n_power_iterations, allow_zero=True)
     eps = check_eps(eps)
@@ -427,14 +290,15 @@ def _checked_sigma(weight, u, v, n_power_iterations, eps, dim, update, backend):
 def spectral_sigma(weight: Tensor, u: Tensor, v: Tensor, n_power_iterations: int = 1,
                    eps: float = 1e-12, *, dim: int = 0, update: bool = True,
                    backend: str | None = None) -> Tensor:
-    """The spectral norm of `weight` (0-dim), differentiable w.r.t. the weight as u^T W v.
+    """The spectral norm of `weight` (0-dim), differentiable w.r.t. the weight as u^H W v.
 
     weight: (..., out at `dim`, ...) with >= 2 dims; u: (weight.shape[dim],); v: (the other
     dims' product,): buffers of the weight's dtype and device. update=True first runs
     `n_power_iterations` (>= 1) rounds of the power iteration on u and v in place (training
     mode); update=False reuses them (eval mode).
-    Returns float32 sigma (float64 for float64 weights). |sigma| below max(eps, the dtype's
-    smallest normal) reads as that floor, so a zero weight divides to 0, never NaN.
+    Returns float32 sigma (float64 for float64 weights, complex for complex ones). |sigma|
+    below max(eps, the dtype's smallest normal) reads as that floor, so a zero weight divides
+    to 0, never NaN.
     """
     sigma, d, floor = _checked_sigma(weight, u, v, n_power_iterations, eps, dim, update,
                                      backend)
