@@ -1,5 +1,6 @@
 """The Triton power iteration (kernels/spectral_norm.py) against the contract of
-csrc/cpu/spectral_norm.h, on the CPU under the Triton interpreter.
+csrc/cpu/spectral_norm.h, on the CPU under the Triton interpreter, and the GPU shape routing of
+the op around it (big weights to torch.mv, the rest in one launch).
 
 The reference follows the contract literally in float64: normalize by max(||x||, eps) with
 torch's own matrix-vector products, and sigma = u . (W v) by an explicit extra product (the
@@ -14,6 +15,9 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from _helpers import TOL, assert_low_precision
+from _spectral_norm_cases import vectors
 
 pytest.importorskip("triton")
 
@@ -21,6 +25,8 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from genfast.kernels import spectral_norm as K  # noqa: E402
+from genfast.ops import _spectral_norm_kernels as R  # noqa: E402
+from genfast.ops import spectral_norm as S  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -75,9 +81,9 @@ def test_many_weights_in_one_call(n_iter):
     sigma = run(weights, torch.float32, n_iter)
     for wt, b, (u, v, _) in zip(weights, before, refs, strict=True):
         assert torch.equal(wt.base, b)  # W and its padding are only read
-        torch.testing.assert_close(wt.u, u.float(), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(wt.v, v.float(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(sigma, torch.tensor([s for _, _, s in refs]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(wt.u, u.float(), **TOL[torch.float32])
+        torch.testing.assert_close(wt.v, v.float(), **TOL[torch.float32])
+    torch.testing.assert_close(sigma, torch.tensor([s for _, _, s in refs]), **TOL[torch.float32])
 
 
 def test_converges_to_the_largest_singular_value():
@@ -178,3 +184,75 @@ def test_empty_table_and_bad_arguments():
         K.power_iteration(meta, torch.float32, -1, EPS, sigma, 1, 1)
     with pytest.raises(ValueError, match="eps must be"):
         K.power_iteration(meta, torch.float32, 1, math.nan, sigma, 1, 1)
+
+
+# ------------------------------------------------------------------ GPU shape routing
+# The op routes weights too big for one program to torch.mv by host-side shapes; with the
+# thresholds lowered, the interpreter walks both paths on small weights.
+def _spy_launches(monkeypatch):
+    launches, mv = [], []
+    launch, mv_power = K.power_iteration, R._mv_power
+
+    def spy_launch(meta, dtype, n_iter, eps, sigma, max_h, max_w):
+        launches.append((meta.shape[0], max_h, max_w))
+        return launch(meta, dtype, n_iter, eps, sigma, max_h, max_w)
+
+    monkeypatch.setattr(K, "power_iteration", spy_launch)
+    monkeypatch.setattr(R, "_mv_power", lambda ws, *a: mv.append(len(ws)) or mv_power(ws, *a))
+    return launches, mv
+
+
+@pytest.mark.parametrize("n_iter", [0, 2])
+def test_routing_sends_big_weights_to_mv_and_keeps_one_launch(monkeypatch, n_iter):
+    monkeypatch.setattr(R, "MV_MIN_ELEMENTS", 250)
+    monkeypatch.setattr(R, "MV_MAX_VECTOR", 60)
+    launches, mv = _spy_launches(monkeypatch)
+    # elements / h + w: 21 / 10 (kernel), 340 / 37 (mv: size), 40 / 41 (kernel),
+    # 90 / 47 (kernel: dim 1), 59 / 60 (kernel), 61 / 62 (mv: vectors)
+    shapes = [(7, 3), (20, 17), (1, 40), (5, 2, 3, 3), (1, 59), (1, 61)]
+    dims = [0, 0, 0, 1, 0, 0]
+    ws, us, vs = vectors(shapes, dims=dims, seed=4)
+    out = {}
+    for b in ("reference", "triton"):
+        u2, v2 = [u.clone() for u in us], [v.clone() for v in vs]
+        out[b] = [S.spectral_norm_power_iteration(ws, u2, v2, n_iter, dims=dims, backend=b),
+                  *u2, *v2]
+    assert launches == [(4, 7, 59)] and mv == [2]
+    for a, r in zip(out["triton"], out["reference"], strict=True):
+        torch.testing.assert_close(a, r, **TOL[torch.float32])
+
+
+def test_routing_only_mv_or_only_kernel(monkeypatch):
+    launches, mv = _spy_launches(monkeypatch)
+    ws, us, vs = vectors([(9, 30), (4, 4)])
+    for threshold, want in ((1, ([], [2])), (10**9, ([(2, 9, 30)], []))):
+        monkeypatch.setattr(R, "MV_MIN_ELEMENTS", threshold)
+        launches.clear(), mv.clear()
+        sig = S.spectral_norm_power_iteration(ws, [u.clone() for u in us],
+                                              [v.clone() for v in vs], 1, backend="triton")
+        ref = S.spectral_norm_power_iteration(ws, [u.clone() for u in us],
+                                              [v.clone() for v in vs], 1, backend="reference")
+        assert (launches, mv) == want
+        torch.testing.assert_close(sig, ref, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_mv_path_low_precision(monkeypatch, dtype):
+    """Half weights are read in their own dtype by the mv path; the flash-attention rule
+    against float32, with torch's own low-precision iteration (vectors in the weight's dtype,
+    as its parametrization keeps them) as the yardstick."""
+    monkeypatch.setattr(R, "MV_MIN_ELEMENTS", 1)
+    ws, us, vs = vectors([(37, 53)], torch.float32, seed=9)
+    w32, u32, v32 = ws[0], us[0].clone(), vs[0].clone()
+    s32 = S.spectral_norm_power_iteration([w32], [u32], [v32], 3, backend="reference")
+    wl, ul, vl = w32.to(dtype), us[0].to(dtype), vs[0].to(dtype)
+    for _ in range(3):  # torch's _power_method in the low dtype
+        ul = F.normalize(torch.mv(wl, vl), dim=0, eps=EPS)
+        vl = F.normalize(torch.mv(wl.t(), ul), dim=0, eps=EPS)
+    s_low = torch.dot(ul.float(), torch.mv(wl.float(), vl.float()))
+    u, v = us[0].to(dtype), vs[0].to(dtype)
+    sig = S.spectral_norm_power_iteration([wl], [u], [v], 3, backend="triton")
+    assert sig.dtype == torch.float32 and u.dtype == dtype
+    assert_low_precision(sig, s32, s_low.reshape(1))
+    assert_low_precision(u.float(), u32, ul.float())
+    assert_low_precision(v.float(), v32, vl.float())
