@@ -35,6 +35,7 @@ class Row:
     big: tuple = ()  # past the grid limits: float32, contiguous
     diff: tuple[int, ...] = ()  # inputs to differentiate (none: the entry point has no grad)
     layouts: bool = False  # inputs[0] is (rows, n): also run it in every layout of _helpers
+    onehot: bool = False  # output 0 is one-hot: compared by its argmax, as sampled indices
     gradgradcheck: bool = False  # a call changes no state, so float64 finite differences apply
     compile: bool = True
     inductor: bool = False
@@ -79,14 +80,15 @@ def _logits(shape, device):
 def _gumbel(hard: bool) -> Row:
     return Row("gumbel", "hard" if hard else "soft", _logits,
                _fn(lambda xs, b: genfast.gumbel_softmax(xs[0], 0.7, hard, seed=5, backend=b)),
-               ROW_SHAPES, (3, 7), ROW_BIG, diff=(0,), layouts=True, gradgradcheck=True,
-               inductor=not hard)
+               ROW_SHAPES, (3, 7), ROW_BIG, diff=(0,), layouts=True, onehot=hard,
+               gradgradcheck=True, inductor=not hard)
 
 
 def _sampler(name: str, **kw) -> Row:
     return Row("sample", name, _logits,
                _fn(lambda xs, b: genfast.sample_categorical(xs[0], seed=3, backend=b, **kw)),
-               ROW_SHAPES, (5, 33), ROW_BIG if not kw else (), layouts=True)
+               ROW_SHAPES, (5, 33), ROW_BIG if not kw else (), layouts=True,
+               inductor=not kw)
 
 
 # ------------------------------------------------------------------ gradient_penalty

@@ -76,7 +76,9 @@ def _double_backward(row: Row, xs: list[Tensor], step: Step) -> list[Tensor | No
     return [] if second is None else list(torch.autograd.grad(second, wrt, allow_unused=True))
 
 
-def _compare(row: Row, got, ref32, ref_lo, dtype, what: str) -> None:
+def _compare(row: Row, got, ref32, ref_lo, dtype, what: str, outputs: bool = True) -> None:
+    """got against ref32 (float32) or by the low-precision rule against ref_lo; `outputs`:
+    got starts with the outputs (else: gradients only)."""
     assert len(got) == len(ref32), f"{what}: {len(got)} values, the reference {len(ref32)}"
     for i, (g, r32, rlo) in enumerate(zip(got, ref32, ref_lo, strict=True)):
         at = f"{row.id} {what}, value {i}"
@@ -84,7 +86,12 @@ def _compare(row: Row, got, ref32, ref_lo, dtype, what: str) -> None:
             assert g is None and r32 is None, f"{at}: a gradient is missing on one side"
             continue
         assert g.shape == r32.shape, f"{at}: shape {tuple(g.shape)} != {tuple(r32.shape)}"
-        if not g.is_floating_point():  # sampled indices: exact but for float near-ties
+        if row.onehot and outputs and i == 0:
+            assert bool(((g == 0) | (g == 1)).all()) and bool((g.sum(-1) == 1).all()), at
+            g, rlo = g.argmax(-1), rlo.argmax(-1)
+        if not g.is_floating_point():
+            # Sampled indices: exact but for near-ties, where one ulp of the noise (another
+            # log implementation) may pick the other class: over millions of rows, a few do.
             bad = int((g != rlo).sum())
             assert bad <= 0.005 * g.numel(), f"{at}: {bad} of {g.numel()} indices differ"
         elif dtype in LOW:
@@ -111,7 +118,7 @@ def _check_double_backward(row: Row, backend: str, device) -> None:
         xs = _make(row, row.probe, device, torch.float32)
         out[b] = _double_backward(row, xs, row.prepare(xs, b))
     _compare(row, out[backend], out["reference"], out["reference"], torch.float32,
-             f"{backend} double backward")
+             f"{backend} double backward", outputs=False)
 
 
 def _need(backend: str, row: Row, dtype=torch.float32) -> None:
@@ -245,7 +252,7 @@ def test_row_scaling_past_2_31_quads(backend):
     gs = g.detach()[pick].float()
     want_norm = gs.norm(dim=1)
     torch.testing.assert_close(norms.detach()[pick].float(), want_norm, rtol=2e-3, atol=1e-3)
-    torch.testing.assert_close(grad[pick].float(), gs / want_norm[:, None], rtol=2e-3, atol=1e-3)
+    torch.testing.assert_close(grad[pick].float(), gs / want_norm[:, None], rtol=2e-3, atol=1e-5)
 
 
 # ------------------------------------------------------------------ the table, on every machine
