@@ -24,6 +24,8 @@ def _ext_line(name: str) -> str:
     if mod is None:
         return f"genfast.{name}: not available ({why})"
     meta = ", ".join(f"{k}={v}" for k, v in mod.build_info().items())
+    if hasattr(mod, "isa"):  # genfast._C: the SIMD copy its loops run (GENFAST_ISA)
+        meta += f", isa={mod.isa()} (supported: {'/'.join(mod.supported_isas())})"
     return f"genfast.{name}: {meta}"
 
 
@@ -33,7 +35,8 @@ def info() -> str:
 
     lines = [
         f"genfast {__version__}",
-        f"python {platform.python_version()}, torch {torch.__version__}, triton {_triton_version()}",
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"triton {_triton_version()}",
         f"torch CUDA: {torch.version.cuda or 'none'}; GPU: "
         + (torch.cuda.get_device_name() if torch.cuda.is_available() else "none"),
         f"CPU threads: {torch.get_num_threads()}; TRITON_INTERPRET="

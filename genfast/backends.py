@@ -237,9 +237,17 @@ def use_backend(name: str) -> Iterator[None]:
         stack.pop()
 
 
+def _constant_under_compile(fn):
+    """torch.compiler.assume_constant_result without importing torch._dynamo (and with it
+    triton) when genfast is imported: this mark is all that decorator sets and all dynamo reads
+    when it traces a call (tests/test_backends.py checks that it still is)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 # Backend choice is plain Python over constants (device, dtype, environment); under
 # torch.compile it is evaluated once at trace time and baked into the graph as a constant.
-@torch.compiler.assume_constant_result
+@_constant_under_compile
 def requested_backend(backend: str | None = None) -> str:
     """The backend asked for: per call, else the innermost use_backend, else GENFAST_BACKEND."""
     if backend is not None:
@@ -268,7 +276,7 @@ def base_name(backend: str) -> str:
     return backend.removeprefix(AUTO_PREFIX)
 
 
-@torch.compiler.assume_constant_result
+@_constant_under_compile
 def _resolve(op: str, device_type: str, device_index: int | None, dtype: torch.dtype,
              want: str, _generation: int = 0) -> str:
     spec = _OPS[op]

@@ -123,3 +123,21 @@ def test_out_of_memory_is_not_a_backend_failure(monkeypatch, clean_failures):
 def test_every_op_registers_every_backend():
     for op in backends.registered_ops():
         assert set(backends._IMPLS[op]) == set(backends.BACKENDS), op
+
+
+def test_the_compile_constant_mark_is_what_torch_sets():
+    # genfast.backends marks its resolution functions the way torch.compiler.
+    # assume_constant_result does, without importing torch._dynamo at genfast's import.
+    marked = torch.compiler.assume_constant_result(lambda: 0)
+    assert vars(marked) == {"_dynamo_marked_constant": True}
+    assert backends.requested_backend._dynamo_marked_constant is True
+
+
+def test_resolution_is_constant_under_torch_compile():
+    x = torch.randn(4, 8)
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def f(x):
+        return genfast.gumbel_softmax(x, seed=1) * 2
+
+    torch.testing.assert_close(f(x), genfast.gumbel_softmax(x, seed=1) * 2)

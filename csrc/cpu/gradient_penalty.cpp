@@ -60,18 +60,11 @@ GENFAST_MULTIVERSIONED(scale_f32, (const ScaleArgs& a, int64_t r0, int64_t r1), 
 void norm_f64(const NormArgs& a, int64_t r0, int64_t r1) { norm_block<double>(a, r0, r1); }
 void scale_f64(const ScaleArgs& a, int64_t r0, int64_t r1) { scale_block<double>(a, r0, r1); }
 
-bool check_dtype(int dtype) {
-  if (dtype != static_cast<int>(DType::Float32) && dtype != static_cast<int>(DType::Float64))
-    throw std::invalid_argument("genfast CPU gradient-penalty kernels: dtype code " +
-                                std::to_string(dtype) + " is not float32 (0) or float64 (1)");
-  return dtype == static_cast<int>(DType::Float32);
-}
-
 }  // namespace
 
 void gp_row_norms(const void* g, int64_t ld, int64_t rows, int64_t d, int dtype, void* norms,
                   int num_threads) {
-  const bool f32 = check_dtype(dtype);
+  const bool f32 = cpu_is_float32(dtype, "gradient-penalty kernels");
   if (rows <= 0) return;
   const NormArgs a{g, ld, d, norms};  // d == 0: lane_sum of nothing, every norm is 0
   parallel_for(rows, d, num_threads, [&](int64_t r0, int64_t r1) {
@@ -81,7 +74,7 @@ void gp_row_norms(const void* g, int64_t ld, int64_t rows, int64_t d, int dtype,
 
 void gp_scale_rows(const void* g, int64_t ld, const void* scale, void* out, int64_t rows,
                    int64_t d, int dtype, int num_threads) {
-  const bool f32 = check_dtype(dtype);
+  const bool f32 = cpu_is_float32(dtype, "gradient-penalty kernels");
   if (rows <= 0 || d <= 0) return;
   const ScaleArgs a{g, ld, scale, out, d};
   parallel_for(rows, d, num_threads, [&](int64_t r0, int64_t r1) {
