@@ -11,8 +11,8 @@ The stream (version 1), shared by csrc/common/philox.h, kernels/ and csrc/cuda:
 * uniform u = ((word >> 9) + 0.5) * 2**-23, exact in float32 and strictly inside (0, 1):
   u is in [2**-24, 1 - 2**-24], so -log(-log(u)) is always finite (|g| < 17).
 
-Seeds travel as 1-element int64 tensors on the data's device, so drawing one from a
-torch.Generator never forces a host sync.
+Seeds travel as 1-element int64 tensors on the data's device, so neither drawing one from a
+torch.Generator nor building one from an int forces a host sync.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (p1 >> 16) + (t >> 32), t & _MASK32
 
 
-def philox4x32(ctr: list[torch.Tensor], key: tuple[int, int], rounds: int = 10) -> list[torch.Tensor]:
+def philox4x32(ctr: list[torch.Tensor], key: tuple[int, int],
+               rounds: int = 10) -> list[torch.Tensor]:
     """Philox4x32 on int64 tensors that hold uint32 values."""
     c0, c1, c2, c3 = ctr
     k0, k1 = key
@@ -84,7 +85,9 @@ def make_seed(device: torch.device, seed: int | None = None,
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         s = seed & 0xFFFFFFFFFFFFFFFF
         s = s - 2**64 if s >= 2**63 else s  # same 64 bits, as int64
-        return torch.tensor([s], dtype=torch.int64, device=device)
+        # A fill kernel on the device: torch.tensor([s], device=cuda) would stage the value in
+        # host memory and copy it over synchronously, a host sync per call in a decode loop.
+        return torch.full((1,), s, dtype=torch.int64, device=device)
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
