@@ -23,12 +23,14 @@
 #include "common/dtype.h"
 #ifdef GENFAST_WITH_CUDA
 #include "cuda/gumbel.h"
+#include "cuda/sample.h"
 #include "cuda/gradient_penalty.h"
 #include "cuda/spectral_norm.h"
 // [include:cuda]
 #define GENFAST_MODULE _cuda
 #else
 #include "cpu/gumbel.h"
+#include "cpu/sample.h"
 #include "cpu/gradient_penalty.h"
 #include "cpu/spectral_norm.h"
 // [include:cpu]
@@ -101,6 +103,7 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
   m.doc() = "genfast kernels (pointer-level transport; use genfast.ops, not this module)";
   m.def("build_info", &build_info);
 
+  // [bind:gumbel]
   m.def(
       "gumbel_softmax_fwd",
       [](Ptr x, int64_t xrs, Ptr y, int64_t yrs, int64_t rows, int64_t n, int dtype,
@@ -135,6 +138,7 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("dx"), py::arg("dx_row_stride"), py::arg("rows"), py::arg("n"), py::arg("dtype"),
       py::arg("seed"), py::arg("inv_tau"), py::arg("recompute"), GENFAST_TAIL_NAME);
 
+  // [bind:sample]
   m.def(
       "sample_categorical",
       [](Ptr x, int64_t xrs, Ptr out, int64_t rows, int64_t n, int dtype, GENFAST_SEED_T seed,

@@ -1,4 +1,4 @@
-// CUDA Gumbel-Softmax / Gumbel-max kernels (host launchers). Contract: genfast/ops/gumbel.py.
+// CUDA Gumbel-Softmax kernels (host launchers). Contract: genfast/ops/gumbel.py.
 // Same arguments as csrc/cpu/gumbel.h, except the seed is a device pointer to one int64
 // (so drawing it from a torch.Generator never syncs) and work is queued on `stream`.
 // Returns a cudaError_t code (0 on success); bindings.cpp turns it into a Python exception.
@@ -15,10 +15,6 @@ int gumbel_softmax_bwd(const void* dy, int64_t dy_row_stride, const void* src,
                        int64_t src_row_stride, void* dx, int64_t dx_row_stride, int64_t rows,
                        int64_t n, int dtype, const int64_t* seed, double inv_tau, bool recompute,
                        void* stream);
-
-int sample_categorical(const void* x, int64_t x_row_stride, int64_t* out, int64_t rows,
-                       int64_t n, int dtype, const int64_t* seed, double inv_temperature,
-                       int64_t top_k, double top_p, void* stream);
 
 const char* error_string(int code);
 
