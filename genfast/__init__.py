@@ -8,7 +8,8 @@ from . import backends, nn, ops
 from ._info import info
 from .backends import BackendError, use_backend
 from .ops.gradient_penalty import GradientPenalty, gradient_penalty, per_sample_grad_norm
-from .ops.gumbel import gumbel_softmax, sample_categorical
+from .ops.gumbel import gumbel_softmax
+from .ops.sample import sample_categorical
 
 __version__ = "0.1.0"
 __all__ = ["BackendError", "GradientPenalty", "backends", "gradient_penalty", "gumbel_softmax",

@@ -6,8 +6,8 @@ compare sampled indices across backends exactly.
 
 Element (row r, column c) of an op's (rows, n) view uses word ``c & 3`` of the block for counter
 ``(c >> 2, lo32(r), hi32(r), 0)`` under key ``(lo32(seed), hi32(seed))``. Kernels draw a whole
-chunk of columns at once: one Philox call per four columns, the four result words interleaved
-back into column order.
+(rows, columns) tile at once: one Philox call per four columns of a row, the four result words
+interleaved back into column order. Shared by kernels/gumbel.py and kernels/sample.py.
 """
 
 import triton
@@ -43,23 +43,26 @@ def seed_key(seed_ptr):
 
 
 @triton.jit
-def philox_words(k0, k1, row, col0, BLOCK: tl.constexpr):
-    """uint32 words of columns col0 .. col0 + BLOCK - 1 of `row` (int64), in column order.
-
-    col0 must be a multiple of 4 (chunks start at multiples of BLOCK).
-    """
+def philox_tile(k0, k1, rows, col0, BLOCK: tl.constexpr):
+    """uint32 words of columns col0 .. col0 + BLOCK - 1 of each row in `rows` (int64, shape
+    (R,)), in column order: shape (R, BLOCK). col0 must be a multiple of 4."""
     tl.static_assert(BLOCK % 4 == 0, "BLOCK must be a multiple of 4")
     quad = ((col0 >> 2) + tl.arange(0, BLOCK // 4)).to(tl.uint32)
-    zero = tl.zeros([BLOCK // 4], dtype=tl.uint32)
+    zero = tl.zeros([rows.shape[0], BLOCK // 4], dtype=tl.uint32)
     w0, w1, w2, w3 = philox4x32_10(
-        quad, zero + row.to(tl.uint32), zero + (row >> 32).to(tl.uint32), zero, k0, k1
+        zero + quad[None, :],
+        zero + rows.to(tl.uint32)[:, None],
+        zero + (rows >> 32).to(tl.uint32)[:, None],
+        zero,
+        k0,
+        k1,
     )
-    # Word c & 3 of quad c >> 2 must land at position c. w[q, i, j] = word 2i + j of quad q, so
-    # the row-major flattening is w0 w1 w2 w3 of quad 0, then of quad 1, ... This is
-    # tl.interleave(tl.interleave(w0, w2), tl.interleave(w1, w3)) with one reshape instead of
+    # Word c & 3 of quad c >> 2 must land at position c. w[r, q, i, j] = word 2i + j of quad q,
+    # so the row-major flattening of each row is w0 w1 w2 w3 of quad 0, then of quad 1, ... This
+    # is tl.interleave(tl.interleave(w0, w2), tl.interleave(w1, w3)) with one reshape instead of
     # three (interleave is join + reshape), which the interpreter also runs far faster.
     w = tl.join(tl.join(w0, w2), tl.join(w1, w3))
-    return tl.reshape(w, [BLOCK])
+    return tl.reshape(w, [rows.shape[0], BLOCK])
 
 
 @triton.jit
@@ -78,6 +81,6 @@ def gumbel(words):
 
 
 @triton.jit
-def gumbel_block(k0, k1, row, col0, BLOCK: tl.constexpr):
-    """Gumbel noise of columns col0 .. col0 + BLOCK - 1 of `row`, float32, in column order."""
-    return gumbel(philox_words(k0, k1, row, col0, BLOCK))
+def gumbel_tile(k0, k1, rows, col0, BLOCK: tl.constexpr):
+    """Gumbel noise of columns col0 .. col0 + BLOCK - 1 of each row in `rows`, (R, BLOCK) fp32."""
+    return gumbel(philox_tile(k0, k1, rows, col0, BLOCK))

@@ -1,20 +1,26 @@
-"""gumbel op family through the public API: every backend against the reference, autograd to
-second order, torch.library / torch.compile integration, sampler statistics, hostile input."""
+"""gumbel op family (genfast.gumbel_softmax) through the public API: every backend against the
+reference, autograd to any order, torch.func, autocast, torch.library / torch.compile, seeds,
+hostile and bad input. Beside it: test_gumbel_triton.py (the launchers under the
+interpreter), test_gumbel_upstream.py (PyTorch's own gumbel_softmax tests); the Gumbel-max sampler
+is tests/test_sample*.py, which also holds the torch.export test of both ops and the seed test."""
 
+import inspect
 import math
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy import stats
+from _helpers import TOL, fast_backends, layouts
 
 import genfast
 from genfast import backends, random
 from genfast.ops import gumbel as G
 
-FAST = [b for b in ("cpu", "triton") if backends.available(b)]
+FAST = fast_backends("gumbel")
+ALL = ["reference", *FAST]
+F64 = [b for b in ALL if torch.float64 in G.SPEC.dtypes[b]]  # gradcheck and torch.func checks
 SHAPES = [(1, 1), (3, 7), (5, 33), (2, 129), (3, 1000)]
-TOL = {torch.float32: dict(rtol=2e-5, atol=2e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 
 
 def _dtypes(backend):
@@ -46,15 +52,6 @@ def test_hard_is_exact_one_hot_with_soft_gradient():
     assert torch.equal(y_hard.argmax(-1), y_soft.argmax(-1))
 
 
-def test_matches_torch_straight_through_given_the_same_noise():
-    x = _logits((5, 8), torch.float64).requires_grad_()
-    g = random.gumbel(2, 5, 8, dtype=torch.float64)
-    soft = torch.softmax((x + g) / 0.9, -1)
-    ref = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0) - soft.detach() + soft
-    ours = genfast.gumbel_softmax(x, 0.9, hard=True, seed=2, backend="reference")
-    torch.testing.assert_close(ours, ref.detach(), rtol=0, atol=1e-15)
-
-
 # ------------------------------------------------------------------ backends vs reference
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("shape", SHAPES)
@@ -73,40 +70,68 @@ def test_forward_backward_match_reference(backend, shape, hard):
         torch.testing.assert_close(outs[backend][1], outs["reference"][1], **TOL[dtype])
 
 
-@pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("filt", [{}, {"top_k": 3}, {"top_p": 0.6}, {"top_k": 5, "top_p": 0.8},
-                                  {"temperature": 0.0}, {"temperature": 2.5}])
-def test_sample_indices_match_reference_exactly(backend, shape, filt):
-    x = _logits(shape, seed=7)
-    ref = genfast.sample_categorical(x, seed=99, backend="reference", **filt)
-    got = genfast.sample_categorical(x, seed=99, backend=backend, **filt)
-    assert got.dtype == torch.int64 and got.shape == shape[:1]
-    assert torch.equal(got, ref)
+@pytest.mark.parametrize("backend", ALL)
+def test_every_memory_layout(backend):
+    x = _logits((5, 19))
+    for name, view in layouts(x):
+        # Noise follows the row index, not memory: a view draws what its contiguous copy draws.
+        want = genfast.gumbel_softmax(view.contiguous(), tau=1.3, seed=4, backend="reference")
+        got = genfast.gumbel_softmax(view, tau=1.3, seed=4, backend=backend)
+        torch.testing.assert_close(got, want, **TOL[torch.float32], msg=name)
 
 
-@pytest.mark.parametrize("backend", ["reference", *FAST])
-def test_non_contiguous_inputs_and_other_dims(backend):
-    base = _logits((7, 3, 12))
-    x = base.transpose(0, 2)  # classes along dim 2 of a (12, 3, 7) non-contiguous view
+@pytest.mark.parametrize("backend", ALL)
+def test_class_dim_anywhere(backend):
+    x = _logits((7, 3, 12)).transpose(0, 2)  # classes along dim 2 of a (12, 3, 7) view
     y = genfast.gumbel_softmax(x, tau=1.3, dim=2, seed=4, backend=backend)
     expect = genfast.gumbel_softmax(x.contiguous(), tau=1.3, dim=2, seed=4, backend="reference")
     torch.testing.assert_close(y, expect, **TOL[torch.float32])
-    strided = _logits((5, 40))[:, ::3]  # column stride 3
-    s = genfast.sample_categorical(strided, seed=8, backend=backend)
-    assert torch.equal(s, genfast.sample_categorical(strided.contiguous(), seed=8,
-                                                     backend="reference"))
-    wide = _logits((6, 50))[:, 5:30]  # row stride 50 > classes 25
-    torch.testing.assert_close(genfast.gumbel_softmax(wide, seed=1, backend=backend),
-                               genfast.gumbel_softmax(wide.contiguous(), seed=1,
-                                                      backend="reference"), **TOL[torch.float32])
+    y0 = genfast.gumbel_softmax(x, 0.7, True, 1e-10, 0, seed=2, backend=backend)
+    assert torch.equal(y0.sum(0), torch.ones(3, 7))
+
+
+# ------------------------------------------------------------------ drop-in signature
+def test_positional_order_is_torchs():
+    ours = list(inspect.signature(genfast.gumbel_softmax).parameters)
+    theirs = list(inspect.signature(F.gumbel_softmax).parameters)
+    assert ours[: len(theirs)] == theirs
+    keyword_only = [p for p in inspect.signature(genfast.gumbel_softmax).parameters.values()
+                    if p.kind is p.KEYWORD_ONLY]
+    assert [p.name for p in keyword_only] == ["generator", "seed", "backend"]
+    x = _logits((4, 6))
+    assert torch.equal(genfast.gumbel_softmax(x, 0.5, True, 1e-10, 0, seed=3),
+                       genfast.gumbel_softmax(x, tau=0.5, hard=True, dim=0, seed=3))
+
+
+def test_zero_dim_logits_are_one_class_as_in_torch():
+    x = torch.tensor(0.3, requires_grad=True)
+    for hard in (False, True):
+        y = genfast.gumbel_softmax(x, hard=hard, seed=1)
+        assert y.shape == () and y.item() == F.gumbel_softmax(x, hard=hard).item() == 1.0
+        (g,) = torch.autograd.grad(y, x)
+        assert g.item() == 0.0
+    assert genfast.gumbel_softmax(x, dim=0, seed=1).item() == 1.0
+
+
+def test_eps_is_ignored_and_warns_as_torch_does():
+    x = _logits((3, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        base = genfast.gumbel_softmax(x, 1.0, False, 1e-10, seed=1)
+    with pytest.warns(UserWarning, match="`eps` parameter is deprecated") as ours:
+        got = genfast.gumbel_softmax(x, 1.0, False, 0.5, seed=1)
+    with pytest.warns(UserWarning) as theirs:
+        F.gumbel_softmax(x, 1.0, False, 0.5)
+    assert str(ours[0].message) == str(theirs[0].message)
+    assert torch.equal(got, base)
 
 
 # ------------------------------------------------------------------ autograd
-@pytest.mark.parametrize("backend", ["reference", *[b for b in FAST if b == "cpu"]])
+@pytest.mark.parametrize("backend", F64)
 @pytest.mark.parametrize("hard", [False, True])
 def test_gradcheck_and_gradgradcheck(backend, hard):
     x = _logits((3, 6), torch.float64).requires_grad_()
+
     def fn(t):
         return genfast.gumbel_softmax(t, tau=0.7, hard=hard, seed=3, backend=backend)
     if not hard:
@@ -126,7 +151,7 @@ def test_triple_backward_is_defined():
     assert torch.isfinite(g3).all()
 
 
-@pytest.mark.parametrize("backend", ["reference", *[b for b in FAST if b == "cpu"]])
+@pytest.mark.parametrize("backend", F64)
 def test_opcheck(backend):
     x = _logits((3, 9))
     seed = random.make_seed(x.device, seed=5)
@@ -137,84 +162,121 @@ def test_opcheck(backend):
     dy = torch.randn(3, 9)
     y = G.gumbel_softmax_fwd(x, seed, 1.5, False, backend)
     torch.library.opcheck(G.gumbel_softmax_bwd, (dy, y, seed, 1.5, False, backend))
-    torch.library.opcheck(G.gumbel_softmax_bwd, (dy, x, seed, 1.5, True, backend))
-    torch.library.opcheck(G.sample_categorical_op, (x, seed, 1.0, 3, 0.9, backend))
+    torch.library.opcheck(G.gumbel_softmax_bwd, (dy.requires_grad_(), xg, seed, 1.5, True,
+                                                 backend))
 
 
-@pytest.mark.parametrize("backend", ["reference", *[b for b in FAST if b == "cpu"]])
+@pytest.mark.parametrize("backend", F64)
 def test_torch_compile_fullgraph(backend):
     torch._dynamo.reset()
 
     @torch.compile(fullgraph=True, backend="aot_eager")
     def step(x):
-        y = genfast.gumbel_softmax(x, tau=0.5, hard=True, seed=17, backend=backend)
-        idx = genfast.sample_categorical(x, temperature=0.8, top_k=4, seed=18, backend=backend)
-        return (y * x).sum(), idx
+        return (genfast.gumbel_softmax(x, tau=0.5, hard=True, seed=17, backend=backend) * x).sum()
 
     x = _logits((4, 11)).requires_grad_()
-    loss, idx = step(x)
-    loss.backward()
-    eager_y = genfast.gumbel_softmax(x.detach(), 0.5, True, seed=17, backend=backend)
-    torch.testing.assert_close(loss, (eager_y * x.detach()).sum())
-    assert torch.equal(idx, genfast.sample_categorical(x.detach(), temperature=0.8, top_k=4,
-                                                       seed=18, backend=backend))
-    assert x.grad is not None and torch.isfinite(x.grad).all()
+    step(x).backward()
+    xe = x.detach().clone().requires_grad_()
+    eager = (genfast.gumbel_softmax(xe, tau=0.5, hard=True, seed=17, backend=backend) * xe).sum()
+    eager.backward()
+    torch.testing.assert_close(step(x.detach()), eager.detach())
+    torch.testing.assert_close(x.grad, xe.grad)
 
 
-# ------------------------------------------------------------------ statistics
-def _chisq_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    keep = probs > 0
-    assert counts[~keep].sum() == 0, "sampled a class of probability zero"
-    n = counts.sum().item()
-    return stats.chisquare(counts[keep].double().numpy(), (probs[keep] * n).double().numpy()).pvalue
+# ------------------------------------------------------------------ torch.func
+def _soft(backend, hard=False):
+    return lambda t: genfast.gumbel_softmax(t, 0.7, hard, seed=1, backend=backend)
 
 
-@pytest.mark.parametrize("backend", ["reference", *[b for b in FAST if b == "cpu"]])
-@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, None, None), (0.6, None, None),
-                                                     (1.0, 3, None), (1.0, None, 0.7),
-                                                     (1.4, 4, 0.8)])
-def test_sample_frequencies_chi_square(backend, temperature, top_k, top_p):
-    logits = torch.tensor([0.2, 0.8, 0.1, -1.0, 1.5, 0.0])
-    draws = 20000
-    x = logits.expand(draws, -1)
-    idx = genfast.sample_categorical(x, temperature, top_k, top_p, seed=2024, backend=backend)
-    counts = torch.bincount(idx, minlength=6)
-    p = torch.softmax(logits.double() / temperature, -1)
-    if top_k is not None:
-        p = torch.where(logits >= logits.topk(top_k).values[-1], p, 0)
-        p = p / p.sum()
-    if top_p is not None:
-        sp, order = p.sort(descending=True)
-        cut = int((sp.cumsum(0) < top_p).sum()) + 1
-        p = torch.zeros_like(p).scatter(0, order[:cut], sp[:cut])
-        p = p / p.sum()
-    assert _chisq_pvalue(counts, p) > 1e-4
+@pytest.mark.parametrize("backend", F64)
+def test_torch_func_grad_jacobians_and_hessian(backend):
+    x = _logits((3, 5), torch.float64)
+    w = torch.randn(3, 5, dtype=torch.float64)
+    for hard in (False, True):
+        f = _soft(backend, hard)
+        xr = x.clone().requires_grad_()
+        (want,) = torch.autograd.grad((f(xr) * w).sum(), xr)
+        torch.testing.assert_close(torch.func.grad(lambda t, f=f: (f(t) * w).sum())(x), want)
+    row = _soft(backend)
+    jr = torch.func.jacrev(row)(x[0])
+    y = row(x[0])
+    torch.testing.assert_close(jr, (torch.diag(y) - torch.outer(y, y)) / 0.7)
+    torch.testing.assert_close(torch.func.jacfwd(row)(x[0]), jr)  # forward mode: custom jvp
+    loss = lambda t: (row(t) ** 2).sum()  # noqa: E731
+    torch.testing.assert_close(torch.func.hessian(loss)(x[0]),
+                               torch.autograd.functional.hessian(loss, x[0]))
 
 
-def test_hard_gumbel_softmax_frequencies_match_softmax_over_tau():
-    logits = torch.tensor([0.5, -0.3, 1.2, 0.0])
-    y = genfast.gumbel_softmax(logits.expand(20000, -1), tau=0.5, hard=True, seed=77)
-    # argmax(x + g) does not depend on tau: the classes follow softmax(logits).
-    assert _chisq_pvalue(y.sum(0).round().long(), torch.softmax(logits.double(), -1)) > 1e-4
+@pytest.mark.parametrize("backend", F64)
+def test_torch_func_vmap(backend):
+    x = _logits((4, 3, 6), torch.float64)
+    f = _soft(backend)
+    per_slice = torch.stack([f(x[i]) for i in range(4)])
+    torch.testing.assert_close(torch.func.vmap(f)(x), per_slice)  # each slice: its own call
+    grads = torch.func.vmap(torch.func.grad(lambda t: (f(t) ** 2).sum()))(x)
+    for i in range(4):
+        xi = x[i].clone().requires_grad_()
+        (gi,) = torch.autograd.grad((f(xi) ** 2).sum(), xi)
+        torch.testing.assert_close(grads[i], gi)
+    # No seed: vmap's randomness flag decides, as for any torch random op.
+    def no_seed(t):
+        return genfast.gumbel_softmax(t, backend=backend)
+    with pytest.raises(RuntimeError, match="randomness"):
+        torch.func.vmap(no_seed)(x)
+    twins = x[:1].expand_as(x)  # equal slices: equal outputs exactly when the noise is shared
+    ys = torch.func.vmap(no_seed, randomness="different")(twins)
+    assert not torch.equal(ys[0], ys[1])
+    ys = torch.func.vmap(no_seed, randomness="same")(twins)
+    assert torch.equal(ys[0], ys[1])
 
 
-# ------------------------------------------------------------------ seeds
+def test_the_bare_op_under_torch_func_grad_is_a_clear_error():
+    # The documented limit: the torch.library op alone (what torch.compile / export trace) has
+    # no torch.func autograd; the public function carries it with an autograd.Function.
+    x = _logits((2, 4))
+    seed = random.make_seed(x.device, seed=1)
+    with pytest.raises(RuntimeError, match="functorch transforms"):
+        torch.func.grad(lambda t: G.gumbel_softmax_fwd(t, seed, 1.0, False, "reference").sum())(x)
+
+
+# ------------------------------------------------------------------ autocast, seeds
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("hard", [False, True])
+def test_cpu_autocast_gives_torchs_dtype(dtype, hard):
+    x = _logits((4, 9), dtype).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = genfast.gumbel_softmax(x, 0.5, hard, seed=2, backend="reference")
+        theirs = F.gumbel_softmax(x, 0.5, hard)
+    assert ours.dtype == theirs.dtype == dtype
+    (g,) = torch.autograd.grad(ours.float().sum(), x)
+    assert g.dtype == dtype
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_cuda_autocast_gives_torchs_dtype(dtype):
+    x = torch.randn(4, 9, device="cuda", dtype=dtype)
+    with torch.autocast("cuda", dtype=torch.float16):
+        assert genfast.gumbel_softmax(x, seed=2).dtype == F.gumbel_softmax(x).dtype
+
+
 def test_seeds_generators_and_manual_seed():
     x = _logits((8, 20))
     a = genfast.gumbel_softmax(x, seed=1)
     assert torch.equal(a, genfast.gumbel_softmax(x, seed=1))
     assert not torch.equal(a, genfast.gumbel_softmax(x, seed=2))
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    assert torch.equal(genfast.gumbel_softmax(x, generator=g1), genfast.gumbel_softmax(x, generator=g2))
+    assert torch.equal(genfast.gumbel_softmax(x, generator=g1),
+                       genfast.gumbel_softmax(x, generator=g2))
     torch.manual_seed(3)
-    s1 = genfast.sample_categorical(x)
+    y1 = genfast.gumbel_softmax(x)
     torch.manual_seed(3)
-    assert torch.equal(s1, genfast.sample_categorical(x))
+    assert torch.equal(y1, genfast.gumbel_softmax(x))
     assert torch.equal(genfast.gumbel_softmax(x, seed=2**64 + 1), genfast.gumbel_softmax(x, seed=1))
 
 
-# ------------------------------------------------------------------ hostile input
-@pytest.mark.parametrize("backend", ["reference", *FAST])
+# ------------------------------------------------------------------ hostile and bad input
+@pytest.mark.parametrize("backend", ALL)
 def test_hostile_rows_have_defined_results(backend):
     inf = math.inf
     x = torch.tensor([[-inf, -inf, -inf, -inf],
@@ -226,27 +288,20 @@ def test_hostile_rows_have_defined_results(backend):
         y = genfast.gumbel_softmax(x, tau=tau, seed=9, backend=backend)
         assert torch.isfinite(y).all()
         torch.testing.assert_close(y.sum(-1), torch.ones(4))
-        t = max(tau, 1e-30)
-        torch.testing.assert_close(y[0], torch.softmax(g[0] / t, -1))  # uniform row
+        torch.testing.assert_close(y[0], torch.softmax(g[0] / max(tau, 1e-30), -1))  # uniform
         assert y[1, 0] == 0 and y[1, 2] == 0  # +inf entries take all the mass
         assert y[3, 1] == 0 and y[3, 3] == 0
-    s = genfast.sample_categorical(x, seed=9, backend=backend)
-    assert s[1] in (1, 3) and s[3] in (0, 2)
-    s_greedy = genfast.sample_categorical(x, temperature=0, backend=backend)
-    assert s_greedy.tolist()[1:] == [1, 0, 2]
     nan_rows = torch.full((3, 5), math.nan)
     nan_rows[1, :2] = 1.0  # one NaN is enough to poison a row
     for hard in (False, True):
         assert genfast.gumbel_softmax(nan_rows, hard=hard, seed=1, backend=backend).isnan().all()
-    assert ((genfast.sample_categorical(nan_rows, seed=1, backend=backend) >= 0)
-            & (genfast.sample_categorical(nan_rows, seed=1, backend=backend) < 5)).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_extremes(dtype):
     fmax = torch.finfo(dtype).max
     x = torch.tensor([[fmax, -fmax, 0.0, fmax], [-fmax, -fmax, -fmax, -fmax]], dtype=dtype)
-    y = genfast.gumbel_softmax(x.requires_grad_(), tau=0.1, seed=3)
+    y = genfast.gumbel_softmax(x.requires_grad_(), tau=0.1, seed=3, backend="reference")
     assert y.dtype == dtype and torch.isfinite(y).all()
     y.float().pow(2).sum().backward()
     assert torch.isfinite(x.grad).all()
@@ -254,7 +309,6 @@ def test_half_precision_extremes(dtype):
 
 def test_empty_inputs():
     assert genfast.gumbel_softmax(torch.empty(0, 5), seed=1).shape == (0, 5)
-    assert genfast.sample_categorical(torch.empty(0, 5), seed=1).shape == (0,)
     assert genfast.gumbel_softmax(torch.empty(3, 0), seed=1).shape == (3, 0)
 
 
@@ -266,19 +320,14 @@ def test_empty_inputs():
     (lambda x: genfast.gumbel_softmax(x, tau=torch.tensor(1.0)), TypeError, "tau"),
     (lambda x: genfast.gumbel_softmax(x, hard=1), TypeError, "hard"),
     (lambda x: genfast.gumbel_softmax(x.long()), TypeError, "logits"),
-    (lambda x: genfast.gumbel_softmax(x[0, 0]), ValueError, "logits"),
+    (lambda x: genfast.gumbel_softmax(x[0, 0], dim=1), IndexError, "dim"),
     (lambda x: genfast.gumbel_softmax([1.0, 2.0]), TypeError, "logits"),
     (lambda x: genfast.gumbel_softmax(x, dim=2), IndexError, "dim"),
+    (lambda x: genfast.gumbel_softmax(x, 1.0, False, 1e-10, 1.5), TypeError, "dim"),
     (lambda x: genfast.gumbel_softmax(x, seed=1, generator=torch.Generator()), ValueError, "seed"),
     (lambda x: genfast.gumbel_softmax(x, seed="1"), TypeError, "seed"),
     (lambda x: genfast.gumbel_softmax(x, backend="fast"), ValueError, "backend"),
     (lambda x: genfast.gumbel_softmax(x, backend="cuda"), genfast.BackendError, "cuda"),
-    (lambda x: genfast.sample_categorical(x, top_k=0), ValueError, "top_k"),
-    (lambda x: genfast.sample_categorical(x, top_k=2.5), ValueError, "top_k"),
-    (lambda x: genfast.sample_categorical(x, top_p=0.0), ValueError, "top_p"),
-    (lambda x: genfast.sample_categorical(x, top_p=1.5), ValueError, "top_p"),
-    (lambda x: genfast.sample_categorical(x, temperature=-0.1), ValueError, "temperature"),
-    (lambda x: genfast.sample_categorical(x[:, :0]), ValueError, "empty"),
 ])
 def test_bad_input_gets_a_clear_error(call, err, match):
     with pytest.raises(err, match=match):
@@ -310,16 +359,14 @@ def test_backend_selection_scope_env_and_reasons(monkeypatch):
 # ------------------------------------------------------------------ module, schedule, learning
 def test_module_schedule_and_a_tiny_model_learns():
     torch.manual_seed(0)
-    layer = genfast.nn.GumbelSoftmax(tau=1.0, hard=True)
+    layer = genfast.nn.GumbelSoftmax(tau=1.0, hard=True, dim=1)
     sched = genfast.nn.TemperatureSchedule(start=1.0, end=0.3, rate=0.01)
     logits = torch.zeros(16, 5, requires_grad=True)
     reward = torch.tensor([0.0, 0.1, 1.0, 0.2, 0.0])
     opt = torch.optim.Adam([logits], lr=0.1)
-    first = None
     for step in range(150):
         sched.apply(layer, step)
         loss = -(layer(logits) * reward).sum(-1).mean()
-        first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -1,8 +1,10 @@
-"""The Triton Gumbel kernels (kernels/gumbel.py) against the contract of genfast/ops/gumbel.py.
+"""The Triton Gumbel-Softmax kernels (kernels/gumbel.py) against the contract of
+genfast/ops/gumbel.py, on each of their paths: one row a program, several short rows packed into
+one program (odd row counts, so the last pack is partial), and long rows walked in chunks.
 
 Runs on the CPU under the Triton interpreter; the reference below is built from the contract
-text and genfast.random (the Philox oracle), independently of the kernels' algorithms (it sorts
-where the kernels bisect, and reduces whole rows where they go chunk by chunk).
+text and genfast.random (the Philox oracle), independently of the kernels (it reduces whole rows
+where they pack rows into tiles or go chunk by chunk).
 """
 
 import os
@@ -18,11 +20,11 @@ pytest.importorskip("triton")
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from genfast.kernels import gumbel as K  # noqa: E402
-from genfast.kernels._philox import gumbel as philox_gumbel  # noqa: E402
-from genfast.kernels._philox import philox_words, seed_key, uniform  # noqa: E402
 
 from genfast import random as grandom  # noqa: E402
+from genfast.kernels import gumbel as K  # noqa: E402
+from genfast.kernels._philox import gumbel as philox_gumbel  # noqa: E402
+from genfast.kernels._philox import philox_tile, seed_key, uniform  # noqa: E402
 
 pytestmark = pytest.mark.triton
 # The hostile rows include a NaN row; numpy, under the interpreter, warns about the NaN arithmetic
@@ -34,10 +36,14 @@ nan_row_warnings = pytest.mark.filterwarnings(
 INF = float("inf")
 CPU = torch.device("cpu")
 SEEDS = (0, 1234567, 2**64 - 5, 0xDEADBEEFCAFEBABE)  # the last two are negative as int64
-# (n, block): block=None is the one-block path; a small block forces the chunked path, with a
-# partial last chunk (of 1 and of 13 columns).
-SIZES = [(1, None), (3, None), (7, None), (33, None), (129, None), (129, 64), (45, 16)]
-SIZE_IDS = ["1", "3", "7", "33", "129", "129-chunked", "45-chunked"]
+ROWS = 7  # odd: with 4 rows a program, the second pack holds 3 rows and one padding row
+# (n, block, rows_per_program): rows that fit one block run one a program (1) or packed (4, or
+# None: tile_config's choice); a small block forces the chunked path, with a partial last chunk
+# (of 1 and of 13 columns), one row a program or a pack of rows walked together.
+PATHS = [(1, None, 1), (3, None, 4), (7, None, None), (33, None, 1), (33, None, 4),
+         (129, None, 2), (129, 64, 1), (45, 16, 1), (45, 16, 4)]
+PATH_IDS = ["1-row", "3-packed", "7-auto", "33-row", "33-packed", "129-packed", "129-chunked",
+            "45-chunked", "45-chunked-packed"]
 
 
 # ----------------------------------------------------------------------------- reference
@@ -69,33 +75,6 @@ def ref_bwd(dy: torch.Tensor, y: torch.Tensor, inv_tau: float) -> torch.Tensor:
     return y * (dy - (dy * y).sum(dim=1, keepdim=True)) * inv_tau
 
 
-def ref_kept(s: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """The kept set K of the contract, by sorting and walking (bool, (R, n))."""
-    n = s.shape[1]
-    keep = torch.ones_like(s, dtype=torch.bool)
-    if 0 < top_k < n:
-        keep = s >= s.topk(top_k, dim=1).values[:, -1:]
-    if top_p < 1:
-        p = torch.softmax(torch.where(keep, s, -INF), dim=1)
-        for r in range(s.shape[0]):
-            order = torch.argsort(s[r], descending=True, stable=True)
-            order = order[keep[r, order]]
-            reached = torch.nonzero(torch.cumsum(p[r, order], 0) >= top_p)
-            if len(reached):
-                keep[r] &= s[r] >= s[r, order[reached[0, 0]]]
-    return keep
-
-
-def ref_sample(x: torch.Tensor, seed: int, inv_temp: float, top_k: int, top_p: float):
-    x = x.float()
-    xc = ref_centered(x)
-    if math.isinf(inv_temp):
-        return xc.argmax(dim=1)
-    s = xc * inv_temp
-    keep = ref_kept(s, top_k, top_p)
-    return torch.where(keep, s + ref_noise(seed, x), -INF).argmax(dim=1)
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -113,19 +92,16 @@ def seed_t(seed: int) -> torch.Tensor:
     return grandom.make_seed(CPU, seed=seed)
 
 
-def fwd(x, seed, inv_tau, hard, block=None):
+def fwd(x, seed, inv_tau, hard, block=None, rows_per_program=None):
     out = torch.empty(x.shape, dtype=x.dtype)
-    return K.gumbel_softmax_fwd(x, seed_t(seed), inv_tau, hard, out, block=block)
+    return K.gumbel_softmax_fwd(x, seed_t(seed), inv_tau, hard, out, block=block,
+                                rows_per_program=rows_per_program)
 
 
-def bwd(dy, src, seed, inv_tau, recompute, block=None):
+def bwd(dy, src, seed, inv_tau, recompute, block=None, rows_per_program=None):
     out = torch.empty(src.shape, dtype=src.dtype)
-    return K.gumbel_softmax_bwd(dy, src, seed_t(seed), inv_tau, recompute, out, block=block)
-
-
-def sample(x, seed, inv_temp, top_k=0, top_p=1.0, block=None):
-    out = torch.empty(x.shape[0], dtype=torch.int64)
-    return K.sample_categorical(x, seed_t(seed), inv_temp, top_k, top_p, out, block=block)
+    return K.gumbel_softmax_bwd(dy, src, seed_t(seed), inv_tau, recompute, out, block=block,
+                                rows_per_program=rows_per_program)
 
 
 def hostile_rows(n: int) -> torch.Tensor:
@@ -144,26 +120,29 @@ def hostile_rows(n: int) -> torch.Tensor:
 
 
 @triton.jit
-def _stream_kernel(seed_ptr, w_ptr, u_ptr, g_ptr, n, row_start, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64) + row_start
+def _stream_kernel(seed_ptr, w_ptr, u_ptr, g_ptr, n, row_start, R: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    rows = row_start + tl.arange(0, R).to(tl.int64)
     k0, k1 = seed_key(seed_ptr)
     for col0 in range(0, n, BLOCK):
         cols = col0 + tl.arange(0, BLOCK)
-        w = philox_words(k0, k1, row, col0, BLOCK)
-        off = tl.program_id(0) * n + cols
-        tl.store(w_ptr + off, w.to(tl.int64), mask=cols < n)
-        tl.store(u_ptr + off, uniform(w), mask=cols < n)
-        tl.store(g_ptr + off, philox_gumbel(w), mask=cols < n)
+        w = philox_tile(k0, k1, rows, col0, BLOCK)
+        off = tl.arange(0, R)[:, None] * n + cols[None, :]
+        mask = (cols < n)[None, :]
+        tl.store(w_ptr + off, w.to(tl.int64), mask=mask)
+        tl.store(u_ptr + off, uniform(w), mask=mask)
+        tl.store(g_ptr + off, philox_gumbel(w), mask=mask)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("row_start", [0, 2**32 + 3])  # the second exercises hi32(row) != 0
-def test_philox_stream_is_bit_exact(seed, row_start):
-    rows, n = 3, 37
+@pytest.mark.parametrize("tile_rows", [1, 4])  # one row a tile, and a packed tile of rows
+def test_philox_stream_is_bit_exact(seed, row_start, tile_rows):
+    rows, n = tile_rows, 37
     w = torch.empty(rows, n, dtype=torch.int64)
     u = torch.empty(rows, n)
     g = torch.empty(rows, n)
-    _stream_kernel[(rows,)](seed_t(seed), w, u, g, n, row_start, BLOCK=16)
+    _stream_kernel[(1,)](seed_t(seed), w, u, g, n, row_start, R=rows, BLOCK=16)
 
     r = torch.arange(row_start, row_start + rows)[:, None].expand(rows, n)
     c = torch.arange(n)[None, :].expand(rows, n)
@@ -177,29 +156,45 @@ def test_philox_stream_is_bit_exact(seed, row_start):
     torch.testing.assert_close(g, -torch.log(-torch.log(ref_u)), rtol=2e-7, atol=5e-7)
 
 
+# ----------------------------------------------------------------------------- dispatch by shape
+
+
+def test_tile_config_packs_short_rows_and_chunks_long_ones():
+    # Host-side sizes alone pick the tile: no program per 10-class row, one row per long row.
+    assert K.tile_config(1000, 10)[:3] == (128, 16, True)
+    assert K.tile_config(3, 10)[:3] == (4, 16, True)  # never more rows a program than exist
+    assert K.tile_config(64, 1000)[:3] == (2, 1024, True)
+    assert K.tile_config(64, 5000)[:3] == (1, 8192, True)
+    assert K.tile_config(64, 20000)[:3] == (1, K.CHUNK, False)
+    assert K.tile_config(8, 100, block=16, rows_per_program=2)[:3] == (2, 16, False)
+    with pytest.raises(ValueError, match="power of two"):
+        K.tile_config(8, 100, rows_per_program=3)
+
+
 # ----------------------------------------------------------------------------- forward
 
 
-@pytest.mark.parametrize("n,block", SIZES, ids=SIZE_IDS)
+@pytest.mark.parametrize("n,block,rp", PATHS, ids=PATH_IDS)
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
-def test_fwd_matches_reference(n, block, hard):
-    x = torch.randn(3, n, generator=torch.Generator().manual_seed(n)) * 2
-    y = fwd(strided(x), 2**64 - 5, 1 / 0.7, hard, block)
+def test_fwd_matches_reference(n, block, rp, hard):
+    x = torch.randn(ROWS, n, generator=torch.Generator().manual_seed(n)) * 2
+    y = fwd(strided(x), 2**64 - 5, 1 / 0.7, hard, block, rp)
     ref = ref_fwd(x, 2**64 - 5, 1 / 0.7, hard)
     if hard:
         assert torch.equal(y, ref)  # exact one-hot at the reference's index
     else:
         torch.testing.assert_close(y, ref, rtol=2e-5, atol=1e-6)
-        torch.testing.assert_close(y.sum(1), torch.ones(3))
+        torch.testing.assert_close(y.sum(1), torch.ones(ROWS))
 
 
 @nan_row_warnings
-@pytest.mark.parametrize("n,block", [(7, None), (33, 16)], ids=["7", "33-chunked"])
+@pytest.mark.parametrize("n,block,rp", [(7, None, 1), (7, None, 4), (33, 16, 1)],
+                         ids=["7-row", "7-packed", "33-chunked"])
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 @pytest.mark.parametrize("inv_tau", [1.0, 1e4], ids=["tau1", "tau1e-4"])
-def test_fwd_hostile_rows(n, block, hard, inv_tau):
+def test_fwd_hostile_rows(n, block, rp, hard, inv_tau):
     x = hostile_rows(n)
-    y = fwd(x, 99, inv_tau, hard, block)
+    y = fwd(x, 99, inv_tau, hard, block, rp)
     ref = ref_fwd(x, 99, inv_tau, hard)
     # At tau = 1e-4 a one-ulp difference between two libraries' logs in g moves an exponent by
     # ~1e-3, so only the large-tau comparison can be tight.
@@ -214,23 +209,24 @@ def test_fwd_hostile_rows(n, block, hard, inv_tau):
 # ----------------------------------------------------------------------------- backward
 
 
-@pytest.mark.parametrize("n,block", SIZES, ids=SIZE_IDS)
+@pytest.mark.parametrize("n,block,rp", PATHS, ids=PATH_IDS)
 @pytest.mark.parametrize("recompute", [False, True], ids=["saved-y", "recompute"])
-def test_bwd_matches_reference(n, block, recompute):
+def test_bwd_matches_reference(n, block, rp, recompute):
     gen = torch.Generator().manual_seed(1000 + n)
-    x = torch.randn(3, n, generator=gen)
-    dy = torch.randn(3, n, generator=gen)
+    x = torch.randn(ROWS, n, generator=gen)
+    dy = torch.randn(ROWS, n, generator=gen)
     y = ref_fwd(x, 5, 2.0, hard=False)
-    dx = bwd(strided(dy), strided(x if recompute else y), 5, 2.0, recompute, block)
+    dx = bwd(strided(dy), strided(x if recompute else y), 5, 2.0, recompute, block, rp)
     torch.testing.assert_close(dx, ref_bwd(dy, y, 2.0), rtol=1e-4, atol=1e-6)
 
 
 @nan_row_warnings
-@pytest.mark.parametrize("block", [None, 16], ids=["single", "chunked"])
-def test_bwd_recompute_hostile_rows(block):
+@pytest.mark.parametrize("block,rp", [(None, 1), (None, 4), (16, 1)],
+                         ids=["row", "packed", "chunked"])
+def test_bwd_recompute_hostile_rows(block, rp):
     x = hostile_rows(33)
     dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
-    dx = bwd(dy, x, 11, 3.0, True, block)
+    dx = bwd(dy, x, 11, 3.0, True, block, rp)
     ref = ref_bwd(dy, ref_fwd(x, 11, 3.0, hard=False), 3.0)
     torch.testing.assert_close(dx, ref, rtol=1e-4, atol=1e-6, equal_nan=True)
     assert dx[4].isnan().all() and not dx[[0, 1, 2, 3, 5]].isnan().any()
@@ -244,86 +240,6 @@ def test_bwd_formula_is_the_gradient_of_the_soft_forward():
     (torch.softmax((xr + g) * 1.5, dim=1) * dy).sum().backward()
     dx = bwd(dy.float(), x.float(), 8, 1.5, True)
     torch.testing.assert_close(dx.double(), xr.grad, rtol=1e-4, atol=1e-6)
-
-
-# ----------------------------------------------------------------------------- sampling
-
-
-SAMPLERS = {  # (inv_temperature, top_k, top_p)
-    "plain": (1.0, 0, 1.0),
-    "top_k": (1 / 0.7, 5, 1.0),
-    "top_p": (1 / 1.3, 0, 0.8),
-    "top_k+top_p": (1.0, 10, 0.5),
-    "greedy": (INF, 0, 1.0),
-}
-# Every size for the cheap samplers; the filters (a bisection each) on one-block and chunked rows.
-SAMPLE_CASES = [(n, b, name) for (n, b) in SIZES for name in ("plain", "greedy")] + [
-    (n, b, name)
-    for (n, b) in [(7, None), (129, None), (45, 16)]
-    for name in ("top_k", "top_p", "top_k+top_p")
-]
-
-
-@pytest.mark.parametrize(
-    "n,block,name",
-    SAMPLE_CASES,
-    ids=[f"{name}-{n}{'-chunked' if b else ''}" for n, b, name in SAMPLE_CASES],
-)
-def test_sample_matches_reference_exactly(n, block, name):
-    inv_temp, top_k, top_p = SAMPLERS[name]
-    rows = 2 if block else 3  # the chunked path re-reads the row per bisection step: keep it small
-    x = torch.randn(rows, n, generator=torch.Generator().manual_seed(7 * n)) * 2
-    idx = sample(strided(x), 0xDEADBEEFCAFEBABE, inv_temp, top_k, top_p, block)
-    assert torch.equal(idx, ref_sample(x, 0xDEADBEEFCAFEBABE, inv_temp, top_k, top_p))
-
-
-# Logits with three tied 2.0s, one of them in the second 16-column chunk; the -inf columns carry
-# no mass, so the kept sets below are those of the ten finite values.
-KEPT_LOGITS = {0: 3.0, 1: 2.0, 2: -1.0, 3: 2.0, 6: 0.5, 7: 1.0, 8: -2.0, 9: 0.0, 10: 1.5, 17: 2.0}
-KEPT_CASES = {  # (top_k, top_p, K) at inv_temperature 0.5
-    "top_k-ties": (3, 1.0, {0, 1, 3, 17}),  # the 3rd largest s is held by three columns: all kept
-    "top_p-ties": (0, 0.45, {0, 1, 3, 17}),  # the walk reaches 0.45 at the 2nd of three tied s
-    "both": (2, 0.3, {0}),  # top_p over the renormalised top_k set: p(col 0) 0.35 there, 0.23 all
-    "top_k=1": (1, 1.0, {0}),
-}
-
-
-@pytest.mark.parametrize(
-    "name,block",
-    [(name, None) for name in KEPT_CASES] + [("top_p-ties", 16), ("both", 16)],
-    ids=list(KEPT_CASES) + ["top_p-ties-chunked", "both-chunked"],
-)
-def test_kept_sets_keep_ties(name, block):
-    top_k, top_p, kept = KEPT_CASES[name]
-    logits = torch.full((20,), -INF)
-    logits[list(KEPT_LOGITS)] = torch.tensor(list(KEPT_LOGITS.values()))
-    x = logits.expand(16, -1).contiguous()  # one row per draw: rows get independent noise
-    s = ref_centered(x[:1]) * 0.5
-    assert set(torch.nonzero(ref_kept(s, top_k, top_p)[0]).flatten().tolist()) == kept
-    idx = sample(x, 1, 0.5, top_k, top_p, block)  # seed 1 draws each of {0, 1, 3, 17}
-    assert torch.equal(idx, ref_sample(x, 1, 0.5, top_k, top_p))
-    assert set(idx.tolist()) == kept  # never outside K, and every member of K gets drawn
-
-
-@nan_row_warnings
-@pytest.mark.parametrize(
-    "name,block",
-    # Chunked greedy: the all -inf row and the two +inf columns tie across chunks; first one wins.
-    [(name, None) for name in SAMPLERS]
-    + [(name, 16) for name in ("plain", "top_k+top_p", "greedy")],
-    ids=list(SAMPLERS) + ["plain-chunked", "top_k+top_p-chunked", "greedy-chunked"],
-)
-def test_sample_hostile_rows(name, block):
-    inv_temp, top_k, top_p = SAMPLERS[name]
-    n = 33
-    x = hostile_rows(n)
-    idx = sample(x, 17, inv_temp, top_k, top_p, block)
-    ref = ref_sample(x, 17, inv_temp, top_k, top_p)
-    ok = [0, 1, 2, 3, 5]  # row 4 holds a NaN: any index in range
-    assert torch.equal(idx[ok], ref[ok])
-    assert 0 <= idx[4] < n
-    assert idx[1] in (n // 2, n - 1)  # only the +inf entries carry mass
-    assert idx[2] % 2 == 1  # never a -inf column
 
 
 # ----------------------------------------------------------------------------- low precision
@@ -348,7 +264,7 @@ def triton_cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 @pytest.mark.parametrize(
     "dtype,n,block",
     [(torch.float16, 33, None), (torch.bfloat16, 33, None), (torch.bfloat16, 129, 64)],
-    ids=["fp16", "bf16", "bf16-chunked"],
+    ids=["fp16-packed", "bf16-packed", "bf16-chunked"],
 )
 def test_low_precision(dtype, n, block):
     gen = torch.Generator().manual_seed(12)
@@ -367,7 +283,6 @@ def test_low_precision(dtype, n, block):
     check(bwd(dy, x, 3, 1.25, True, block), ref_bwd(dy, y32, 1.25))
     check(bwd(dy, y_lp, 3, 1.25, False, block), ref_bwd(dy, y_lp, 1.25))
     assert torch.equal(fwd(x, 3, 1.25, True, block), ref_fwd(x, 3, 1.25, True).to(dtype))
-    assert torch.equal(sample(x, 3, 1.0, 5, 0.9, block), ref_sample(x, 3, 1.0, 5, 0.9))
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -384,7 +299,9 @@ def test_bad_arguments_raise_clear_errors():
         K.gumbel_softmax_fwd(x, torch.tensor([1]).int(), 1.0, False, out)
     with pytest.raises(ValueError, match="inv_tau must be finite and > 0"):
         K.gumbel_softmax_fwd(x, seed_t(1), INF, False, out)
-    with pytest.raises(ValueError, match="out must be torch.int64"):
-        K.sample_categorical(x, seed_t(1), 1.0, 0, 1.0, torch.empty(2, dtype=torch.int32))
+    with pytest.raises(ValueError, match="out must be torch.float32 of shape"):
+        K.gumbel_softmax_fwd(x, seed_t(1), 1.0, False, torch.empty(2, 7))
+    with pytest.raises(ValueError, match="dy must be of shape"):
+        K.gumbel_softmax_bwd(x[:1], x, seed_t(1), 1.0, False, out)
     with pytest.raises(ValueError, match="block must be a power of two"):
         K.gumbel_softmax_fwd(x, seed_t(1), 1.0, False, out, block=24)

@@ -28,7 +28,8 @@ class GumbelSoftmax(nn.Module):
         if not self.training and self.hard_eval:
             idx = logits.argmax(dim=self.dim, keepdim=True)
             return torch.zeros_like(logits).scatter_(self.dim, idx, 1.0)
-        return gumbel_softmax(logits, self.tau, self.hard, self.dim, generator=generator, seed=seed)
+        return gumbel_softmax(logits, self.tau, self.hard, dim=self.dim, generator=generator,
+                              seed=seed)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau:g}, hard={self.hard}, dim={self.dim}"

@@ -1,0 +1,254 @@
+"""Triton Gumbel-max sampling (greedy, temperature, top-k, top-p) and its launcher.
+
+The semantics are the contract in the docstring of genfast/ops/sample.py; the noise, the row
+preprocessing, the row tiling (packed short rows, chunked long rows) and the row helpers are
+kernels/gumbel.py's and kernels/_philox.py's, shared, not copied.
+
+Thresholds (top_k, top_p) by radix select, without sorting. Each s maps to a uint32 key whose
+unsigned order is the float order of s (ukey). A threshold is the largest key t whose weight
+W(t) = sum of w[c] over kept columns with key >= t reaches a target: the count top_k (w = 1), or
+top_p * Z of the mass (w = exp(s), Z its total). Eight passes fix the key four bits at a time,
+most significant first: a pass builds, per row, the 16-bin histogram of w over the columns that
+match the digits fixed so far, and walks the bins from the top, adding each bin's weight to the
+weight of the keys already above, until the target is reached; that bin is the next digit. The
+result is an exact key of the row, so ties at the threshold are all kept, as the contract says.
+Eight passes instead of the up to 32 of a bisection over the key, and each pass is one read of
+the row (chunked rows) or one register sweep (rows that fit a tile).
+
+Why 4-bit digits: Triton has no weighted histogram, so a pass builds its bins as a one-hot
+reduction (cost bins x elements); 16 bins keep that near the bisection's per-step cost while
+cutting the passes 4x. Masses are summed as int64 fixed point, trunc(exp(s) * 2^S) with
+S = 62 - ceil(log2(n)) (no sum can overflow): integer sums are exact in any order, so every
+pass sees exactly the weights the previous one did, and the CUDA kernel, which sums the same
+integers with shared-memory atomics (8-bit digits there: a real histogram is cheap in CUDA), is
+deterministic run to run too; the two differ only where their exp() rounds differently.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._launch import check_count, check_like, check_positive, check_rows, check_seed, row_stride
+from ._philox import gumbel_tile, seed_key
+from .gumbel import (
+    CHUNK,
+    DTYPES,
+    centered,
+    first_argmax_step,
+    launch,
+    load_tile,
+    max_nan,
+    row_block,
+    row_max,
+    tile_config,
+)
+
+RADIX_BITS = 4
+PASSES = 32 // RADIX_BITS
+# A filtered tile is expanded 16x by its one-hot histograms: keep it small enough for registers.
+FILTER_LIMITS = dict(max_single=512, chunk=512, pack_tile=512)
+
+
+def mass_scale(n: int) -> float:
+    """2^S for the fixed-point masses of an n-column row: n * 2^S <= 2^62."""
+    return 2.0 ** (62 - (n - 1).bit_length())
+
+
+# ----------------------------------------------------------------------------- device helpers
+
+
+@triton.jit
+def _scaled(x, cmask, m, inv_temp):
+    """s = (x' - m') * inv_temperature, -inf on padding columns."""
+    s = tl.where(cmask, centered(x, m) * inv_temp, float("-inf"))
+    # -0.0 (an underflowed product) equals +0.0 as a float but not as a key: canonicalise it.
+    return tl.where(s == 0.0, 0.0, s)
+
+
+@triton.jit
+def ukey(s):
+    """uint32 key, unsigned order = float order of s (NaN aside): flip all bits of a negative
+    float, only the sign bit of a positive one."""
+    b = s.to(tl.uint32, bitcast=True)
+    return b ^ tl.where((b >> 31) == 1, 0xFFFFFFFF, 0x80000000).to(tl.uint32)
+
+
+@triton.jit
+def _weights(s, u, cmask, kept, scale, MASS: tl.constexpr):
+    """int64 w of each column: 0 outside the kept set {key >= kept} and on padding; else 1, or
+    with MASS the fixed-point mass trunc(exp(s) * scale) (exp(s) <= 1: the centred max is 0)."""
+    keep = cmask & (u >= kept)
+    if MASS:
+        return tl.where(keep, (tl.exp(s) * scale).to(tl.int64), 0)
+    return keep.to(tl.int64)
+
+
+@triton.jit
+def _digit_hist(u, w, prefix, HI: tl.constexpr, SHIFT: tl.constexpr):
+    """Per row, the 16-bin histogram (ROWS, 16) of w over columns whose key bits under mask HI
+    equal the row's prefix, binned by the digit (key >> SHIFT) & 15."""
+    match = (u & HI) == prefix
+    digit = ((u >> SHIFT) & 15).to(tl.int32)
+    hit = match[:, :, None] & (digit[:, :, None] == tl.arange(0, 16)[None, None, :])
+    return tl.sum(tl.where(hit, w[:, :, None], 0), 1)
+
+
+@triton.jit
+def _pick_digit(hist, above, target, prefix, found, SHIFT: tl.constexpr):
+    """The largest digit b with above + weight(digits >= b) >= target, per row; `above` becomes
+    the weight of keys above the new prefix. A row with no such digit (its whole kept weight is
+    below the target: only possible in the first pass) has no threshold."""
+    bins = tl.arange(0, 16)[None, :]
+    suffix = tl.sum(hist, 1, keep_dims=True) - tl.cumsum(hist, 1) + hist
+    d = tl.max(tl.where(above + suffix >= target, bins, -1), 1, keep_dims=True)
+    found = found & (d >= 0)
+    d = tl.maximum(d, 0)
+    above += tl.sum(tl.where(bins == d, suffix - hist, 0), 1, keep_dims=True)
+    return above, prefix | (d.to(tl.uint32) << SHIFT), found
+
+
+@triton.jit
+def _threshold_regs(u, w, target):
+    """Largest key t with sum(w[key >= t]) >= target per row, 0 (keep all) if none; the rows
+    are in registers."""
+    prefix = tl.zeros((u.shape[0], 1), tl.uint32)
+    above = tl.zeros((u.shape[0], 1), tl.int64)
+    found = prefix == 0
+    for p in tl.static_range(PASSES):
+        hist = _digit_hist(u, w, prefix, (1 << 32) - (1 << (32 - 4 * p)), 28 - 4 * p)
+        above, prefix, found = _pick_digit(hist, above, target, prefix, found, 28 - 4 * p)
+    return tl.where(found, prefix, 0)
+
+
+@triton.jit
+def _threshold_chunks(x_ptrs, rmask, n, m, inv_temp, kept, target, scale, MASS: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    """_threshold_regs for long rows: each pass recomputes s chunk by chunk (one read a pass)."""
+    prefix = tl.zeros(m.shape, tl.uint32)
+    above = tl.zeros(m.shape, tl.int64)
+    found = prefix == 0
+    for p in tl.static_range(PASSES):
+        hist = tl.zeros((m.shape[0], 16), tl.int64)
+        for col0 in range(0, n, BLOCK):
+            x, _, cmask = load_tile(x_ptrs, rmask, col0, n, BLOCK)
+            s = _scaled(x, cmask, m, inv_temp)
+            u = ukey(s)
+            w = _weights(s, u, cmask, kept, scale, MASS)
+            hist += _digit_hist(u, w, prefix, (1 << 32) - (1 << (32 - 4 * p)), 28 - 4 * p)
+        above, prefix, found = _pick_digit(hist, above, target, prefix, found, 28 - 4 * p)
+    return tl.where(found, prefix, 0)
+
+
+@triton.jit
+def _mass_target(z, top_p):
+    """ceil(top_p * Z) for the int64 total mass Z (in float64: exact enough for any Z)."""
+    want = z.to(tl.float64) * top_p
+    t = want.to(tl.int64)
+    return t + (t.to(tl.float64) < want).to(tl.int64)
+
+
+# ----------------------------------------------------------------------------- kernel
+
+
+@triton.jit
+def _sample_categorical_kernel(
+    x_ptr,  # logits (R, n), unit column stride
+    stride_x,  # elements between rows of x
+    seed_ptr,  # int64[1] seed, read on the device
+    out_ptr,  # int64[R] sampled column per row
+    total,  # R, the number of rows
+    n,  # columns per row
+    inv_temp,  # 1 / temperature, finite and > 0 unless GREEDY
+    top_k,  # keep the top_k largest s (ties kept); used when TOP_K
+    top_p,  # keep the smallest head of s holding mass top_p (ties kept); used when TOP_P
+    scale,  # 2^S of the fixed-point masses (mass_scale(n))
+    GREEDY: tl.constexpr,  # inv_temperature == inf: first argmax of x', no noise, no filter
+    TOP_K: tl.constexpr,  # 0 < top_k < n
+    TOP_P: tl.constexpr,  # top_p < 1
+    SINGLE: tl.constexpr,  # n <= BLOCK: rows stay in registers
+    ROWS: tl.constexpr,  # rows per program, a power of two
+    BLOCK: tl.constexpr,  # columns per chunk, a power of two >= 16
+):
+    rows, rmask = row_block(tl.program_id(0), total, ROWS)
+    x_ptrs = x_ptr + rows[:, None] * stride_x
+    best = tl.full((ROWS, 1), float("-inf"), tl.float32)
+    idx = tl.zeros((ROWS, 1), tl.int32)
+    if GREEDY:
+        # The first argmax of x' is the first argmax of x for every row without NaN.
+        for col0 in range(0, n, BLOCK):
+            x, _, _ = load_tile(x_ptrs, rmask, col0, n, BLOCK)
+            best, idx = first_argmax_step(x, col0, best, idx)
+    else:
+        k0, k1 = seed_key(seed_ptr)
+        t = tl.zeros((ROWS, 1), tl.uint32)  # kept set {key >= t}: 0 keeps every column
+        if SINGLE:
+            x, _, cmask = load_tile(x_ptrs, rmask, 0, n, BLOCK)
+            s = _scaled(x, cmask, max_nan(x), inv_temp)
+            u = ukey(s)
+            if TOP_K:
+                t = _threshold_regs(u, _weights(s, u, cmask, t, scale, False), top_k)
+            if TOP_P:
+                w = _weights(s, u, cmask, t, scale, True)
+                target = _mass_target(tl.sum(w, 1, keep_dims=True), top_p)
+                t = tl.maximum(t, _threshold_regs(u, w, target))
+            z = tl.where(u >= t, s + gumbel_tile(k0, k1, rows, 0, BLOCK), float("-inf"))
+            best, idx = first_argmax_step(z, 0, best, idx)
+        else:
+            m = row_max(x_ptrs, rmask, n, ROWS, BLOCK)
+            if TOP_K:
+                t = _threshold_chunks(x_ptrs, rmask, n, m, inv_temp, t, top_k, scale, False,
+                                      BLOCK)
+            if TOP_P:
+                z_sum = tl.zeros((ROWS, 1), tl.int64)
+                for col0 in range(0, n, BLOCK):
+                    x, _, cmask = load_tile(x_ptrs, rmask, col0, n, BLOCK)
+                    s = _scaled(x, cmask, m, inv_temp)
+                    z_sum += tl.sum(_weights(s, ukey(s), cmask, t, scale, True), 1, keep_dims=True)
+                target = _mass_target(z_sum, top_p)
+                t = tl.maximum(t, _threshold_chunks(x_ptrs, rmask, n, m, inv_temp, t, target,
+                                                    scale, True, BLOCK))
+            for col0 in range(0, n, BLOCK):
+                x, _, cmask = load_tile(x_ptrs, rmask, col0, n, BLOCK)
+                s = _scaled(x, cmask, m, inv_temp)
+                z = tl.where(ukey(s) >= t, s + gumbel_tile(k0, k1, rows, col0, BLOCK),
+                             float("-inf"))
+                best, idx = first_argmax_step(z, col0, best, idx)
+    tl.store(out_ptr + rows[:, None], idx.to(tl.int64), mask=rmask[:, None])
+
+
+# ----------------------------------------------------------------------------- launcher
+
+
+def sample_categorical(x: torch.Tensor, seed: torch.Tensor, inv_temperature: float, top_k: int,
+                       top_p: float, out: torch.Tensor, *, block: int | None = None,
+                       rows_per_program: int | None = None) -> torch.Tensor:
+    """One column index per row into `out` (int64 (R,)): Gumbel-max over the kept set.
+
+    `block` and `rows_per_program` force the tiling (tests); by default short rows are packed
+    several to a program and long rows walked in chunks (kernels/gumbel.py tile_config).
+    """
+    check_rows("x", x, DTYPES, slack=CHUNK)
+    check_seed(seed, x.device)
+    check_positive("inv_temperature", inv_temperature, allow_inf=True)
+    check_count("top_k", top_k)
+    if not top_p > 0:
+        raise ValueError(f"top_p must be > 0 (>= 1: off), got {top_p}")
+    rows, n = x.shape
+    check_like("out", out, (rows,), torch.int64, x.device)
+    if rows and not n:
+        raise ValueError("x must have at least one column to sample from")
+    if rows:
+        greedy = math.isinf(inv_temperature)
+        use_k = not greedy and 0 < top_k < n
+        use_p = not greedy and top_p < 1.0
+        limits = FILTER_LIMITS if use_k or use_p else {}
+        cfg = tile_config(rows, n, block, rows_per_program, **limits)
+        inv_t = 1.0 if greedy else float(inv_temperature)
+        args = (x, row_stride(x), seed, out, rows, n, inv_t, min(top_k, n), min(float(top_p), 1.0),
+                mass_scale(n))
+        launch(_sample_categorical_kernel, x, args, cfg, GREEDY=greedy, TOP_K=use_k, TOP_P=use_p)
+    return out
