@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from _helpers import layouts
 
 pytest.importorskip("triton")
 
@@ -80,12 +81,7 @@ def ref_bwd(dy: torch.Tensor, y: torch.Tensor, inv_tau: float) -> torch.Tensor:
 
 def strided(x: torch.Tensor) -> torch.Tensor:
     """The same values as a view with row stride > n and a column offset (no copy is allowed)."""
-    rows, n = x.shape
-    base = torch.full((2 * rows, n + 3), 7.0, dtype=x.dtype)
-    view = base[::2, 1 : n + 1]
-    view.copy_(x)
-    assert view.stride() == (2 * (n + 3), 1)
-    return view
+    return dict(layouts(x))["row stride > n"]
 
 
 def seed_t(seed: int) -> torch.Tensor:
@@ -240,6 +236,22 @@ def test_bwd_formula_is_the_gradient_of_the_soft_forward():
     (torch.softmax((xr + g) * 1.5, dim=1) * dy).sum().backward()
     dx = bwd(dy.float(), x.float(), 8, 1.5, True)
     torch.testing.assert_close(dx.double(), xr.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_every_layout_the_launchers_take(hard):
+    x = torch.randn(5, 19, generator=torch.Generator().manual_seed(19))
+    dy = torch.randn(5, 19, generator=torch.Generator().manual_seed(20))
+    for name, view in layouts(x):
+        if name == "column stride != 1":  # the ops copy such views; the launchers refuse them
+            with pytest.raises(ValueError, match="column stride 1"):
+                fwd(view, 8, 1.5, hard)
+            continue
+        ref = ref_fwd(view.contiguous(), 8, 1.5, hard)
+        torch.testing.assert_close(fwd(view, 8, 1.5, hard, rows_per_program=4), ref,
+                                   rtol=2e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(bwd(dy, view, 8, 1.5, True), ref_bwd(dy, ref_fwd(
+            view.contiguous(), 8, 1.5, False), 1.5), rtol=1e-4, atol=1e-6, msg=name)
 
 
 # ----------------------------------------------------------------------------- low precision

@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from _helpers import layouts
 
 pytest.importorskip("triton")
 
@@ -83,10 +84,19 @@ def walk_kept(s: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
 def test_indices_match_the_oracle_on_every_path(n, block, rp, name):
     inv_temp, top_k, top_p = SAMPLERS[name]
     x = torch.randn(ROWS, n, generator=torch.Generator().manual_seed(7 * n)) * 2
-    wide = torch.full((ROWS, n + 3), 7.0)  # a row stride > n: the kernel reads the view in place
-    wide[:, 1:-2] = x
-    idx = sample(wide[:, 1:-2], 0xDEADBEEFCAFEBABE, inv_temp, top_k, top_p, block, rp)
+    padded = dict(layouts(x))["row stride > n"]  # the kernel reads the view in place
+    idx = sample(padded, 0xDEADBEEFCAFEBABE, inv_temp, top_k, top_p, block, rp)
     assert torch.equal(idx, oracle(x, 0xDEADBEEFCAFEBABE, inv_temp, top_k, top_p))
+
+
+def test_every_layout_the_launcher_takes():
+    x = torch.randn(5, 19, generator=torch.Generator().manual_seed(19)) * 2
+    for name, view in layouts(x):
+        if name == "column stride != 1":  # the op copies such views; the launcher refuses them
+            with pytest.raises(ValueError, match="column stride 1"):
+                sample(view, 4, 1.0, 3, 0.8)
+            continue
+        assert torch.equal(sample(view, 4, 1.0, 3, 0.8), oracle(view.contiguous(), 4, 1.0, 3, 0.8))
 
 
 @pytest.mark.parametrize("rp,block", [(1, None), (4, None), (8, 16)], ids=["row", "packed",
