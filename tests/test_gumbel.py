@@ -230,13 +230,20 @@ def test_torch_func_vmap(backend):
     assert torch.equal(ys[0], ys[1])
 
 
-def test_the_bare_op_under_torch_func_grad_is_a_clear_error():
-    # The documented limit: the torch.library op alone (what torch.compile / export trace) has
-    # no torch.func autograd; the public function carries it with an autograd.Function.
+def test_the_documented_torch_func_limits():
+    # The torch.library op alone (what torch.compile / export trace) has no torch.func autograd;
+    # the public function carries it, in eager mode, with an autograd.Function.
     x = _logits((2, 4))
     seed = random.make_seed(x.device, seed=1)
     with pytest.raises(RuntimeError, match="functorch transforms"):
         torch.func.grad(lambda t: G.gumbel_softmax_fwd(t, seed, 1.0, False, "reference").sum())(x)
+    loss = lambda t: (_soft("reference")(t) ** 2).sum()  # noqa: E731
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.func.grad(torch.compile(loss, backend="aot_eager"))(x),
+                               torch.func.grad(loss)(x))
+    torch._dynamo.reset()
+    with pytest.raises(RuntimeError, match="functorch transforms"):
+        torch.compile(torch.func.grad(loss), backend="aot_eager")(x)
 
 
 # ------------------------------------------------------------------ autocast, seeds

@@ -318,7 +318,10 @@ def gumbel_softmax(logits: Tensor, tau: float = 1.0, hard: bool = False,
     per-slice call would; with no seed, vmap's `randomness` flag decides (the default "error"
     raises torch's own error, "same" shares one seed, "different" draws one seed per slice).
     Under torch.compile / torch.export the op is called directly (Dynamo cannot trace a custom
-    jvp), so torch.func transforms of a compiled function are not supported there.
+    jvp). So torch.func.grad(torch.compile(f)) works, but torch.compile(torch.func.grad(f))
+    raises torch's "In order to use an autograd.Function with functorch transforms" error: the
+    traced op differentiates through its torch.library registration, and torch 2.13 builds that
+    autograd.Function without the setup_context torch.func requires.
     """
     _checks.tensor("logits", logits)
     if logits.dim() == 0:  # as torch: a 0-d tensor is one class (dim -1 or 0), sampled as 1
