@@ -321,3 +321,46 @@ def test_torch_compile_fullgraph_functional():
     (g,) = torch.autograd.grad(y.square().sum(), w)
     (g_ref,) = torch.autograd.grad(y_ref.square().sum(), w)
     torch.testing.assert_close(g, g_ref)
+
+
+# ------------------------------------------------------------------ the drop-in hot path
+def test_direct_runner_follows_scopes_buffers_and_failures(monkeypatch):
+    """A layer keeps a direct kernel runner between calls; it must give way to a backend scope,
+    follow replaced buffers, and fall back when its backend fails."""
+    import genfast
+    from genfast import backends
+
+    if not CPU:
+        pytest.skip("genfast._C is not built")
+    impls = backends._IMPLS["spectral_norm"]
+    calls, ref_power = [], impls["reference"][0]
+    monkeypatch.setitem(impls, "reference", (lambda *a: calls.append(1) or ref_power(*a),))
+    torch.manual_seed(0)
+    lin, ref = spectral_norm(nn.Linear(6, 4)), torch_sn(nn.Linear(6, 4))
+    ref.load_state_dict(lin.state_dict())
+    x = torch.randn(2, 6)
+
+    def check(n_ref_calls):
+        torch.testing.assert_close(lin(x), ref(x), **TOL[torch.float32])
+        assert len(calls) == n_ref_calls
+
+    check(0)  # the C++ kernel, directly
+    with genfast.use_backend("reference"):
+        check(1)
+    check(1)
+    sn = sn_of(lin)
+    sn._u, sn_of(ref)._u = sn._u.clone(), sn_of(ref)._u.clone()  # new tensors: a new table
+    check(1)
+    assert sn._memo[0][0][1] == sn._u.data_ptr()
+
+    def broken(*a):
+        raise RuntimeError("injected kernel failure")
+
+    sn._memo[0] = (sn._memo[0][0], broken)
+    monkeypatch.setitem(impls, "cpu", (broken,))
+    try:
+        with pytest.warns(backends.BackendFallbackWarning, match="injected kernel failure"):
+            check(2)  # auto fell back to the reference, and stays there
+        check(3)
+    finally:
+        backends.reset_failures()

@@ -117,9 +117,15 @@ def _normalize_fn() -> type[torch.autograd.Function]:
     return _NormalizeFunc if torch._C._are_functorch_transforms_active() else _Normalize
 
 
+# Read at every forward of every layer: a table, not a torch.finfo call each time.
+_TINY = {d: float(torch.finfo(d).tiny) for d in (torch.float16, torch.bfloat16, torch.float32,
+                                                  torch.float64, torch.complex64,
+                                                  torch.complex128)}
+
+
 def sigma_floor(eps: float, dtype: torch.dtype) -> float:
     """The smallest |sigma| a weight is divided by: eps, or the dtype's smallest normal."""
-    return max(float(eps), float(torch.finfo(dtype).tiny))
+    return max(float(eps), _TINY[dtype])
 
 
 def floor_sigma(sigma: Tensor, floor: float, iterated: bool) -> Tensor:

@@ -248,11 +248,12 @@ implementations("spectral_norm", reference=(_ref_power,), native=(_native_power,
 
 
 def direct_runner(backend: str, weight: Tensor, u: Tensor, v: Tensor, dim: int):
-    """For one layer's repeated calls: a function (n_iter, eps, sigma_out) running the native
-    kernel of `backend` ("cpu" or "cuda") on exactly these tensors, its table built and checked
-    once, or None where the general path must run (another backend, a weight the kernel reads
-    through a copy, buffers updated through copies, a weight routed to torch.mv, float64 whose
-    sigma is recomputed in float64). The caller keys it on the tensors' pointers and layout."""
+    """For one layer's repeated calls: a function (n_iter, eps, floor) -> the floored sigma
+    (0-dim float32) that runs the native kernel of `backend` ("cpu" or "cuda") on exactly these
+    tensors, its table built and checked once, or None where the general path must run (another
+    backend, a weight the kernel reads through a copy, buffers updated through copies, a weight
+    routed to torch.mv, float64 whose sigma is recomputed in float64). The caller keys it on the
+    tensors' pointers and layout."""
     if (backend not in ("cpu", "cuda") or weight.dtype == torch.float64 or dim != 0
             or not (weight.is_contiguous() and u.is_contiguous() and v.is_contiguous())):
         return None
@@ -262,13 +263,27 @@ def direct_runner(backend: str, weight: Tensor, u: Tensor, v: Tensor, dim: int):
     code = dtype_code(weight)
     if backend == "cpu":
         kernel = cpu_module().spectral_norm_power_iteration
+        out = torch.empty((), dtype=torch.float32)
 
-        def run(n_iter, eps, sigma, table=table):  # the runner keeps its table alive
+        def run(n_iter, eps, floor, table=table):  # the runner keeps its table alive
+            # A new sigma per call (autograd keeps earlier ones); empty_like is the cheapest.
+            sigma = torch.empty_like(out)
             kernel(1, table.data_ptr(), code, n_iter, eps, sigma.data_ptr(),
                    torch.get_num_threads())
+            s = sigma.item()  # free on the CPU, and cheaper than a clamp op
+            if (s if n_iter else abs(s)) < floor:
+                sigma.fill_(floor)
+            return sigma
 
         return run
     bounds = matrix_shape(weight, dim)
-    return lambda n_iter, eps, sigma: native("cuda", "spectral_norm_power_iteration", 1, table,
-                                             code, n_iter, eps, sigma, *bounds,
-                                             device=sigma.device)
+
+    def run_cuda(n_iter, eps, floor):
+        sigma = torch.empty((), dtype=torch.float32, device=weight.device)
+        native("cuda", "spectral_norm_power_iteration", 1, table, code, n_iter, eps, sigma,
+               *bounds, device=sigma.device)
+        if n_iter:
+            return sigma.clamp_min_(floor)
+        return torch.where(sigma.abs() < floor, floor, sigma)
+
+    return run_cuda

@@ -113,13 +113,17 @@ def _plain(ts) -> bool:
     return all(type(t) is Tensor or type(t) is torch.nn.Parameter for t in ts)
 
 
-def _direct(weights, us, vs) -> bool:
-    """Plain eager mode: nothing (compiler, dispatch or function mode, torch.func transform,
-    tensor subclass) needs to see the op, so its implementation may run directly."""
+def _modes_off() -> bool:
+    """No compiler, dispatch or function mode and no torch.func transform is active."""
     return not (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
                 or torch._C._is_torch_function_mode_enabled()
-                or torch._C._are_functorch_transforms_active()
-                or not (_plain(weights) and _plain(us) and _plain(vs)))
+                or torch._C._are_functorch_transforms_active())
+
+
+def _direct(weights, us, vs) -> bool:
+    """Plain eager mode: nothing (a mode, a transform, a tensor subclass) needs to see the op,
+    so its implementation may run directly."""
+    return _modes_off() and _plain(weights) and _plain(us) and _plain(vs)
 
 
 def _run_power(weights, us, vs, dims, n_iter, eps, backend) -> Tensor:
@@ -171,7 +175,8 @@ def layer_sigma(weight: Tensor, u: Tensor, v: Tensor, dim: int, n_iter: int, eps
     and checked once), keyed on everything the table and the backend choice depend on, so a
     call costs a key, an output tensor and the kernel."""
     floor = sigma_floor(eps, weight.dtype)
-    if _direct((weight,), (u,), (v,)) and not weight.is_meta:
+    if (type(weight) is Tensor and type(u) is Tensor and type(v) is Tensor and _modes_off()
+            and not weight.is_meta):
         key = (weight.data_ptr(), u.data_ptr(), v.data_ptr(), weight.shape, weight.stride(),
                u.shape, u.stride(), v.shape, v.stride(), weight.dtype, u.dtype, v.dtype,
                weight.device, u.device, v.device, backends.requested_backend(backend),
@@ -181,16 +186,14 @@ def layer_sigma(weight: Tensor, u: Tensor, v: Tensor, dim: int, n_iter: int, eps
             name = backends.base_name(resolve(weight, backend))
             hit = memo[0] = (key, direct_runner(name, weight, u, v, dim))
         if hit[1] is not None:
-            sigma = torch.empty((), dtype=torch.float32, device=weight.device)
             try:
-                hit[1](n_iter, eps, sigma)
+                sigma = hit[1](n_iter, eps, floor)
             except Exception:  # the general path below raises, or falls back and warns
                 memo[0] = None
             else:
                 if n_iter:
                     torch.autograd.graph.increment_version([u, v])
-                    return sigma.clamp_min_(floor)
-                return floor_sigma(sigma, floor, False)
+                return sigma
     sigma = power_iteration([weight], [u], [v], [dim], n_iter, eps, backend)
     return floor_sigma(sigma, floor, n_iter > 0)[0]
 
