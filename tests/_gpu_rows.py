@@ -65,10 +65,12 @@ def _fn(f: Callable[[list[Tensor], str], Tensor | tuple]) -> Callable[[list[Tens
 
 
 # ------------------------------------------------------------------ gumbel and sample (the sampler)
-# CUDA: n <= 16 sub-warp groups of 4 threads (32 rows a block); <= 1024 warp groups; <= 16384 a
-# 512-thread block with the row in registers; above, uncached multi-pass. Triton: the row in
-# registers up to 8192 columns (BLOCK 16 / 1024 / 8192), chunks of 4096 above.
-ROW_SHAPES = ((1, 1), (3, 7), (37, 1000), (5, 5000), (3, 20000))
+# CUDA: n <= 16 sub-warp groups of 4 threads (32 rows a block; filtered sampling uses warp
+# groups at least); <= 1024 warp groups; <= 16384 a 512-thread block with the row in registers
+# (radix passes narrowed); above, uncached multi-pass (4 fixed radix passes). Triton: short rows
+# packed ROWS to a program ((1000, 10): 128 rows, 32 filtered), the row in registers up to 8192
+# columns (512 filtered, radix narrowed), chunks of 4096 (512 filtered) above.
+ROW_SHAPES = ((1, 1), (3, 7), (1000, 10), (37, 1000), (257, 300), (5, 5000), (3, 20000))
 # Grid-stride row loops: 70,000 rows of one 512-thread block each, and 2.2M rows of 32 a block.
 ROW_BIG = ((70_000, 1_100), (2_200_000, 5))
 
