@@ -68,8 +68,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", type=_dtypes, default=None,
                    help="comma list, e.g. float32,bfloat16 "
                         "(default: float32 on CPU; float32,bfloat16 on GPU)")
-    p.add_argument("--threads", type=int, default=2,
-                   help="torch.set_num_threads for CPU runs (default 2, the CI machines)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads for CPU runs (default 2, the CI machines; 1 with "
+                        "--quick, whose times mean nothing and which a busy neighbour would "
+                        "stall at every 2-thread op)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile every case (--compile) or none (--no-compile); default: "
                         "one case per op, none with --quick, all with --full")
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = runner.SETTINGS[scope]
     if args.compile is not None:
         settings = dataclasses.replace(settings, compile="all" if args.compile else "none")
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or (1 if scope == "quick" else 2))
     ops = args.ops or list(OPS)
     plan, broken = [], []
     for op in ops:

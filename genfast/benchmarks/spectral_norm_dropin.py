@@ -215,6 +215,7 @@ def sections(rows: list[dict]) -> list[str]:
                   "- power iter = train − eval: the power-iteration step (W v, W^T u, two "
                   "normalizations); σ + W/σ = eval mode: sigma from the stored vectors and the "
                   "materialized W / sigma, with autograd on. Medians of separate runs, so "
-                  "a difference can be off by their noise."]
+                  "a difference can be off by their noise. Each layer is read over and over, "
+                  "its weight warm in cache; the `.weight x8` row streams all of them."]
         out.append("\n".join(lines) + "\n")
     return out
