@@ -8,10 +8,12 @@
 #                                    `genfast bench --quick` on the CPU
 #
 # Everything lands in one folder: $OUT when set (the device tool brings back at most 8 files,
-# at most 2 folders down: this writes 6), else bench/results/gpu-<gpu name>. Each step runs
-# under its own `timeout`, so a hang in one still leaves the others' results; the whole run
-# ends by DEADLINE_S (default 520 s; give the device call 600). The machine is offline: nothing is downloaded, pip is
-# told so, and genfast builds against the machine's own torch (--no-build-isolation).
+# at most 2 folders down: this writes 7), else bench/results/gpu-<gpu name>: gpu_check.log
+# (every step's output), summary.md, tests.log, tests.xml (JUnit, per-test times) and
+# bench/<run>.json, .md, .png. Each step runs under its own `timeout`, so a hang in one still
+# leaves the others' results; the whole run ends by DEADLINE_S (default 520 s; give the device
+# call its 600). The machine is offline: nothing is downloaded, pip is told so, and genfast
+# builds against the machine's own torch (--no-build-isolation).
 # Exit status: 0 when every step passed, 1 when any failed (tests included), 2 on bad usage.
 #
 # A new op family needs no edit here: its GPU tests are marked `cuda` and its benchmark module
@@ -53,12 +55,14 @@ trap 'rm -rf "$WORK"' EXIT
 
 say() { echo "$*" | tee -a "$LOG"; }
 
-# step NAME MAX_S RESERVE_S COMMAND...: run COMMAND under timeout, output into the log.
-# Its limit is MAX_S, cut so that RESERVE_S seconds stay for the steps after it.
+# step NAME MAX_S RESERVE_S LOG COMMAND...: run COMMAND under timeout, its output into the
+# main log and into LOG too (- for none). Its limit is MAX_S, cut so that RESERVE_S seconds
+# stay for the steps after it.
 NAMES=() STATUS=() SECONDS_TAKEN=()
 FAILED=0
 step() {
-  local name=$1 max=$2 reserve=$3; shift 3
+  local name=$1 max=$2 reserve=$3 steplog=$4; shift 4
+  [[ $steplog == - ]] && steplog=/dev/null
   local left=$((START + DEADLINE_S - $(date +%s) - reserve))
   local limit=$((left < max ? left : max))
   ((limit < 10)) && limit=10
@@ -67,7 +71,7 @@ step() {
   local t0 rc
   t0=$(date +%s)
   # SIGINT first: genfast bench saves what it measured; KILL 10 s later if it is stuck.
-  timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG" "$steplog"
   rc=${PIPESTATUS[0]}
   local took=$(($(date +%s) - t0)) status=ok
   if ((rc == 124 || rc == 130 || rc == 137)); then
@@ -131,14 +135,14 @@ if [[ $DRY == 1 ]]; then
   say "cpu dry run: no build; cuda tests are collected and skipped; a quick CPU benchmark"
   BENCH=(-m genfast.cli bench --quick --no-progress --out "$RESULTS/bench")
 else
-  step build 240 330 bash -c build
+  step build 240 330 - bash -c build
   # shellcheck disable=SC1091
   [[ -f $WORK/env.sh ]] && . "$WORK/env.sh"
   BENCH=(-m genfast.cli bench --gpu --no-progress --out "$RESULTS/bench")
 fi
-step info 60 320 bash -c info
-step tests 240 190 "$PY" -m pytest "${TEST_ARGS[@]}"
-step bench 330 5 "$PY" "${BENCH[@]}"
+step info 60 320 - bash -c info
+step tests 240 190 "$RESULTS/tests.log" "$PY" -m pytest "${TEST_ARGS[@]}"
+step bench 330 5 - "$PY" "${BENCH[@]}"
 
 # summary.md: the steps, the test tally, and the benchmark's own summary table.
 {
