@@ -47,9 +47,15 @@ def extension(name: str):
 @functools.cache
 def _triton_import() -> tuple[object | None, str]:
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError as e:
         return None, f"triton is not installed ({e})"
+    # CUDA builds of torch 2.7-2.9 bring Triton 3.3-3.5: `auto` must not pick kernels that
+    # cannot compile there (pyproject's floor, tested by .ci/floor).
+    version = tuple(int(p) for p in triton.__version__.split(".")[:2] if p.isdigit())
+    if version < (3, 6):
+        return None, (f"triton {triton.__version__} is older than 3.6, the first to export "
+                      "tl.mul(sanitize_overflow=) that the Philox kernels use")
     try:
         return importlib.import_module("genfast.kernels"), ""
     except ImportError as e:
