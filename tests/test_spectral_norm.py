@@ -85,8 +85,7 @@ def test_multi_tensor_equals_one_call_per_weight_and_strides(backend):
 
 @pytest.mark.parametrize("backend", CPU)
 def test_kernel_threads_give_the_same_bits(backend):
-    # Enough work for the CPU kernel to deal the weights to two threads, and one weight big
-    # enough to be split across both.
+    # Enough work for the CPU kernel to deal the weights to two threads; and one big weight.
     for shapes in ([(700, 1000), (300, 2001), (1500, 900), (5, 7)], [(2048, 2304)]):
         ws, us, vs = vectors(shapes)
         out = []
@@ -99,7 +98,7 @@ def test_kernel_threads_give_the_same_bits(backend):
 
 @pytest.mark.parametrize("backend", CPU)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_one_big_weight_split_across_threads_matches_reference(backend, dtype):
+def test_one_big_weight_matches_reference(backend, dtype):
     ws, us, vs = vectors([(1031, 2304), (3, 5)], dtype, seed=7)
     torch.set_num_threads(2)
     got, want = _run(backend, ws, us, vs, 2), _run("reference", ws, us, vs, 2)

@@ -11,24 +11,18 @@
 // t = W^T u and v = t / max(|t|, eps), u . (W v) = t . v = |t|^2 / max(|t|, eps). With no
 // iteration (eval mode) sigma is u . (W v) from one pass.
 //
-// A pass is bound by its multiply-adds (two per element of W, even in cache), not by memory, so
-// one big weight alone on one core is the wall time of a drop-in layer's call. Weights of at least
-// kSplitElements are therefore cut into kParts row blocks whose passes run on separate threads,
-// each into its own partial W^T u; the partials are added in a fixed order, so the bits do not
-// depend on the thread count.
+// A weight runs on one thread. Splitting a big one by rows across threads (partials of W^T u
+// added in a fixed order) was measured on 2 vCPUs with the drop-in layer's one-weight calls: the
+// thread start costs the caller ~20 us and the helper starts late, so the critic's 1M-element
+// layers got 10-20% slower (105 -> 127 us), not faster.
 #include "cpu/spectral_norm.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
-#include <functional>
-#include <memory>
-#include <mutex>
+#include <numeric>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "common/dtype.h"
@@ -45,12 +39,6 @@ constexpr int kLanes = 16;
 
 // Multiply-adds below which a call runs on the calling thread (see the call site).
 constexpr int64_t kMinParallelWork = int64_t{1} << 22;
-
-// Weights of at least this many elements are split by rows (~60 us of one core per pass: twice
-// a thread start, the cost that splitting saves on two threads); kParts row blocks whatever the
-// thread count, so 1, 2 or 4 threads compute the same sums.
-constexpr int64_t kSplitElements = int64_t{1} << 19;
-constexpr int kParts = 4;
 
 struct Job {
   const void* w;  // (h, n) row-major, row stride ld
@@ -177,108 +165,6 @@ void run_f64(const Job* jobs, const int64_t* ids, int64_t count, int n_iter, dou
   for (int64_t i = 0; i < count; ++i) sigma[ids[i]] = run_job<double>(jobs[ids[i]], n_iter, eps, scratch);
 }
 
-// One row block of a split weight: its raw rows of W v into u, its partial W^T (W v) into t
-// (iterating), or its partial u . (W v) into *dot (n_iter = 0; t is then scratch of h rows).
-template <typename T>
-GENFAST_INLINE void part_job(const T* w, int64_t rows, int64_t n, int64_t ld, const T* v, T* u,
-                             T* t, bool iterate, T* dot) {
-  if (iterate) {
-    fused_pass(w, rows, n, ld, v, u, t);
-    return;
-  }
-  gemv_rows(w, rows, n, ld, v, t);
-  *dot = fastmath::lane_sum<T>(rows, [&](int64_t k) { return u[k] * t[k]; });
-}
-
-GENFAST_MULTIVERSIONED(part_f32, (const float* w, int64_t rows, int64_t n, int64_t ld,
-                                  const float* v, float* u, float* t, bool iterate, float* dot),
-                       (w, rows, n, ld, v, u, t, iterate, dot),
-                       part_job<float>(w, rows, n, ld, v, u, t, iterate, dot))
-
-void part_f64(const double* w, int64_t rows, int64_t n, int64_t ld, const double* v, double* u,
-              double* t, bool iterate, double* dot) {
-  part_job<double>(w, rows, n, ld, v, u, t, iterate, dot);
-}
-
-// body(p) for every p in [0, parts), on the calling thread and up to `helpers` new threads that
-// take parts from a shared counter. The caller runs parts until none is left, then waits only for
-// the parts a helper has taken. A helper the OS has not scheduled by then (the other cores are
-// busy) finds the counter spent and exits without touching body or the caller's data: it is
-// detached, so a busy machine costs a thread start, never a wait for a free core, which a join
-// would (a drop-in layer's call is ~100 us; a descheduled thread can take milliseconds).
-template <class Body>
-void race_parts(int parts, int helpers, const Body& body) {
-  struct State {
-    std::atomic<int> next{0};
-    std::mutex mu;
-    std::condition_variable cv;
-    int active = 0;  // helpers between announcing themselves and finishing their parts
-  };
-  const auto st = std::make_shared<State>();
-  const std::function<void(int)> run = [&body](int p) { body(p); };
-  for (int k = 0; k < helpers; ++k) {
-    try {
-      std::thread([st, &run, parts] {
-        {
-          std::lock_guard<std::mutex> lock(st->mu);
-          ++st->active;  // before taking a part: the caller then waits for this thread
-        }
-        // `run` may be used only while this thread holds a part: the caller is waiting then.
-        for (int p; (p = st->next.fetch_add(1)) < parts;) run(p);
-        std::lock_guard<std::mutex> lock(st->mu);
-        if (--st->active == 0) st->cv.notify_all();
-      }).detach();
-    } catch (...) {
-      break;  // no thread (resource limits): the caller takes the parts
-    }
-  }
-  for (int p; (p = st->next.fetch_add(1)) < parts;) body(p);
-  std::unique_lock<std::mutex> lock(st->mu);
-  st->cv.wait(lock, [&] { return st->active == 0; });
-}
-
-// A weight of >= kSplitElements: each iteration runs its kParts row blocks on up to num_threads
-// threads, then adds their partial W^T u in block order and normalizes (O(h + n), one thread).
-template <typename T, class Part>
-float run_split(const Job& j, int n_iter, double eps_d, int num_threads, Part part) {
-  const T* w = static_cast<const T*>(j.w);
-  T* u = static_cast<T*>(j.u);
-  T* v = static_cast<T*>(j.v);
-  const T eps = static_cast<T>(eps_d);
-  const int64_t h = j.h, n = j.n;
-  int64_t edge[kParts + 1];
-  for (int p = 0; p <= kParts; ++p) edge[p] = p == kParts ? h : (h * p / kParts) & ~int64_t{3};
-  const bool iterate = n_iter > 0;
-  const int64_t width = iterate ? n : h;  // a block's partial W^T u, or its rows of W v
-  std::vector<T> partial(static_cast<size_t>(kParts * width));
-  T dots[kParts] = {};
-  const auto pass = [&] {
-    race_parts(kParts, std::min(num_threads, kParts) - 1, [&](int p) {
-      part(w + edge[p] * j.ld, edge[p + 1] - edge[p], n, j.ld, v, u + edge[p],
-           partial.data() + (iterate ? p * n : edge[p]), iterate, dots + p);
-    });
-  };
-  if (!iterate) {
-    pass();
-    T s = 0;
-    for (int p = 0; p < kParts; ++p) s += dots[p];
-    return static_cast<float>(s);
-  }
-  T nt = 0;
-  for (int it = 0; it < n_iter; ++it) {
-    pass();
-    const T c = std::max(normalize(u, h, eps), eps);
-    const T* t = partial.data();
-    for (int64_t k = 0; k < n; ++k) {
-      T s = t[k];
-      for (int p = 1; p < kParts; ++p) s += t[p * n + k];
-      v[k] = s / c;
-    }
-    nt = normalize(v, n, eps);
-  }
-  return static_cast<float>(nt * nt / std::max(nt, eps));
-}
-
 }  // namespace
 
 void spectral_norm_power_iteration(int64_t count, const int64_t* meta, int dtype, int n_iter,
@@ -287,36 +173,28 @@ void spectral_norm_power_iteration(int64_t count, const int64_t* meta, int dtype
     throw std::invalid_argument("genfast CPU spectral_norm kernel: dtype code " +
                                 std::to_string(dtype) + " is not float32 (0) or float64 (1)");
   if (count <= 0) return;
-  const bool f32 = dtype == static_cast<int>(DType::Float32);
   std::vector<Job> jobs(static_cast<size_t>(count));
   std::vector<int64_t> work(static_cast<size_t>(count));
-  std::vector<int64_t> order;  // the weights not split, dealt to threads below
   int64_t total = 0;
   for (int64_t i = 0; i < count; ++i) {
     const int64_t* m = meta + 6 * i;
     jobs[i] = Job{reinterpret_cast<const void*>(static_cast<uintptr_t>(m[0])),
                   reinterpret_cast<void*>(static_cast<uintptr_t>(m[1])),
                   reinterpret_cast<void*>(static_cast<uintptr_t>(m[2])), m[3], m[4], m[5]};
-    if (m[3] * m[4] >= kSplitElements) {
-      sigma[i] = f32 ? run_split<float>(jobs[i], n_iter, eps, num_threads, part_f32)
-                     : run_split<double>(jobs[i], n_iter, eps, num_threads, part_f64);
-      continue;
-    }
     // Vector work too, so a weight with an empty side still counts for something.
     work[i] = m[3] * m[4] + m[3] + m[4] + 1;
     total += work[i];
-    order.push_back(i);
   }
-  if (order.empty()) return;
   // A thread start costs 20-100 us, and on a machine whose other cores are busy the new thread
   // waits for one: below ~4M multiply-adds (~150 us of one core) a call stays on this thread.
   const int64_t passes = std::max(1, 2 * n_iter);  // multiply-adds per weight per iteration
-  const auto left = static_cast<int64_t>(order.size());
   const int64_t threads = total * passes < kMinParallelWork
                               ? 1
-                              : std::max<int64_t>(1, std::min<int64_t>(num_threads, left));
+                              : std::max<int64_t>(1, std::min<int64_t>(num_threads, count));
   // Deal weights to threads, largest first, each to the least loaded: a model's layers differ
   // in size by 100x, and the biggest decides the wall time.
+  std::vector<int64_t> order(static_cast<size_t>(count));
+  std::iota(order.begin(), order.end(), int64_t{0});
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return work[a] > work[b]; });
   std::vector<std::vector<int64_t>> share(static_cast<size_t>(threads));
   std::vector<int64_t> load(static_cast<size_t>(threads), 0);
@@ -325,6 +203,7 @@ void spectral_norm_power_iteration(int64_t count, const int64_t* meta, int dtype
     share[t].push_back(i);
     load[t] += work[i];
   }
+  const bool f32 = dtype == static_cast<int>(DType::Float32);
   // kParallelMinElements per item: the cut-off above has decided already.
   parallel_for(threads, kParallelMinElements, static_cast<int>(threads), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
