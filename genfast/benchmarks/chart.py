@@ -41,6 +41,6 @@ def chart(path: Path, payload: dict) -> None:
     extra = "" if info["device"].startswith("cuda") else f", {info['threads']} threads"
     fig.suptitle(f"genfast {payload['title']} on {info['device_name']}{extra}, "
                  f"torch {info['torch']}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))  # room for the suptitle
     fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
