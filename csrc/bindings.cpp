@@ -177,10 +177,14 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
         // h or w passes max_h / max_w (the sizes of its shared vectors) sigma = NaN instead.
         for (int64_t i = 0; i < count; ++i) {
           const int64_t* r = reinterpret_cast<const int64_t*>(meta) + 6 * i;
-          const std::string at = "meta row " + std::to_string(i) + ": ";
-          check_view((at + "W").c_str(), static_cast<Ptr>(r[0]), r[3], r[4], r[5], false);
-          check_view((at + "u").c_str(), static_cast<Ptr>(r[1]), r[3] > 0 ? 1 : 0, r[3], r[3], true);
-          check_view((at + "v").c_str(), static_cast<Ptr>(r[2]), r[4] > 0 ? 1 : 0, r[4], r[4], true);
+          // The row's name is built only for the message: this loop runs on every call.
+          try {
+            check_view("W", static_cast<Ptr>(r[0]), r[3], r[4], r[5], false);
+            check_view("u", static_cast<Ptr>(r[1]), r[3] > 0 ? 1 : 0, r[3], r[3], true);
+            check_view("v", static_cast<Ptr>(r[2]), r[4] > 0 ? 1 : 0, r[4], r[4], true);
+          } catch (const std::invalid_argument& e) {
+            throw std::invalid_argument("meta row " + std::to_string(i) + ": " + e.what());
+          }
         }
 #endif
         py::gil_scoped_release nogil;

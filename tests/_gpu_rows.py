@@ -199,8 +199,9 @@ ROWS: list[Row] = [
     # torch.autograd.grad inside: compiled as part of a training step, not on its own.
     Row("gradient_penalty", "gradient_penalty", _penalty_inputs, _fn(_penalty),
         ((1, 3), (16, 37), (64, 1000)), (8, 12), diff=(2, 3), compile=False),
-    # CUDA: u, v cached in shared memory while max_h + max_w fits (all but the last two, whose
-    # 70,000-long side does not even with the opt-in), else the uncached global-memory path.
+    # CUDA: u, v cached in shared memory. Weights of >= 2^19 elements or u+v > 8192 entries (the
+    # (512, 8192), (4, 70_000) and (70_000, 3) sets) are routed by the op to torch.mv; the kernel's
+    # uncached path is reached only by calling genfast._cuda directly.
     # Triton: tiles up to 128 columns, shape-independent code.
     Row("spectral_norm", "power_iteration", _table_inputs, _fn(_power),
         (((1, 1), (7, 3), (33, 129), (5, 2, 3, 3), (129, 33)), ((64, 4608), (512, 8192)),
