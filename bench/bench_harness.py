@@ -195,10 +195,10 @@ def test_gpu_flag_without_gpu_says_so(capsys):
 
 
 def test_quick_run_saves_json_markdown_and_summary(tmp_path, capsys):
-    code = benchmarks.main(["gumbel", "--quick", "-k", "sample", "--out", str(tmp_path),
+    code = benchmarks.main(["sample", "--quick", "--out", str(tmp_path),
                             "--no-progress", "--threads", "1"])
     assert code == 0
-    (path,) = tmp_path.glob("gumbel_*-quick.json")
+    (path,) = tmp_path.glob("sample_*-quick.json")
     payload = json.loads(path.read_text())
     assert payload["scope"] == "quick" and not payload["interrupted"]
     assert {r["provider"] for r in payload["results"]} >= {"genfast:cpu", "torch.multinomial"}

@@ -26,6 +26,7 @@ import torch
 # op stem (DESIGN.md section 1) -> module with cases(device, scope, dtypes) -> list[Case]
 OPS = {
     "gumbel": "genfast.benchmarks.gumbel",
+    "sample": "genfast.benchmarks.sample",
     "spectral_norm": "genfast.benchmarks.spectral_norm",
     "gradient_penalty": "genfast.benchmarks.gradient_penalty",
 }

@@ -1,8 +1,7 @@
-"""Benchmark cases for genfast/ops/gumbel.py: gumbel_softmax and sample_categorical.
+"""Benchmark cases for genfast/ops/gumbel.py: gumbel_softmax (sampling: benchmarks/sample.py).
 
-Baselines: PyTorch eager (F.gumbel_softmax; torch.multinomial for sampling), torch.compile
-of the plain-torch formula, and a floor that does the same memory traffic without the noise
-(torch.softmax; torch.argmax), which no sampler can beat.
+Baselines: PyTorch eager (F.gumbel_softmax), torch.compile of the plain-torch formula, and a
+floor that does the same memory traffic without the noise (torch.softmax).
 """
 
 from __future__ import annotations
@@ -73,53 +72,32 @@ def gumbel_case(shape, dtype, device: str, mode: str, hard: bool, backends: tupl
     )
 
 
-def _gumbel_max(x):
-    # argmax(x + Gumbel) with the Gumbel as -log(Exp(1)): the exponential race, the cheapest
-    # plain-torch Gumbel-max (one random kernel, no log(-log(u))).
-    return torch.argmax(x - torch.empty_like(x).exponential_().log(), dim=-1)
-
-
-def sample_case(shape, dtype, device: str, backends: tuple[str, ...],
-                compile_default: bool = False) -> Case:
-    providers: dict[str, Factory] = {}
-    for b in backends:
-        providers[f"genfast:{b}"] = _timed(
-            lambda x, b=b: genfast.sample_categorical(x, backend=b), grad=False)
-    providers["torch.multinomial"] = _timed(
-        lambda x: torch.multinomial(torch.softmax(x, -1), 1), grad=False)
-    providers["torch gumbel-max"] = _timed(_gumbel_max, grad=False)
-    providers[COMPILED] = _compiled(_gumbel_max, grad=False)
-    providers["torch.argmax (floor)"] = _timed(lambda x: torch.argmax(x, -1), grad=False)
-    rows = torch.Size(shape[:-1]).numel()
-    return Case(
-        op="sample_categorical", name="t=1", shape=shape, dtype=dtype, device=device,
-        mode="sample", inputs=_inputs(shape, dtype, device, grad=False), providers=providers,
-        bytes=torch.Size(shape).numel() * dtype.itemsize + rows * 8,  # read x, write int64 per row
-        eager="torch.multinomial", floor="torch.argmax (floor)",
-        compile_default=compile_default,
-    )
+def plan(device: str, scope: str, dtypes: list[torch.dtype] | None):
+    """(dtype, full-mode shapes, short-row shapes) per dtype, shared with benchmarks/sample.py."""
+    cuda = device.startswith("cuda")
+    if dtypes is None:
+        # Half precision is a GPU dtype for genfast (DESIGN.md section 4).
+        dtypes = [torch.float32, torch.bfloat16] if cuda else [torch.float32]
+    for dtype in dtypes:
+        if scope == "quick":
+            yield dtype, [QUICK], []
+        elif scope == "full":
+            yield dtype, [TARGET, SMALL_VOCAB] + ([GPU_SHAPE] if cuda else []), []
+        else:
+            yield dtype, ([TARGET, GPU_SHAPE] if cuda else [TARGET]), [SMALL_VOCAB]
 
 
 def cases(device: str = "cpu", scope: str = "default",
           dtypes: list[torch.dtype] | None = None) -> list[Case]:
     """quick: one tiny shape. default: the target shape soft forward (compiled), soft and hard
-    forward+backward, sampled (compiled), and many short rows forward and sampled; on a GPU
-    the target and the Llama-3 vocabulary in every mode, the latter compiled. full: every
-    shape and mode, the reference backend, everything compiled."""
+    forward+backward, and many short rows forward; on a GPU the target and the Llama-3
+    vocabulary in every mode, the latter compiled. full: every shape and mode, the reference
+    backend, everything compiled."""
     cuda = device.startswith("cuda")
     backends = backends_for(device, scope)
-    if dtypes is None:
-        # Half precision is a GPU dtype for genfast (DESIGN.md section 4).
-        dtypes = [torch.float32, torch.bfloat16] if cuda else [torch.float32]
     big = GPU_SHAPE if cuda else TARGET  # where the default run compiles
     out = []
-    for dtype in dtypes:
-        if scope == "quick":
-            shapes, partial = [QUICK], []
-        elif scope == "full":
-            shapes, partial = [TARGET, SMALL_VOCAB] + ([GPU_SHAPE] if cuda else []), []
-        else:
-            shapes, partial = ([TARGET, GPU_SHAPE] if cuda else [TARGET]), [SMALL_VOCAB]
+    for dtype, shapes, partial in plan(device, scope, dtypes):
         for shape in shapes:
             mark = scope == "default" and shape == big
             for mode in ("forward", "forward+backward"):
@@ -129,8 +107,6 @@ def cases(device: str = "cpu", scope: str = "default",
                     out.append(gumbel_case(shape, dtype, device, mode, hard, backends,
                                            compile_default=mark and mode == "forward"
                                            and not hard))
-            out.append(sample_case(shape, dtype, device, backends, compile_default=mark))
-        for shape in partial:  # per-row overhead: the soft forward and sampling say it all
+        for shape in partial:  # per-row overhead: the soft forward says it all
             out.append(gumbel_case(shape, dtype, device, "forward", False, backends))
-            out.append(sample_case(shape, dtype, device, backends))
     return out
