@@ -5,6 +5,7 @@ Import as ``from _helpers import ...`` (pytest puts tests/ on sys.path for files
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -80,3 +81,28 @@ def gradcheck_dtype(backend: str) -> torch.dtype:
 requires_triton = pytest.mark.skipif(
     not backends.available("triton"), reason="Triton kernels need TRITON_INTERPRET=1 on the CPU"
 )
+
+
+def hostile_rows(n: int, rows: int = 6) -> torch.Tensor:
+    """(rows >= 6, n) logits whose first five rows each hit a case of the row preprocessing
+    every Gumbel kernel defines (ops/gumbel.py): no finite logit, +inf entries, impossible
+    columns, huge magnitudes, a NaN; the rest are ordinary."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(rows, n, generator=g) * 3
+    x[0, :] = -math.inf  # no finite logit: uniform
+    x[1, n // 2] = math.inf  # mass on the +inf entries
+    x[1, n - 1] = math.inf
+    x[2, ::2] = -math.inf  # some columns impossible
+    x[3] *= 1e30  # huge logits
+    x[4, n // 3] = math.nan  # NaN row
+    return x
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread for tiny ops: a second thread only adds barrier waits, which a busy
+    machine stretches to milliseconds per op (gradcheck runs thousands)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,7 +15,7 @@ import math
 
 import pytest
 import torch
-from _helpers import layouts
+from _helpers import hostile_rows, layouts
 
 pytest.importorskip("triton")
 
@@ -100,16 +100,6 @@ def bwd(dy, src, seed, inv_tau, recompute, block=None, rows_per_program=None):
                                 rows_per_program=rows_per_program)
 
 
-def hostile_rows(n: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(n)
-    x = torch.randn(6, n, generator=g) * 3
-    x[0, :] = -INF  # no finite logit: uniform
-    x[1, n // 2] = INF  # mass on the +inf entries
-    x[1, n - 1] = INF
-    x[2, ::2] = -INF  # some columns impossible
-    x[3] *= 1e30  # huge logits
-    x[4, n // 3] = math.nan  # NaN row
-    return x
 
 
 # ----------------------------------------------------------------------------- the stream

@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from _helpers import hostile_rows as shared_hostile_rows
 from _helpers import layouts
 
 pytest.importorskip("triton")
@@ -143,14 +144,7 @@ def test_kept_sets_keep_ties(name, block, rp):
 
 
 def hostile_rows(n: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(n)
-    x = torch.randn(7, n, generator=g) * 3
-    x[0, :] = -INF  # no finite logit: uniform
-    x[1, n // 2] = INF  # mass on the +inf entries
-    x[1, n - 1] = INF
-    x[2, ::2] = -INF  # some columns impossible
-    x[3] *= 1e30  # huge logits
-    x[4, n // 3] = math.nan  # NaN row
+    x = shared_hostile_rows(n, rows=7)
     x[6, 1:] = -30.0  # a long flat tail of tiny masses: the top_p walk ends inside it
     x[6, 0] = 0.0
     return x

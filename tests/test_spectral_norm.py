@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 from _helpers import TOL, assert_close, dtypes_of, fast_backends, layouts
+from _helpers import single_thread  # noqa: F401 (a fixture, used by pytestmark)
 from _spectral_norm_cases import vectors
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_sn
@@ -23,14 +24,7 @@ FAST = fast_backends("spectral_norm")  # cpu, and triton under the interpreter
 CPU = [b for b in FAST if b == "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny ops: a second thread only adds barrier waits, which a busy machine stretches to
-    # milliseconds per op.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _run(backend, ws, us, vs, n_iter, dims=0):

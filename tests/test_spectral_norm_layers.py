@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _helpers import TOL, fast_backends
+from _helpers import single_thread  # noqa: F401 (a fixture, used by pytestmark)
 from _spectral_norm_cases import LAYERS, critic, mixed_model, pair, sn_of, vectors
 from torch import nn
 from torch.nn.utils import parametrize
@@ -27,14 +28,7 @@ from genfast.ops import spectral_norm as S
 CPU = [b for b in fast_backends("spectral_norm") if b == "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny ops: a second thread only adds barrier waits, which a busy machine stretches to
-    # milliseconds per op (gradcheck runs thousands).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ------------------------------------------------------------------ against torch
