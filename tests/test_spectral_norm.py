@@ -9,8 +9,14 @@ import math
 
 import pytest
 import torch
-from _helpers import TOL, assert_close, dtypes_of, fast_backends, layouts
-from _helpers import single_thread  # noqa: F401 (a fixture, used by pytestmark)
+from _helpers import (
+    TOL,
+    assert_close,
+    dtypes_of,
+    fast_backends,
+    layouts,
+    single_thread,  # noqa: F401 (a fixture, used by pytestmark)
+)
 from _spectral_norm_cases import vectors
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_sn

@@ -7,8 +7,11 @@ test_spectral_norm.py."""
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import TOL, fast_backends
-from _helpers import single_thread  # noqa: F401 (a fixture, used by pytestmark)
+from _helpers import (
+    TOL,
+    fast_backends,
+    single_thread,  # noqa: F401 (a fixture, used by pytestmark)
+)
 from _spectral_norm_cases import LAYERS, critic, mixed_model, pair, sn_of, vectors
 from torch import nn
 from torch.nn.utils import parametrize
