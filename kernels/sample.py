@@ -19,11 +19,12 @@ all share, and a range of one key ends the search): about 4.6 passes on random l
 
 Why 4-bit digits: Triton has no weighted histogram (tl.histogram counts only), so a pass builds
 its bins as a one-hot reduction, bins x elements of arithmetic: 256 bins would make every pass
-16x dearer to halve the number of passes. Masses are summed as int64 fixed point, trunc(exp(s) * 2^S) with
-S = 62 - ceil(log2(n)) (no sum can overflow): integer sums are exact in any order, so every
-pass sees exactly the weights the previous one did, and the CUDA kernel, which sums the same
-integers with shared-memory atomics (8-bit digits there: a real histogram is cheap in CUDA), is
-deterministic run to run too; the two differ only where their exp() rounds differently.
+16x dearer to halve the number of passes. Masses are summed as int64 fixed point, trunc(exp(s) *
+2^S) with S = 62 - ceil(log2(n)) (no sum can overflow): integer sums are exact in any order, so
+every pass sees exactly the weights the previous one did, and the CUDA kernel, which sums the
+same integers with shared-memory atomics (8-bit digits there: a real histogram is cheap in
+CUDA), is deterministic run to run too; the two differ only where their exp() rounds
+differently.
 """
 
 from __future__ import annotations

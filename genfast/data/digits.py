@@ -39,7 +39,8 @@ def load_digits(size: int = 8, mode: Literal["upsample", "pad"] = "upsample") ->
     return resize(x, size, mode), y
 
 
-def resize(x: torch.Tensor, size: int, mode: Literal["upsample", "pad"] = "upsample") -> torch.Tensor:
+def resize(x: torch.Tensor, size: int,
+           mode: Literal["upsample", "pad"] = "upsample") -> torch.Tensor:
     """Square images (N, C, h, w) -> (N, C, size, size).
 
     ``upsample``: bilinear, so 8x8 digits become smooth 16x16 digits (what a conv net with two
@@ -119,7 +120,8 @@ def _to_images(a: np.ndarray, where: str) -> torch.Tensor:
         raise ValueError(f"{where}: images must have shape (N, H, W), (N, C, H, W) or "
                          f"(N, H, W, C); got {a.shape}")
     if a.shape[0] < 2:
-        raise ValueError(f"{where}: need at least 2 images for a train/test split, got {a.shape[0]}")
+        raise ValueError(f"{where}: need at least 2 images for a train/test split, "
+                         f"got {a.shape[0]}")
     if a.dtype == np.uint8:
         x = torch.from_numpy(a.astype(np.float32) / 255.0)
     elif np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer):
