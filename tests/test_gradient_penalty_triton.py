@@ -10,8 +10,8 @@ import torch
 
 pytest.importorskip("triton")
 
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
+
+from _triton_helpers import triton_cast  # noqa: E402
 
 from genfast.kernels import gradient_penalty as K  # noqa: E402
 
@@ -72,21 +72,6 @@ def test_empty_inputs():
     K.row_norms(torch.empty(3, 0), out)
     assert torch.equal(out, torch.zeros(3))  # the norm of nothing is 0
     K.scale_rows(torch.empty(3, 0), torch.ones(3), torch.empty(3, 0))
-
-
-@triton.jit
-def _cast_kernel(src_ptr, dst_ptr, numel, BLOCK: tl.constexpr):
-    offs = tl.arange(0, BLOCK)
-    v = tl.load(src_ptr + offs, mask=offs < numel)
-    tl.store(dst_ptr + offs, v.to(dst_ptr.dtype.element_ty), mask=offs < numel)
-
-
-def triton_cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """t stored in dtype by Triton's own cast (the interpreter truncates fp32 -> bf16)."""
-    out = torch.empty(t.shape, dtype=dtype)
-    n = t.numel()
-    _cast_kernel[(1,)](t.contiguous(), out, n, BLOCK=triton.next_power_of_2(n))
-    return out.reshape(t.shape)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])

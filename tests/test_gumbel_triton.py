@@ -21,6 +21,7 @@ pytest.importorskip("triton")
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from _triton_helpers import triton_cast  # noqa: E402
 
 from genfast import random as grandom  # noqa: E402
 from genfast.kernels import gumbel as K  # noqa: E402
@@ -245,22 +246,6 @@ def test_every_layout_the_launchers_take(hard):
 
 
 # ----------------------------------------------------------------------------- low precision
-
-
-@triton.jit
-def _cast_kernel(src_ptr, dst_ptr, numel, BLOCK: tl.constexpr):
-    offs = tl.arange(0, BLOCK)
-    v = tl.load(src_ptr + offs, mask=offs < numel)
-    tl.store(dst_ptr + offs, v.to(dst_ptr.dtype.element_ty), mask=offs < numel)
-
-
-def triton_cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """t stored in dtype by Triton's own cast, the one the kernels use. On a GPU it rounds to
-    nearest; the interpreter truncates fp32 -> bf16, so its bf16 outputs carry up to one ulp."""
-    t = t.contiguous()
-    out = torch.empty(t.shape, dtype=dtype)
-    _cast_kernel[(1,)](t, out, t.numel(), BLOCK=triton.next_power_of_2(t.numel()))
-    return out
 
 
 @pytest.mark.parametrize(

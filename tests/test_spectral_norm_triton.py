@@ -21,8 +21,8 @@ from _spectral_norm_cases import vectors
 
 pytest.importorskip("triton")
 
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
+
+from _triton_helpers import triton_cast  # noqa: E402
 
 from genfast.kernels import spectral_norm as K  # noqa: E402
 from genfast.ops import _spectral_norm_kernels as R  # noqa: E402
@@ -127,20 +127,6 @@ def test_rows_breaking_the_bounds_get_nan_and_are_untouched():
     sigma = run([good, big], torch.float32, 1, max_h=4, max_w=4)  # big has h = 9 > max_h
     assert math.isnan(sigma[1].item()) and math.isfinite(sigma[0].item())
     assert torch.equal(big.u, u0) and torch.equal(big.v, v0)
-
-
-@triton.jit
-def _cast_kernel(src_ptr, dst_ptr, numel, BLOCK: tl.constexpr):
-    offs = tl.arange(0, BLOCK)
-    v = tl.load(src_ptr + offs, mask=offs < numel)
-    tl.store(dst_ptr + offs, v.to(dst_ptr.dtype.element_ty), mask=offs < numel)
-
-
-def triton_cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """t stored in dtype by Triton's own cast (the interpreter truncates fp32 -> bf16)."""
-    out = torch.empty(t.shape, dtype=dtype)
-    _cast_kernel[(1,)](t.contiguous(), out, t.numel(), BLOCK=triton.next_power_of_2(t.numel()))
-    return out
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
