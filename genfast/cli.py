@@ -49,7 +49,12 @@ def _train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = cls()
+    if hasattr(cls, "cli_train"):  # models not trained by SGD on images (GMM EM, LDA VB)
+        return cls.cli_train(args)
+    try:
+        model = cls(cls.config_cls(**args.config)) if args.config else cls()
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"genfast: --set: {e}") from None
     defaults = dict(cls.train_defaults)
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                  "seed": args.seed, "checkpoint_every": args.checkpoint_every,
@@ -75,6 +80,10 @@ def _sample(args: argparse.Namespace) -> int:
     from genfast.models._trainer import load_checkpoint
 
     cls = _model_cls(args.model)
+    if hasattr(cls, "cli_sample"):
+        return cls.cli_sample(args)
+    if args.checkpoint is None:
+        raise SystemExit(f"genfast: sample {args.model} needs --checkpoint")
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt["model"] != args.model:
         raise SystemExit(f"genfast: {args.checkpoint} holds a {ckpt['model']!r} model, "
@@ -91,7 +100,7 @@ def _sample(args: argparse.Namespace) -> int:
             raise SystemExit(f"genfast: {args.model} has no latent truncation (--truncation)")
         kwargs.update(truncation=args.truncation, truncation_mode=args.truncation_mode)
     try:
-        images = model.sample(args.n, **kwargs)
+        images = model.sample(args.n or 64, **kwargs)
     except ValueError as e:
         raise SystemExit(f"genfast: {e}") from None
     out = args.out or f"{args.model}_samples.png"
@@ -100,6 +109,19 @@ def _sample(args: argparse.Namespace) -> int:
     save_panels([(title, images, None)], out)
     print(f"wrote {len(images)} samples to {out}")
     return 0
+
+
+def _config_item(text: str) -> tuple[str, object]:
+    """KEY=VALUE -> (key, value): Python literals (3, 0.5, None, True), else the string."""
+    import ast
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -127,11 +149,15 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int,
                    help="torch CPU threads (small models train fastest with 1 on a busy box)")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--set", dest="config", action="append", type=_config_item, metavar="KEY=VALUE",
+                   help="a model config field, e.g. --set n_components=4 --set "
+                        "covariance_type=diag (repeatable)")
 
     s = sub.add_parser("sample", help="write samples of a trained model as a PNG grid")
     s.add_argument("model")
-    s.add_argument("--checkpoint", required=True, type=Path)
-    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--checkpoint", type=Path, help="a trained run's checkpoint.pt (gmm and lda "
+                   "without one: their generative simulation)")
+    s.add_argument("--n", type=int, help="how many samples (default 64 images; model-specific)")
     s.add_argument("--out", help="PNG path (default MODEL_samples.png)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--truncation", type=float, metavar="PSI",
@@ -148,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = parser().parse_args(argv)
-    if args.command == "sample" and not args.checkpoint.exists():
+    if args.command == "train":
+        args.config = dict(args.config or [])
+    if args.command == "sample" and args.checkpoint is not None and not args.checkpoint.exists():
         raise SystemExit(f"genfast: --checkpoint {args.checkpoint} does not exist")
     return {"info": _info, "train": _train, "sample": _sample}[args.command](args)
 
