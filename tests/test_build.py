@@ -51,6 +51,32 @@ def test_cpu_extension_is_built_and_reports_metadata():
     assert mod.isa() in mod.supported_isas()
 
 
+_OPENMP_PROBE = """
+import json, sys, torch
+import genfast
+from genfast.ops import spectral_norm as S
+torch.set_num_threads(2)
+w, u, v = torch.randn(512, 2304), torch.randn(512), torch.randn(2304)
+S.spectral_norm_power_iteration([w], [u], [v], 1, backend="cpu")  # a split, parallel call
+torch.mm(w, w.t())  # and one of torch's
+maps = open("/proc/self/maps").read().splitlines()
+print(json.dumps(sorted({l.split()[-1] for l in maps if "libgomp" in l or "libiomp" in l})))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_cpu_kernels_share_torchs_openmp_runtime():
+    """The CPU extension runs on torch's OpenMP team (csrc/common/parallel.h): after both have
+    run parallel regions, the process holds one OpenMP runtime, not torch's and a second."""
+    if backends.extension("_C")[0] is None:
+        pytest.skip("genfast._C is not built")
+    run = subprocess.run([sys.executable, "-c", _OPENMP_PROBE], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    runtimes = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(runtimes) <= 1, f"more than one OpenMP runtime loaded: {runtimes}"
+
+
 # ------------------------------------------------------------------ the CUDA binary
 def _expected_archs() -> list[str]:
     # setup.py's default; a CI job that builds with GENFAST_CUDA_ARCHS runs the tests with it.

@@ -84,15 +84,37 @@ def test_multi_tensor_equals_one_call_per_weight_and_strides(backend):
 
 
 @pytest.mark.parametrize("backend", CPU)
-def test_kernel_threads_give_the_same_bits(backend):
-    # Enough work for the CPU kernel to deal the weights to two threads; and one big weight.
-    for shapes in ([(700, 1000), (300, 2001), (1500, 900), (5, 7)], [(2048, 2304)]):
+@pytest.mark.parametrize("n_iter", [0, 1])
+def test_kernel_threads_give_the_same_bits(backend, n_iter):
+    # Enough work to deal the weights to threads; one big weight (split into row chunks that
+    # the threads share); a big one with an odd row count and padded rows beside small ones.
+    padded = torch.randn(37, 7200)[:, :7085]
+    for shapes in ([(700, 1000), (300, 2001), (1500, 900), (5, 7)], [(2048, 2304)],
+                   [(5, 7), padded.shape, (64, 4096)]):
         ws, us, vs = vectors(shapes)
+        if padded.shape in shapes:
+            ws[1] = padded
         out = []
-        for threads in (1, 2):
+        for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            out.append(_run(backend, ws, us, vs, 1))
-        for a, b in zip(*out, strict=True):
+            out.append(_run(backend, ws, us, vs, n_iter))
+        for got in out[1:]:
+            for a, b in zip(out[0], got, strict=True):
+                assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", CPU)
+def test_a_big_weight_gives_the_same_bits_alone_and_in_a_group(backend):
+    """Big weights are cut into row chunks by shape alone: a drop-in layer (one weight per
+    call) and a SpectralNormGroup (all at once) compute the same sigma, u and v."""
+    torch.set_num_threads(2)
+    ws, us, vs = vectors([(9, 13), (256, 4096), (33, 129), (512, 2304)])
+    grouped = _run(backend, ws, us, vs, 2)
+    n = len(ws)
+    for i in range(n):
+        alone = _run(backend, ws[i:i + 1], us[i:i + 1], vs[i:i + 1], 2)
+        for a, b in zip(alone, (grouped[0][i:i + 1], grouped[1 + i], grouped[1 + n + i]),
+                        strict=True):
             assert torch.equal(a, b)
 
 

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import TOL
+from _helpers import TOL, fast_backends
 from _spectral_norm_cases import critic, sn_of
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_sn
@@ -191,3 +191,36 @@ def test_converter_warns_about_nothing_when_everything_converts():
     convert_spectral_norm(cplx)  # auto: the reference runs complex weights
     assert isinstance(sn_of(cplx), SpectralNorm)
     cplx(torch.randn(1, 3, dtype=torch.complex128))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_one_node_read_matches_the_general_path_to_second_order(training):
+    """A plain eager `.weight` read is one autograd node around the C++ kernel (the hot path);
+    its value, buffer update, gradient and second-order gradient must be those of the general
+    path (op + normalization node), here the reference backend."""
+    import genfast
+
+    if "cpu" not in fast_backends("spectral_norm"):
+        pytest.skip("genfast._C is not built")
+    torch.manual_seed(0)
+    fast = spectral_norm(nn.Conv2d(3, 8, 3)).train(training)
+    slow = spectral_norm(nn.Conv2d(3, 8, 3)).train(training)
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, 6, 6)
+
+    def grads(m):
+        w = m.parametrizations.weight.original
+        y = m(x)
+        (g,) = torch.autograd.grad(y.square().sum(), w, create_graph=True)
+        (gg,) = torch.autograd.grad(g.square().sum(), w)
+        return y, g, gg, m.weight.grad_fn
+
+    y, g, gg, node = grads(fast)
+    with genfast.use_backend("reference"):
+        y_ref, g_ref, gg_ref, node_ref = grads(slow)
+    assert type(node).__name__ == "_StepBackward"  # the one-node path ran
+    assert type(node_ref).__name__ != "_StepBackward"
+    tol = dict(rtol=1e-4, atol=1e-5)
+    for a, b in ((y, y_ref), (g, g_ref), (gg, gg_ref), (sn_of(fast)._u, sn_of(slow)._u),
+                 (sn_of(fast)._v, sn_of(slow)._v)):
+        torch.testing.assert_close(a, b, **tol)

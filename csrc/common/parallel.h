@@ -1,9 +1,13 @@
-// A minimal parallel_for over independent items (rows) on plain std::threads.
+// A minimal parallel_for over independent items (rows, weights, row chunks).
 //
-// Not OpenMP: torch ships its own libgomp, and a second OpenMP runtime whose workers spin after
-// each region would steal cores from torch (and distort benchmarks) on small machines. A kernel
-// call here is milliseconds, so spawning threads per call (tens of microseconds) is noise; tiny
-// calls stay on the calling thread.
+// Built with OpenMP (setup.py passes -fopenmp on Linux), it runs on torch's own OpenMP thread
+// team: the extension's DT_NEEDED libgomp.so.1 resolves, by soname, to the libgomp torch has
+// already loaded (genfast imports torch before its extensions), so there is ONE runtime and one
+// set of worker threads. Those workers are warm right after torch's own parallel ops (they
+// spin briefly, then sleep), so a region starts in about a microsecond where a std::thread
+// start costs 20-100 us, and no second pool competes for the cores. tests/test_build.py checks
+// that a process holds a single libgomp. Without OpenMP (other compilers, GENFAST_OPENMP=0) the
+// same interface spawns std::threads per call, as before: fine for calls of milliseconds.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -11,14 +15,20 @@
 #include <thread>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace genfast {
 
 // Below this many elements a call runs single-threaded: the spawn would cost more than it saves.
 constexpr int64_t kParallelMinElements = int64_t{1} << 16;
 
-// Calls f(begin, end) on contiguous blocks covering [0, items), one block per thread, block 0 on
-// the calling thread. `elements_per_item` sizes the work for the single-thread cut-off. The first
-// exception thrown by any block is rethrown here after every thread has joined.
+// Calls f(begin, end) on contiguous blocks covering [0, items), one block per thread (block 0
+// on the calling thread). `elements_per_item` sizes the work for the single-thread cut-off.
+// The blocks depend only on (items, the thread count asked for), never on how many threads the
+// runtime grants, so results do not change with the machine's load. The first exception thrown
+// by any block is rethrown here after every block has run.
 template <typename F>
 void parallel_for(int64_t items, int64_t elements_per_item, int num_threads, const F& f) {
   if (items <= 0) return;
@@ -30,29 +40,35 @@ void parallel_for(int64_t items, int64_t elements_per_item, int num_threads, con
   }
   const auto block = [&](int64_t t) { return items * t / threads; };
   std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
+  // Exceptions must not cross an OpenMP region or a thread: each block keeps its own.
+  const auto run = [&](int64_t t) {
+    try {
+      f(block(t), block(t + 1));
+    } catch (...) {
+      errors[static_cast<size_t>(t)] = std::current_exception();
+    }
+  };
+#ifdef _OPENMP
+#pragma omp parallel num_threads(static_cast<int>(threads))
+  {
+    // The runtime may grant fewer threads than asked (nested regions, limits): each thread
+    // takes every granted-th block.
+    const int64_t granted = omp_get_num_threads();
+    for (int64_t t = omp_get_thread_num(); t < threads; t += granted) run(t);
+  }
+#else
   std::vector<std::thread> pool;
   pool.reserve(static_cast<size_t>(threads - 1));
   int64_t t = 1;
   try {
-    for (; t < threads; ++t) {
-      pool.emplace_back([&, t] {
-        try {
-          f(block(t), block(t + 1));
-        } catch (...) {
-          errors[static_cast<size_t>(t)] = std::current_exception();
-        }
-      });
-    }
+    for (; t < threads; ++t) pool.emplace_back(run, t);
   } catch (...) {
     // Could not spawn (resource limits): the blocks without a thread run here instead.
   }
-  try {
-    f(block(0), block(1));
-    for (int64_t u = t; u < threads; ++u) f(block(u), block(u + 1));
-  } catch (...) {
-    errors[0] = std::current_exception();
-  }
+  run(0);
+  for (int64_t u = t; u < threads; ++u) run(u);
   for (auto& th : pool) th.join();
+#endif
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
 }

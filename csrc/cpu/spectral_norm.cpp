@@ -11,10 +11,14 @@
 // t = W^T u and v = t / max(|t|, eps), u . (W v) = t . v = |t|^2 / max(|t|, eps). With no
 // iteration (eval mode) sigma is u . (W v) from one pass.
 //
-// A weight runs on one thread. Splitting a big one by rows across threads (partials of W^T u
-// added in a fixed order) was measured on 2 vCPUs with the drop-in layer's one-weight calls: the
-// thread start costs the caller ~20 us and the helper starts late, so the critic's 1M-element
-// layers got 10-20% slower (105 -> 127 us), not faster.
+// Threads. Weights are dealt whole to threads (each thread runs its weights back to back), except
+// big ones (>= kSplitElements): those are cut into kChunks row chunks that the threads share, each
+// chunk's partial W^T u kept apart and the partials added in chunk order. A drop-in layer calls
+// with ONE weight, so without the split its 1M-element layers ran on one core while torch's mv
+// used two. The chunking depends on the shape only, so sigma, u and v are bitwise the same for
+// any thread count and whether the weight comes alone or in a group. The regions run on torch's
+// OpenMP team (common/parallel.h): an earlier split on per-call std::threads lost more to the
+// thread start (~20 us, and a late start beside torch's spinning workers) than it gained.
 #include "cpu/spectral_norm.h"
 
 #include <algorithm>
@@ -126,6 +130,14 @@ GENFAST_INLINE T normalize(T* x, int64_t n, T eps) {
   return nrm;
 }
 
+// After a pass: normalize u, v = W^T u for the normalized u, normalize v; returns |W^T u|.
+template <typename T>
+GENFAST_INLINE T finish_iteration(T* u, T* v, const T* t, int64_t h, int64_t n, T eps) {
+  const T c = std::max(normalize(u, h, eps), eps);
+  for (int64_t k = 0; k < n; ++k) v[k] = t[k] / c;
+  return normalize(v, n, eps);
+}
+
 // n_iter power iterations on one weight, then its sigma. `scratch` is per-thread working space.
 template <typename T>
 GENFAST_INLINE float run_job(const Job& j, int n_iter, double eps_d, std::vector<T>& scratch) {
@@ -144,9 +156,65 @@ GENFAST_INLINE float run_job(const Job& j, int n_iter, double eps_d, std::vector
   T nt = 0;
   for (int it = 0; it < n_iter; ++it) {
     fused_pass(w, j.h, j.n, j.ld, v, u, t);  // u = W v (raw), t = W^T u (raw)
-    const T c = std::max(normalize(u, j.h, eps), eps);
-    for (int64_t k = 0; k < j.n; ++k) v[k] = t[k] / c;  // W^T u for the normalized u
-    nt = normalize(v, j.n, eps);
+    nt = finish_iteration(u, v, t, j.h, j.n, eps);
+  }
+  return static_cast<float>(nt * nt / std::max(nt, eps));
+}
+
+// Weights with at least this many elements are split into kChunks row chunks (see the top).
+constexpr int64_t kSplitElements = int64_t{1} << 18;
+constexpr int64_t kChunks = 8;
+
+GENFAST_INLINE bool is_split(const Job& j) { return j.h >= kChunks * 4 && j.h * j.n >= kSplitElements; }
+
+GENFAST_INLINE int64_t chunk_row(const Job& j, int64_t c) { return j.h * c / kChunks; }
+
+// Chunk c of a split weight: its rows' part of the iteration pass (u rows, partial W^T u into
+// part, n values) or, with no iteration, its rows' part of u . (W v) into part[0].
+template <typename T>
+GENFAST_INLINE void run_chunk(const Job& j, int64_t c, int n_iter, T* part) {
+  const T* w = static_cast<const T*>(j.w);
+  T* u = static_cast<T*>(j.u);
+  const T* v = static_cast<const T*>(j.v);
+  const int64_t r0 = chunk_row(j, c), rows = chunk_row(j, c + 1) - r0;
+  const T* wc = w + r0 * j.ld;
+  if (n_iter > 0) {
+    fused_pass(wc, rows, j.n, j.ld, v, u + r0, part);
+    return;
+  }
+  std::vector<T> wv(static_cast<size_t>(rows));
+  gemv_rows(wc, rows, j.n, j.ld, v, wv.data());
+  part[0] = fastmath::lane_sum<T>(rows, [&](int64_t k) { return u[r0 + k] * wv[k]; });
+}
+
+// A split weight: every pass's chunks in parallel, the partials added in chunk order.
+template <typename T>
+float run_split(const Job& j, int n_iter, double eps_d, int num_threads,
+                void (*chunk)(const Job&, int64_t, int, T*)) {
+  const T eps = static_cast<T>(eps_d);
+  const int64_t stride = n_iter > 0 ? j.n : 1;
+  std::vector<T> parts(static_cast<size_t>(kChunks * stride));
+  const auto pass = [&](int it) {
+    parallel_for(kChunks, j.h * j.n / kChunks, num_threads, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) chunk(j, c, it, parts.data() + c * stride);
+    });
+  };
+  if (n_iter <= 0) {
+    pass(0);
+    T s = 0;
+    for (int64_t c = 0; c < kChunks; ++c) s += parts[static_cast<size_t>(c)];
+    return static_cast<float>(s);
+  }
+  std::vector<T> t(static_cast<size_t>(j.n));
+  T nt = 0;
+  for (int it = 0; it < n_iter; ++it) {
+    pass(1);
+    std::copy(parts.begin(), parts.begin() + j.n, t.begin());
+    for (int64_t c = 1; c < kChunks; ++c) {
+      const T* pc = parts.data() + c * j.n;
+      for (int64_t k = 0; k < j.n; ++k) t[k] += pc[k];
+    }
+    nt = finish_iteration(static_cast<T*>(j.u), static_cast<T*>(j.v), t.data(), j.h, j.n, eps);
   }
   return static_cast<float>(nt * nt / std::max(nt, eps));
 }
@@ -158,6 +226,13 @@ GENFAST_MULTIVERSIONED(run_f32, (const Job* jobs, const int64_t* ids, int64_t co
                        std::vector<float> scratch;
                        for (int64_t i = 0; i < count; ++i)
                            sigma[ids[i]] = run_job<float>(jobs[ids[i]], n_iter, eps, scratch))
+
+GENFAST_MULTIVERSIONED(chunk_f32, (const Job& j, int64_t c, int n_iter, float* part),
+                       (j, c, n_iter, part), run_chunk<float>(j, c, n_iter, part))
+
+void chunk_f64(const Job& j, int64_t c, int n_iter, double* part) {
+  run_chunk<double>(j, c, n_iter, part);
+}
 
 void run_f64(const Job* jobs, const int64_t* ids, int64_t count, int n_iter, double eps,
              float* sigma) {
@@ -173,18 +248,28 @@ void spectral_norm_power_iteration(int64_t count, const int64_t* meta, int dtype
     throw std::invalid_argument("genfast CPU spectral_norm kernel: dtype code " +
                                 std::to_string(dtype) + " is not float32 (0) or float64 (1)");
   if (count <= 0) return;
-  std::vector<Job> jobs(static_cast<size_t>(count));
-  std::vector<int64_t> work(static_cast<size_t>(count));
+  const bool f32 = dtype == static_cast<int>(DType::Float32);
+  std::vector<Job> jobs;  // the weights dealt whole to threads
+  std::vector<int64_t> index, work;
   int64_t total = 0;
   for (int64_t i = 0; i < count; ++i) {
     const int64_t* m = meta + 6 * i;
-    jobs[i] = Job{reinterpret_cast<const void*>(static_cast<uintptr_t>(m[0])),
+    const Job job{reinterpret_cast<const void*>(static_cast<uintptr_t>(m[0])),
                   reinterpret_cast<void*>(static_cast<uintptr_t>(m[1])),
                   reinterpret_cast<void*>(static_cast<uintptr_t>(m[2])), m[3], m[4], m[5]};
+    if (is_split(job)) {  // big: all threads on its chunks, now
+      sigma[i] = f32 ? run_split<float>(job, n_iter, eps, num_threads, chunk_f32)
+                     : run_split<double>(job, n_iter, eps, num_threads, chunk_f64);
+      continue;
+    }
+    jobs.push_back(job);
+    index.push_back(i);
     // Vector work too, so a weight with an empty side still counts for something.
-    work[i] = m[3] * m[4] + m[3] + m[4] + 1;
-    total += work[i];
+    work.push_back(m[3] * m[4] + m[3] + m[4] + 1);
+    total += work.back();
   }
+  count = static_cast<int64_t>(jobs.size());
+  if (count == 0) return;
   // A thread start costs 20-100 us, and on a machine whose other cores are busy the new thread
   // waits for one: below ~4M multiply-adds (~150 us of one core) a call stays on this thread.
   const int64_t passes = std::max(1, 2 * n_iter);  // multiply-adds per weight per iteration
@@ -203,16 +288,18 @@ void spectral_norm_power_iteration(int64_t count, const int64_t* meta, int dtype
     share[t].push_back(i);
     load[t] += work[i];
   }
-  const bool f32 = dtype == static_cast<int>(DType::Float32);
+  // Each thread writes its jobs' sigma by job number, then into the caller's order.
+  std::vector<float> out(static_cast<size_t>(count));
   // kParallelMinElements per item: the cut-off above has decided already.
   parallel_for(threads, kParallelMinElements, static_cast<int>(threads), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const auto& ids = share[t];
       const auto n = static_cast<int64_t>(ids.size());
-      f32 ? run_f32(jobs.data(), ids.data(), n, n_iter, eps, sigma)
-          : run_f64(jobs.data(), ids.data(), n, n_iter, eps, sigma);
+      f32 ? run_f32(jobs.data(), ids.data(), n, n_iter, eps, out.data())
+          : run_f64(jobs.data(), ids.data(), n, n_iter, eps, out.data());
     }
   });
+  for (int64_t k = 0; k < count; ++k) sigma[index[k]] = out[k];
 }
 
 }  // namespace genfast::cpu

@@ -37,7 +37,7 @@ class SpectralNorm(nn.Module):
         self.eps = ops.check_eps(eps)
         self.backend = backend
         self._pending: Tensor | None = None  # sigma already computed by a SpectralNormGroup
-        self._memo: list = [None]  # the kernel runner of ops.layer_sigma, kept per layer
+        self._memo: list = [None]  # the kernel runner of ops._layer_runner, kept per layer
         if ndim > 1:
             ops.check_weight(weight)
             h, w = ops.matrix_shape(weight, self.dim)
@@ -100,6 +100,10 @@ class SpectralNorm(nn.Module):
         if weight.dim() == 1:
             # Faster and exact, as torch: the spectral norm of a vector is its 2-norm.
             return F.normalize(weight, dim=0, eps=self.eps)
+        if self._pending is None:  # the usual read: kernel and W / sigma in one node
+            return ops.layer_normalized(weight, self._buffers["_u"], self._buffers["_v"],
+                                        self.dim, self.n_power_iterations if self.training
+                                        else 0, self.eps, self.backend, self._memo)
         return ops.normalized(weight, self._buffers["_u"], self._buffers["_v"],
                               self._sigma_value(weight), self.dim, self._floor(weight))
 

@@ -89,6 +89,46 @@ class _Normalize(torch.autograd.Function):
         return gw, None, None, None, None, None
 
 
+class _Step(torch.autograd.Function):
+    """The drop-in layer's whole ``.weight`` read as one node: the layer's kernel runner
+    (sigma, after `n_iter` iterations on u and v in place) and W / sigma in one forward, with
+    _Normalize's backward. One Python call and one node per read, where running the kernel
+    and then _Normalize costs two more layers of calls and two u / v clones of glue, which at
+    ~20 us per layer is most of a small layer's time."""
+
+    @staticmethod
+    def forward(ctx, weight, u, v, run, n_iter, eps, dim, floor):
+        sigma = run(n_iter, eps, floor)
+        if n_iter:
+            torch.autograd.graph.increment_version([u, v])
+        _normalize_setup(ctx, (weight, u.clone(), v.clone(), sigma, dim, floor), None)
+        return weight / sigma
+
+    @staticmethod
+    def backward(ctx, g):
+        return _Normalize.backward(ctx, g)[0], None, None, None, None, None, None, None
+
+
+# Function.apply minus its Python wrapper (argument binding and functorch unwrapping), for
+# plain eager calls only: what the caller of step() has checked. Falls back to the wrapper.
+try:
+    _step_apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, _Step)
+except (AttributeError, KeyError, TypeError):  # pragma: no cover - a torch without it
+    _step_apply = _Step.apply
+
+
+def step(weight: Tensor, u: Tensor, v: Tensor, run, n_iter: int, eps: float, dim: int,
+         floor: float) -> Tensor:
+    """weight / sigma(weight) with sigma = run(n_iter, eps, floor), a layer's direct kernel
+    runner (genfast/ops/_spectral_norm_kernels.direct_runner); plain eager mode only."""
+    if not _needs_grad(weight):
+        sigma = run(n_iter, eps, floor)
+        if n_iter:
+            torch.autograd.graph.increment_version([u, v])
+        return weight / sigma
+    return _step_apply(weight, u, v, run, n_iter, eps, dim, floor)
+
+
 class _SigmaFunc(_Sigma):
     """_Sigma for torch.func transforms (setup_context style)."""
 

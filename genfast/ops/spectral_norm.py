@@ -59,12 +59,13 @@ from ._spectral_norm_autograd import (
     normalized,
     sigma_floor,
     sigma_node,
+    step,
 )
 from ._spectral_norm_kernels import as_matrix, direct_runner, matrix_shape, sigma_dtype
 
-__all__ = ["as_matrix", "floor_sigma", "layer_sigma", "matrix_shape", "normalized",
-           "power_iteration", "power_iteration_op", "sigma_floor", "sigma_node", "sigma_op",
-           "spectral_norm_power_iteration", "spectral_normalize", "spectral_sigma"]
+__all__ = ["as_matrix", "floor_sigma", "layer_normalized", "layer_sigma", "matrix_shape",
+           "normalized", "power_iteration", "power_iteration_op", "sigma_floor", "sigma_node",
+           "sigma_op", "spectral_norm_power_iteration", "spectral_normalize", "spectral_sigma"]
 
 COMPLEX = (torch.complex64, torch.complex128)
 # What the public API takes; the reference runs all of it, the kernels the real dtypes.
@@ -167,35 +168,70 @@ def power_iteration(weights: list[Tensor], us: list[Tensor], vs: list[Tensor],
         return _run_power(weights, us, vs, dims, n_iter, eps, name)
 
 
+def _layer_runner(weight: Tensor, u: Tensor, v: Tensor, dim: int, backend: str | None,
+                  memo: list):
+    """The direct kernel runner of one drop-in layer, or None where the general path must run.
+    `memo` is a one-element list the layer owns: in plain eager mode it keeps a direct runner
+    of the native kernel (table built and checked once), keyed on everything the table and the
+    backend choice depend on, so a call costs a key, an output tensor and the kernel."""
+    if not (type(weight) in _PLAIN and type(u) is Tensor and type(v) is Tensor and _modes_off()
+            and not weight.is_meta and not _wrapped(weight)):
+        return None
+    key = (weight.data_ptr(), u.data_ptr(), v.data_ptr(), weight.shape, weight.stride(),
+           u.shape, u.stride(), v.shape, v.stride(), weight.dtype, u.dtype, v.dtype,
+           weight.device, u.device, v.device, backends.requested_backend(backend),
+           backends.generation)
+    hit = memo[0]
+    if hit is None or hit[0] != key:
+        name = backends.base_name(resolve(weight, backend))
+        hit = memo[0] = (key, direct_runner(name, weight, u, v, dim))
+    return hit[1]
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # a tensor left by a transform
+
+
 def layer_sigma(weight: Tensor, u: Tensor, v: Tensor, dim: int, n_iter: int, eps: float,
                 backend: str | None, memo: list) -> Tensor:
-    """One layer's floored sigma (0-dim, no grad) after `n_iter` iterations on its buffers: the
-    drop-in layer's hot path, run at every read of its weight. `memo` is a one-element list the
-    layer owns: in plain eager mode it keeps a direct runner of the native kernel (table built
-    and checked once), keyed on everything the table and the backend choice depend on, so a
-    call costs a key, an output tensor and the kernel."""
+    """One layer's floored sigma (0-dim, no grad) after `n_iter` iterations on its buffers
+    (the drop-in layer's sigma when a group did not compute it); `memo` as in _layer_runner."""
     floor = sigma_floor(eps, weight.dtype)
-    if (type(weight) is Tensor and type(u) is Tensor and type(v) is Tensor and _modes_off()
-            and not weight.is_meta):
-        key = (weight.data_ptr(), u.data_ptr(), v.data_ptr(), weight.shape, weight.stride(),
-               u.shape, u.stride(), v.shape, v.stride(), weight.dtype, u.dtype, v.dtype,
-               weight.device, u.device, v.device, backends.requested_backend(backend),
-               backends.generation)
-        hit = memo[0]
-        if hit is None or hit[0] != key:
-            name = backends.base_name(resolve(weight, backend))
-            hit = memo[0] = (key, direct_runner(name, weight, u, v, dim))
-        if hit[1] is not None:
-            try:
-                sigma = hit[1](n_iter, eps, floor)
-            except Exception:  # the general path below raises, or falls back and warns
-                memo[0] = None
-            else:
-                if n_iter:
-                    torch.autograd.graph.increment_version([u, v])
-                return sigma
+    run = _layer_runner(weight, u, v, dim, backend, memo)
+    if run is not None:
+        try:
+            sigma = run(n_iter, eps, floor)
+        except Exception:  # the general path below raises, or falls back and warns
+            memo[0] = None
+        else:
+            if n_iter:
+                torch.autograd.graph.increment_version([u, v])
+            return sigma
+    return _general_sigma(weight, u, v, dim, n_iter, eps, backend, floor)
+
+
+def _general_sigma(weight, u, v, dim, n_iter, eps, backend, floor) -> Tensor:
     sigma = power_iteration([weight], [u], [v], [dim], n_iter, eps, backend)
     return floor_sigma(sigma, floor, n_iter > 0)[0]
+
+
+def layer_normalized(weight: Tensor, u: Tensor, v: Tensor, dim: int, n_iter: int,
+                     eps: float, backend: str | None, memo: list) -> Tensor:
+    """The drop-in layer's hot path, run at every read of its weight: weight / sigma(weight)
+    after `n_iter` iterations on u and v in place, differentiable to any order. In plain eager
+    mode one kernel call and one autograd node (_spectral_norm_autograd.step); otherwise sigma
+    by layer_sigma and W / sigma by `normalized`."""
+    floor = sigma_floor(eps, weight.dtype)
+    run = _layer_runner(weight, u, v, dim, backend, memo)
+    if run is not None:
+        try:
+            return step(weight, u, v, run, n_iter, eps, dim, floor)
+        except Exception:  # the general path below raises, or falls back and warns
+            memo[0] = None
+        sigma = _general_sigma(weight.detach(), u, v, dim, n_iter, eps, backend, floor)
+    else:
+        sigma = layer_sigma(weight.detach(), u, v, dim, n_iter, eps, backend, memo)
+    return normalized(weight, u, v, sigma, dim, floor)
 
 
 # --------------------------------------------------------------------------- public API
