@@ -113,10 +113,12 @@ def e_step(docs: Docs, exp_elog_beta_t: Tensor, alpha: float, gamma: Tensor, max
     w_gamma, w_theta = gamma, exp_theta
     gamma, exp_theta = gamma.clone(), exp_theta.clone()
     active = torch.ones(len(rows), dtype=torch.bool, device=gamma.device)
+    alpha_t = torch.tensor(alpha, dtype=gamma.dtype, device=gamma.device)
     for _ in range(max_iter):
-        norm = torch.bmm(w_theta[:, None, :], w_beta_t)[:, 0, :] + EPS
-        new = w_theta * torch.bmm((w_cnts / norm)[:, None, :], w_beta)[:, 0, :] + alpha
-        change = (new - w_gamma).abs().mean(1)
+        norm = torch.bmm(w_theta[:, None, :], w_beta_t)[:, 0, :].add_(EPS)
+        new = torch.bmm(torch.div(w_cnts, norm, out=norm)[:, None, :], w_beta)[:, 0, :]
+        new = torch.addcmul(alpha_t, w_theta, new)
+        change = (new - w_gamma).abs_().mean(1)
         keep = active[:, None]
         w_gamma = torch.where(keep, new, w_gamma)
         w_theta = torch.where(keep, dirichlet_expectation(new).exp_(), w_theta)
