@@ -105,21 +105,23 @@ def train(cls: type, args: Any) -> int:
     bar.close()
     if start >= passes:
         save(start)
-    ppl = model.perplexity(test_x)
+    ppl, ppl_docs = model.perplexity(test_x), model.perplexity(test_x, topic_term=False)
     coh = model.coherence(train_x)
     lines = topics_text(model, vocab)
     with open(os.path.join(out, "topics.txt"), "w") as f:
         f.write(f"# LDA, {c.n_topics} topics, {passes} passes on {what}\n")
-        f.write(f"# held-out perplexity {ppl:.2f}; coherence (top 10 words, training "
-                f"documents): UMass {coh['umass']:.3f}, NPMI {coh['npmi']:.4f}\n")
+        f.write(f"# held-out perplexity {ppl:.2f} (scikit-learn's formula), {ppl_docs:.2f} "
+                f"(document terms only); coherence (top 10 words, training documents): "
+                f"UMass {coh['umass']:.3f}, NPMI {coh['npmi']:.4f}\n")
         f.write("\n".join(lines) + "\n")
     with open(log_path, "a") as f:
-        f.write(json.dumps({"step": passes, "split": "final", "perplexity": ppl, **coh}) + "\n")
+        f.write(json.dumps({"step": passes, "split": "final", "perplexity": ppl,
+                            "perplexity_documents": ppl_docs, **coh}) + "\n")
     print(f"{args.model}: {c.n_topics} topics, {passes} passes on {what} "
           f"({len(train_x)} documents, {len(vocab)} words)")
     print("\n".join(lines))
-    print(f"held-out perplexity {ppl:.2f}; coherence UMass {coh['umass']:.3f}, "
-          f"NPMI {coh['npmi']:.4f}")
+    print(f"held-out perplexity {ppl:.2f} (scikit-learn's formula; {ppl_docs:.2f} from the "
+          f"document terms alone); coherence UMass {coh['umass']:.3f}, NPMI {coh['npmi']:.4f}")
     print(f"checkpoint, metrics.jsonl and topics.txt in {out}")
     return 0
 

@@ -153,7 +153,7 @@ def _dirichlet_loglik(prior: float, distr: Tensor, elog: Tensor, size: int) -> T
 
 
 def approx_bound(docs: Docs, gamma: Tensor, lam: Tensor, alpha: float, eta: float,
-                 doc_ratio: float = 1.0, chunk: int = 1024) -> float:
+                 doc_ratio: float = 1.0, chunk: int = 1024, topic_term: bool = True) -> float:
     """The variational lower bound on log p(docs) that scikit-learn's ``score`` reports:
     the document terms (scaled by doc_ratio) plus the topic-word prior term. Accumulated in
     float64 whatever the model's dtype: the bound is a sum of ~10^5+ terms."""
@@ -167,7 +167,8 @@ def approx_bound(docs: Docs, gamma: Tensor, lam: Tensor, alpha: float, eta: floa
         score += (d.counts.double() * torch.logsumexp(temp, dim=2)).sum()
     score += _dirichlet_loglik(alpha, gamma, elog_theta, gamma.shape[1])
     score = score * doc_ratio
-    score += _dirichlet_loglik(eta, lam, dirichlet_expectation(lam), lam.shape[1])
+    if topic_term:
+        score += _dirichlet_loglik(eta, lam, dirichlet_expectation(lam), lam.shape[1])
     return float(score)
 
 
