@@ -86,7 +86,7 @@ def train(cls: type, args: Any) -> int:
     if resume is not None:
         bar.update(resume["restart"] * c.max_iter + resume["iter"])
     try:
-        model.fit(train_x, seed=args.seed, callback=callback, resume=resume)
+        model.fit(train_x.to(args.device), seed=args.seed, callback=callback, resume=resume)
     except ValueError as e:
         raise SystemExit(f"genfast: {e}") from None
     bar.close()

@@ -74,8 +74,8 @@ def train(cls: type, args: Any) -> int:
         model.init_components(len(vocab), device=args.device)
         model.load_state_dict(ckpt["state_dict"])
         model.n_batch_iter = int(ckpt["n_batch_iter"])
-    else:
-        model.to(args.device)
+    else:  # allocated here so that fit runs on args.device
+        model.init_components(len(vocab), args.seed, device=args.device)
     c = model.config
     bar = tqdm(total=passes, initial=start, desc=args.model, disable=args.no_progress or None)
     t0 = time.perf_counter() - elapsed
