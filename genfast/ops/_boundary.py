@@ -82,7 +82,7 @@ class Seed(NamedTuple):
 
 def seed_value(seed: Tensor) -> int:
     """The 64 seed bits as an unsigned int (reads the tensor: CPU seeds only on hot paths)."""
-    return int(seed.reshape(-1)[0].item()) & 0xFFFFFFFFFFFFFFFF
+    return int(seed.item()) & 0xFFFFFFFFFFFFFFFF  # item(): any 1-element tensor, one op
 
 
 def _module(name: str):

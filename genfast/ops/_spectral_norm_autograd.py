@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._eager import fast_apply
 from ._spectral_norm_kernels import matrix_shape, no_autocast
 
 
@@ -109,12 +110,7 @@ class _Step(torch.autograd.Function):
         return _Normalize.backward(ctx, g)[0], None, None, None, None, None, None, None
 
 
-# Function.apply minus its Python wrapper (argument binding and functorch unwrapping), for
-# plain eager calls only: what the caller of step() has checked. Falls back to the wrapper.
-try:
-    _step_apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, _Step)
-except (AttributeError, KeyError, TypeError):  # pragma: no cover - a torch without it
-    _step_apply = _Step.apply
+_step_apply = fast_apply(_Step)
 
 
 def step(weight: Tensor, u: Tensor, v: Tensor, run, n_iter: int, eps: float, dim: int,

@@ -59,6 +59,7 @@ from ._boundary import (
     triton_kernels,
     work_dtype,
 )
+from ._eager import eager_op
 
 SPEC = backends.register_op(backends.OpSpec(name="gradient_penalty", dtypes=standard_dtypes()))
 KINDS = ("wgan-gp", "r1", "r2")
@@ -113,21 +114,29 @@ def _check_rows(g: Tensor, scale: Tensor | None = None) -> None:
         raise ValueError(f"scale must have shape ({g.shape[0]},), got {tuple(scale.shape)}")
 
 
-@torch.library.custom_op("genfast::gp_row_norms", mutates_args=())
-def gp_row_norms(g: Tensor, backend: str) -> Tensor:
+def _row_norms(g: Tensor, backend: str) -> Tensor:
     _check_rows(g)
     if g.numel() == 0:  # d == 0: every norm is 0; rows == 0: nothing
         return g.new_zeros(g.shape[0])
     return backends.call("gradient_penalty", backend, _NORMS, g)
 
 
-@torch.library.custom_op("genfast::gp_scale_rows", mutates_args=())
-def gp_scale_rows(g: Tensor, scale: Tensor, backend: str) -> Tensor:
+def _scale_rows(g: Tensor, scale: Tensor, backend: str) -> Tensor:
     _check_rows(g, scale)
     if g.numel() == 0:
         return g.new_empty(g.shape)
     return backends.call("gradient_penalty", backend, _SCALE, g,
                          scale.to(g.dtype).contiguous())
+
+
+@torch.library.custom_op("genfast::gp_row_norms", mutates_args=())
+def gp_row_norms(g: Tensor, backend: str) -> Tensor:
+    return _row_norms(g, backend)
+
+
+@torch.library.custom_op("genfast::gp_scale_rows", mutates_args=())
+def gp_scale_rows(g: Tensor, scale: Tensor, backend: str) -> Tensor:
+    return _scale_rows(g, scale, backend)
 
 
 @gp_row_norms.register_fake
@@ -152,7 +161,7 @@ def _norms_grad(ctx, grad_norms):
     # 0 * inf reaches a higher-order gradient.
     safe = torch.where(pos, norms, torch.ones_like(norms))
     w = torch.where(pos, grad_norms / safe, torch.zeros_like(safe))
-    return gp_scale_rows(g, w.to(g.dtype), ctx.backend), None
+    return scale_rows(g, w.to(g.dtype), ctx.backend), None
 
 
 def _scale_setup(ctx, inputs, output):
@@ -163,13 +172,17 @@ def _scale_setup(ctx, inputs, output):
 def _scale_grad(ctx, grad_out):
     g, scale = ctx.saved_tensors
     grad_out = grad_out.to(g.dtype)
-    dg = gp_scale_rows(grad_out, scale, ctx.backend) if ctx.needs_input_grad[0] else None
+    dg = scale_rows(grad_out, scale, ctx.backend) if ctx.needs_input_grad[0] else None
     ds = (grad_out * g).sum(dim=1).to(scale.dtype) if ctx.needs_input_grad[1] else None
     return dg, ds, None
 
 
 gp_row_norms.register_autograd(_norms_grad, setup_context=_norms_setup)
 gp_scale_rows.register_autograd(_scale_grad, setup_context=_scale_setup)
+# The ops as callers use them: in plain eager mode their implementations under their own
+# autograd formulas, the ops themselves otherwise (genfast/ops/_eager.py).
+row_norms = eager_op(gp_row_norms, _row_norms, _norms_setup, _norms_grad)
+scale_rows = eager_op(gp_scale_rows, _scale_rows, _scale_setup, _scale_grad)
 # torch's norms are on autocast's float32 list (a float16 norm overflows past 65504 and keeps 11
 # bits); the same policy here, also for direct calls of the op. gp_scale_rows is elementwise: it
 # keeps its inputs' dtype, as a multiply does under autocast.
@@ -228,7 +241,7 @@ def per_sample_grad_norm(grad: Tensor, *, backend: str | None = None) -> Tensor:
     """
     graph.check_batch("grad", grad)
     g2d = _autocast_float(_sample_rows(grad))
-    return gp_row_norms(g2d, backends.resolve("gradient_penalty", g2d, backend))
+    return row_norms(g2d, backends.resolve("gradient_penalty", g2d, backend))
 
 
 def gradient_penalty(
@@ -346,7 +359,7 @@ def gradient_penalty(
             g = graph.input_grad(root, x, create_graph)
         if create_graph:
             graph.prune_zero_paths(root, g)
-        norms = gp_row_norms(_autocast_float(_sample_rows(g)), name)
+        norms = row_norms(_autocast_float(_sample_rows(g)), name)
         nw = norms.to(out_dtype)
         if factor is not None:
             # A division by the factor the backward applied: exact for power-of-two scale / N.

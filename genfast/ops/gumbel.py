@@ -63,6 +63,7 @@ from ._boundary import (
     triton_kernels,
     work_dtype,
 )
+from ._eager import eager_op, fast_apply
 
 SPEC = backends.register_op(backends.OpSpec(name="gumbel", dtypes=standard_dtypes()))
 # Below this temperature the soft sample is one-hot to float32 precision anyway; clamping keeps
@@ -141,16 +142,30 @@ _FWD, _BWD = 0, 1
 
 
 # --------------------------------------------------------------------------- torch.library ops
+def _fwd_impl(logits, seed, inv_tau, hard, backend):
+    return backends.call("gumbel", backend, _FWD, logits, seed, inv_tau, hard)
+
+
+def _bwd_impl(grad, src, seed, inv_tau, recompute, backend):
+    return backends.call("gumbel", backend, _BWD, grad, src, seed, inv_tau, recompute)
+
+
 @torch.library.custom_op("genfast::gumbel_softmax_fwd", mutates_args=())
 def gumbel_softmax_fwd(logits: Tensor, seed: Tensor, inv_tau: float, hard: bool,
                        backend: str) -> Tensor:
-    return backends.call("gumbel", backend, _FWD, logits, seed, inv_tau, hard)
+    return _fwd_impl(logits, seed, inv_tau, hard, backend)
 
 
 @torch.library.custom_op("genfast::gumbel_softmax_bwd", mutates_args=())
 def gumbel_softmax_bwd(grad: Tensor, src: Tensor, seed: Tensor, inv_tau: float, recompute: bool,
                        backend: str) -> Tensor:
-    return backends.call("gumbel", backend, _BWD, grad, src, seed, inv_tau, recompute)
+    return _bwd_impl(grad, src, seed, inv_tau, recompute, backend)
+
+
+# Called inside the Functions below (no grad there): the ops, or in plain eager mode their
+# implementations directly (genfast/ops/_eager.py).
+_fwd = eager_op(gumbel_softmax_fwd, _fwd_impl)
+_bwd = eager_op(gumbel_softmax_bwd, _bwd_impl)
 
 
 @gumbel_softmax_fwd.register_fake
@@ -186,7 +201,7 @@ class GumbelFwd(torch.autograd.Function):
 
     @staticmethod
     def forward(logits, seed, inv_tau, hard, backend):
-        return gumbel_softmax_fwd(logits, seed, inv_tau, hard, backend)
+        return _fwd(logits, seed, inv_tau, hard, backend)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -200,14 +215,14 @@ class GumbelFwd(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         src, seed = ctx.saved_tensors
-        dx = GumbelBwd.apply(gy, src, seed, ctx.inv_tau, ctx.hard, ctx.backend)
+        dx = _apply_bwd(gy, src, seed, ctx.inv_tau, ctx.hard, ctx.backend)
         return dx, None, None, None, None
 
     @staticmethod
     def jvp(ctx, t, *_):
         # The Jacobian inv_tau * (diag(y) - y y^T) is symmetric: the tangent map is the backward.
         src, seed = ctx.saved_tensors
-        return GumbelBwd.apply(t, src, seed, ctx.inv_tau, ctx.hard, ctx.backend)
+        return _apply_bwd(t, src, seed, ctx.inv_tau, ctx.hard, ctx.backend)
 
 
 class GumbelBwd(torch.autograd.Function):
@@ -217,7 +232,7 @@ class GumbelBwd(torch.autograd.Function):
 
     @staticmethod
     def forward(grad, src, seed, inv_tau, recompute, backend):
-        return gumbel_softmax_bwd(grad, src, seed, inv_tau, recompute, backend)
+        return _bwd(grad, src, seed, inv_tau, recompute, backend)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -228,20 +243,20 @@ class GumbelBwd(torch.autograd.Function):
     @staticmethod
     def _soft(ctx, src, seed):
         if ctx.recompute:
-            return GumbelFwd.apply(src, seed, ctx.inv_tau, False, ctx.backend)
+            return _apply_fwd(src, seed, ctx.inv_tau, False, ctx.backend)
         return src
 
     @staticmethod
     def _through_y(ctx, v, y, seed):
         """v pulled back (or pushed forward: the map is symmetric) through src -> y."""
-        return GumbelBwd.apply(v, y, seed, ctx.inv_tau, False, ctx.backend) if ctx.recompute else v
+        return _apply_bwd(v, y, seed, ctx.inv_tau, False, ctx.backend) if ctx.recompute else v
 
     @staticmethod
     def backward(ctx, gg):
         grad, src, seed = ctx.saved_tensors
         y = GumbelBwd._soft(ctx, src, seed)
         # dx = y * (dy - <dy, y>) * inv_tau is linear in dy with the softmax's own Jacobian.
-        g_grad = GumbelBwd.apply(gg, y, seed, ctx.inv_tau, False, ctx.backend)
+        g_grad = _apply_bwd(gg, y, seed, ctx.inv_tau, False, ctx.backend)
         s = (grad * y).sum(dim=-1, keepdim=True)
         t = (gg * y).sum(dim=-1, keepdim=True)
         g_y = (gg * (grad - s) - grad * t) * ctx.inv_tau
@@ -253,7 +268,7 @@ class GumbelBwd(torch.autograd.Function):
         y = GumbelBwd._soft(ctx, src, seed)
         out = None
         if t_grad is not None:
-            out = GumbelBwd.apply(t_grad, y, seed, ctx.inv_tau, False, ctx.backend)
+            out = _apply_bwd(t_grad, y, seed, ctx.inv_tau, False, ctx.backend)
         if t_src is not None:
             ty = GumbelBwd._through_y(ctx, t_src, y, seed)
             s = (grad * y).sum(dim=-1, keepdim=True)
@@ -262,6 +277,7 @@ class GumbelBwd(torch.autograd.Function):
         return out
 
 
+_apply_fwd, _apply_bwd = fast_apply(GumbelFwd), fast_apply(GumbelBwd)
 gumbel_softmax_fwd.register_autograd(GumbelFwd.backward, setup_context=GumbelFwd.setup_context)
 gumbel_softmax_bwd.register_autograd(GumbelBwd.backward, setup_context=GumbelBwd.setup_context)
 torch.library.register_vmap(gumbel_softmax_fwd, vmap_by_slices(gumbel_softmax_fwd))
@@ -333,12 +349,16 @@ def gumbel_softmax(logits: Tensor, tau: float = 1.0, hard: bool = False,
     _checks.boolean("hard", hard)
     if eps != _EPS_DEFAULT:
         warnings.warn("`eps` parameter is deprecated and has no effect.", stacklevel=2)
-    x = autocast_logits(logits).movedim(d, -1)
-    x2 = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # -1 is ambiguous when empty
+    x = autocast_logits(logits)
+    last = d == x.dim() - 1  # the usual case: no movedim / reshape views (~3 us each)
+    if not last:
+        x = x.movedim(d, -1)
+    x2 = x if x.dim() == 2 else x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # not -1: empty
     name = backends.resolve("gumbel", x2, backend)
     seed_t = random.make_seed(logits.device, seed, generator)
     if torch.compiler.is_compiling():
         y2 = gumbel_softmax_fwd(x2, seed_t, inv_tau, hard, name)
     else:
-        y2 = GumbelFwd.apply(x2, seed_t, inv_tau, hard, name)
-    return y2.reshape(x.shape).movedim(-1, d)
+        y2 = _apply_fwd(x2, seed_t, inv_tau, hard, name)
+    y = y2 if x2 is x else y2.reshape(x.shape)
+    return y if last else y.movedim(-1, d)

@@ -47,6 +47,7 @@ from ._boundary import (
     triton_kernels,
     work_dtype,
 )
+from ._eager import eager_op
 from .gumbel import MIN_TAU, ref_rows, vmap_by_slices
 
 SPEC = backends.register_op(backends.OpSpec(name="sample", dtypes=standard_dtypes()))
@@ -96,10 +97,14 @@ implementations("sample", reference=(_ref_sample,), native=(_native_sample,),
 
 
 # --------------------------------------------------------------------------- torch.library op
+def _sample_impl(logits, seed, inv_temperature, top_k, top_p, backend):
+    return backends.call("sample", backend, 0, logits, seed, inv_temperature, top_k, top_p)
+
+
 @torch.library.custom_op("genfast::sample_categorical", mutates_args=())
 def sample_categorical_op(logits: Tensor, seed: Tensor, inv_temperature: float, top_k: int,
                           top_p: float, backend: str) -> Tensor:
-    return backends.call("sample", backend, 0, logits, seed, inv_temperature, top_k, top_p)
+    return _sample_impl(logits, seed, inv_temperature, top_k, top_p, backend)
 
 
 @sample_categorical_op.register_fake
@@ -110,6 +115,8 @@ def _(logits, seed, inv_temperature, top_k, top_p, backend):
 # vmap runs one call per slice (see gumbel.vmap_by_slices); indices have no gradient, so no
 # autograd formula is needed for torch.func.grad to pass through (it sees a constant).
 torch.library.register_vmap(sample_categorical_op, vmap_by_slices(sample_categorical_op))
+# The op, or in plain eager mode its implementation directly (genfast/ops/_eager.py).
+_sample = eager_op(sample_categorical_op, _sample_impl)
 
 
 # --------------------------------------------------------------------------- public API
@@ -141,4 +148,4 @@ def sample_categorical(logits: Tensor, temperature: float = 1.0, top_k: int | No
     x2 = logits.reshape(math.prod(logits.shape[:-1]), n)
     name = backends.resolve("sample", x2, backend)
     seed_t = random.make_seed(logits.device, seed, generator)
-    return sample_categorical_op(x2, seed_t, inv_temp, k, p, name).reshape(logits.shape[:-1])
+    return _sample(x2, seed_t, inv_temp, k, p, name).reshape(logits.shape[:-1])

@@ -54,6 +54,7 @@ from torch import Tensor
 from .. import backends
 from . import _checks
 from ._boundary import FLOATS, standard_dtypes
+from ._eager import modes_off, plain
 from ._spectral_norm_autograd import (
     floor_sigma,
     normalized,
@@ -110,21 +111,10 @@ def _(weights, us, vs, dims, eps, backend):
     return weights[0].new_empty(len(weights), dtype=sigma_dtype(weights[0].dtype))
 
 
-def _plain(ts) -> bool:
-    return all(type(t) is Tensor or type(t) is torch.nn.Parameter for t in ts)
-
-
-def _modes_off() -> bool:
-    """No compiler, dispatch or function mode and no torch.func transform is active."""
-    return not (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-                or torch._C._is_torch_function_mode_enabled()
-                or torch._C._are_functorch_transforms_active())
-
-
 def _direct(weights, us, vs) -> bool:
     """Plain eager mode: nothing (a mode, a transform, a tensor subclass) needs to see the op,
     so its implementation may run directly."""
-    return _modes_off() and _plain(weights) and _plain(us) and _plain(vs)
+    return modes_off() and plain(weights) and plain(us) and plain(vs)
 
 
 def _run_power(weights, us, vs, dims, n_iter, eps, backend) -> Tensor:
@@ -174,8 +164,7 @@ def _layer_runner(weight: Tensor, u: Tensor, v: Tensor, dim: int, backend: str |
     `memo` is a one-element list the layer owns: in plain eager mode it keeps a direct runner
     of the native kernel (table built and checked once), keyed on everything the table and the
     backend choice depend on, so a call costs a key, an output tensor and the kernel."""
-    if not (type(weight) in _PLAIN and type(u) is Tensor and type(v) is Tensor and _modes_off()
-            and not weight.is_meta and not _wrapped(weight)):
+    if not (modes_off() and plain((weight, u, v)) and not weight.is_meta):
         return None
     key = (weight.data_ptr(), u.data_ptr(), v.data_ptr(), weight.shape, weight.stride(),
            u.shape, u.stride(), v.shape, v.stride(), weight.dtype, u.dtype, v.dtype,
@@ -186,10 +175,6 @@ def _layer_runner(weight: Tensor, u: Tensor, v: Tensor, dim: int, backend: str |
         name = backends.base_name(resolve(weight, backend))
         hit = memo[0] = (key, direct_runner(name, weight, u, v, dim))
     return hit[1]
-
-
-_PLAIN = (Tensor, torch.nn.Parameter)
-_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # a tensor left by a transform
 
 
 def layer_sigma(weight: Tensor, u: Tensor, v: Tensor, dim: int, n_iter: int, eps: float,
