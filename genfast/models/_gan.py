@@ -218,9 +218,9 @@ class GAN(nn.Module):
             opt_g.step()
             # Gradients also reached the discriminator; the next update clears them.
             self.last_g_loss.fill_(g_loss.detach())
-        return {"d_loss": d_loss.item(), "g_loss": self.last_g_loss.item(),
-                "d_real": d_real.detach().mean().item(),
-                "d_fake": d_fake.detach().mean().item(), **extra}
+        # Tensors, not floats: the trainer reads them once per log (no host sync per step).
+        return {"d_loss": d_loss.detach(), "g_loss": self.last_g_loss.clone(),
+                "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean(), **extra}
 
     @torch.no_grad()
     def evaluate(self, x: Tensor) -> dict[str, float]:

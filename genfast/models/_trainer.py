@@ -4,7 +4,8 @@ A model plugs in by being an ``nn.Module`` with
 
 * ``config`` (a dataclass) and ``image_shape`` (C, H, W),
 * ``configure_optimizers(lr) -> dict[str, Optimizer]``,
-* ``train_step(x, optimizers, step) -> dict[str, float]`` (it owns backward and
+* ``train_step(x, optimizers, step) -> dict[str, float | Tensor]`` (0-dim tensors are summed
+  on the device and read once per ``log_every`` steps: no host sync per step; it owns backward and
   ``optimizer.step()``, so a GAN can alternate its two optimizers),
 * ``evaluate(x) -> dict[str, float]`` (held-out metrics; ``loss`` is the headline number),
 * ``sample(n) -> (n, C, H, W)`` in [0, 1], and optionally ``reconstruct(x)``.
@@ -201,12 +202,12 @@ def fit(model: nn.Module, name: str, train_x: torch.Tensor, test_x: torch.Tensor
     for step in bar:
         idx = batch_indices(len(train_x), tc.batch_size, tc.seed, step)
         metrics = model.train_step(train_x[idx.to(device)], optimizers, step)
-        for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + v
+        for k, v in metrics.items():  # tensors add up on the device: read once per log
+            sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v)
         count += 1
         done = step + 1
         if done % tc.log_every == 0 or done == tc.steps:
-            means = {k: v / count for k, v in sums.items()}
+            means = {k: float(v) / count for k, v in sums.items()}
             elapsed = time.perf_counter() - t0
             _log(log_path, {"step": done, "split": "train", **means, "elapsed_s": elapsed})
             bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)

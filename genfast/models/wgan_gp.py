@@ -58,4 +58,4 @@ class WGANGP(GAN):
     def penalty(self, real: Tensor, fake: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         gp = gradient_penalty(self.discriminator, real, fake, kind="wgan-gp",
                               weight=self.config.gp_weight, center=1.0)
-        return gp.penalty, {"gp": gp.penalty.item(), "grad_norm": gp.grad_norm.mean().item()}
+        return gp.penalty, {"gp": gp.penalty.detach(), "grad_norm": gp.grad_norm.mean()}
