@@ -10,8 +10,6 @@ Build flags (environment variables):
   GENFAST_CUDA_ARCHS      semicolon list of SM archs, default "75;80;90"
   MAX_JOBS                parallel compile jobs (default: number of CPUs)
   GENFAST_DEBUG=1         -O0 -g, no NDEBUG
-  GENFAST_OPENMP=0|1      CPU kernels on OpenMP, i.e. torch's own libgomp thread team
-                          (default: 1 on Linux; 0 spawns std::threads per call instead)
   CUDA_HOME               where to look for nvcc before PATH
 """
 
@@ -32,10 +30,6 @@ ROOT = Path(__file__).parent.resolve()
 CSRC = ROOT / "csrc"
 DEBUG = os.environ.get("GENFAST_DEBUG", "0") == "1"
 OPT = ["-O0", "-g"] if DEBUG else ["-O3", "-DNDEBUG"]
-# Linux torch wheels ship libgomp.so.1 and load it first: linking it by that soname makes the
-# extension share torch's OpenMP runtime and threads (csrc/common/parallel.h).
-OPENMP = (["-fopenmp"] if os.environ.get("GENFAST_OPENMP", "1" if platform.system() == "Linux"
-                                         else "0") == "1" else [])
 
 
 def _pybind11_include() -> str:
@@ -152,8 +146,8 @@ def _extensions() -> list[Extension]:
             "genfast._C",
             sources=["csrc/bindings.cpp", *cpu_sources],
             include_dirs=common_inc,
-            extra_compile_args=[*cflags, *OPENMP],
-            extra_link_args=["-pthread", *OPENMP],
+            extra_compile_args=cflags,
+            extra_link_args=["-pthread"],
             define_macros=_meta_defines({"GENFAST_BUILD_CUDA": "none"}),
             language="c++",
         )

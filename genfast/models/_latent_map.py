@@ -85,7 +85,8 @@ def write_latent_map(model: nn.Module, x: Tensor, path: str | os.PathLike[str],
     was_training = model.training
     model.eval()
     try:
-        z = torch.cat([model.codes(b) for b in x.split(512)])
+        dev = next(model.parameters()).device
+        z = torch.cat([model.codes(b.to(dev)) for b in x.split(512)])
     finally:
         model.train(was_training)
     pts, kept = project_2d(z)

@@ -77,7 +77,7 @@ class AAE(Autoencoder):
     config_cls: ClassVar[type] = AAEConfig
     description: ClassVar[str] = "adversarial autoencoder, discriminator on z (Makhzani et al.)"
     train_defaults: ClassVar[dict[str, float | int]] = {
-        "steps": 4000, "batch_size": 100, "lr": 1e-3, "sample_every": 1000,
+        "steps": 10000, "batch_size": 100, "lr": 1e-3, "sample_every": 1000,
         "checkpoint_every": 1000}
 
     def __init__(self, config: AAEConfig | None = None) -> None:

@@ -60,7 +60,7 @@ class Autoencoder(nn.Module):
     config_cls: ClassVar[type] = AutoencoderConfig
     description: ClassVar[str] = "autoencoder, dense, sigmoid code H = sigma(W_e X) (seed 003)"
     train_defaults: ClassVar[dict[str, float | int]] = {
-        "steps": 4000, "batch_size": 100, "lr": 1e-3, "sample_every": 1000,
+        "steps": 10000, "batch_size": 100, "lr": 1e-3, "sample_every": 1000,
         "checkpoint_every": 1000}
 
     def __init__(self, config: AutoencoderConfig | None = None) -> None:

@@ -35,5 +35,5 @@ class ConvVAE(VAE):
     config_cls: ClassVar[type] = ConvVAEConfig
     description: ClassVar[str] = "convolutional VAE, conv / deconv blocks (AntixK/PyTorch-VAE)"
     train_defaults: ClassVar[dict[str, float | int]] = {
-        "steps": 4000, "batch_size": 100, "lr": 1e-3, "sample_every": 1000,
+        "steps": 10000, "batch_size": 100, "lr": 1e-3, "sample_every": 1000,
         "checkpoint_every": 1000}

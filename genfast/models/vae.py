@@ -59,9 +59,9 @@ class VAE(nn.Module):
 
     config_cls: ClassVar[type] = VAEConfig
     description: ClassVar[str] = "VAE, Gaussian latent, dense nets (Kingma & Welling 2014)"
-    # Held-out negative ELBO bottoms out near step 4000 on the digits and creeps up after.
+    # Held-out negative ELBO still falls slowly at 10k steps (23.7 nats, 1.5 min at 2 threads).
     train_defaults: ClassVar[dict[str, float | int]] = {
-        "steps": 4000, "batch_size": 100, "lr": 1e-3, "sample_every": 1000,
+        "steps": 10000, "batch_size": 100, "lr": 1e-3, "sample_every": 1000,
         "checkpoint_every": 1000}
 
     def __init__(self, config: VAEConfig | None = None) -> None:

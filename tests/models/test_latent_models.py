@@ -223,6 +223,14 @@ def test_adversarial_phase_moves_codes_to_the_prior(digits):
     assert runs["aae"] < 0.5 * runs["ae"], runs
 
 
+def test_aae_spectral_norm_discriminator(digits):
+    m = _model("aae", spectral_norm=True)
+    keys = m.discriminator.state_dict().keys()
+    assert sum(k.endswith("parametrizations.weight.original") for k in keys) == 3
+    out = m.train_step(digits[0][:32], m.configure_optimizers(1e-3), 0)
+    assert all(math.isfinite(v) for v in out.values())
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_resume_is_exact(name, digits, tmp_path):
     train, test = digits
