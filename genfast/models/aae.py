@@ -92,7 +92,7 @@ class AAE(Autoencoder):
                 "g": torch.optim.Adam(self.encoder.parameters(), lr=lr, betas=b)}
 
     def train_step(self, x: Tensor, optimizers: dict[str, torch.optim.Optimizer],
-                   step: int) -> dict[str, float]:
+                   step: int) -> dict[str, Tensor]:
         # Reconstruction phase.
         z = self.encode(x)
         recon = self.recon_loss(x, z).mean()
@@ -116,9 +116,9 @@ class AAE(Autoencoder):
         g_loss.backward()  # also fills the discriminator's grads; its next zero_grad drops them
         optimizers["g"].step()
         self._track_codes(z)
-        return {"loss": recon.item(), "d_loss": d_loss.item(), "g_loss": g_loss.item(),
-                "d_real": torch.sigmoid(d_real).mean().item(),
-                "d_fake": torch.sigmoid(d_fake).mean().item()}
+        return {"loss": recon.detach(), "d_loss": d_loss.detach(), "g_loss": g_loss.detach(),
+                "d_real": torch.sigmoid(d_real.detach()).mean(),
+                "d_fake": torch.sigmoid(d_fake.detach()).mean()}
 
     @torch.no_grad()
     def evaluate(self, x: Tensor) -> dict[str, float]:

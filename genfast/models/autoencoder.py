@@ -90,15 +90,15 @@ class Autoencoder(nn.Module):
 
     @torch.no_grad()
     def _track_codes(self, h: Tensor) -> None:
-        n = int(self.code_batches) + 1
-        w = max(1.0 / n, 1.0 / _STAT_WINDOW)
+        # Computed on the device: reading the count back would sync the host every step.
+        self.code_batches.add_(1)
+        w = (1.0 / self.code_batches).clamp_min(1.0 / _STAT_WINDOW)
         h = h.detach().float()
         self.code_mean.lerp_(h.mean(0), w)
         self.code_outer.lerp_(h.T @ h / len(h), w)
-        self.code_batches.fill_(n)
 
     def train_step(self, x: Tensor, optimizers: dict[str, torch.optim.Optimizer],
-                   step: int) -> dict[str, float]:
+                   step: int) -> dict[str, Tensor]:
         h = self.encode(x)
         loss = self.recon_loss(x, h).mean()
         opt = optimizers["adam"]
@@ -106,7 +106,7 @@ class Autoencoder(nn.Module):
         loss.backward()
         opt.step()
         self._track_codes(h)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}  # summed on the device by the trainer
 
     @torch.no_grad()
     def recon_metrics(self, x: Tensor, batch_size: int = 512) -> dict[str, float]:

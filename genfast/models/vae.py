@@ -92,13 +92,14 @@ class VAE(nn.Module):
         return {"adam": torch.optim.Adam(self.parameters(), lr=lr)}
 
     def train_step(self, x: Tensor, optimizers: dict[str, torch.optim.Optimizer],
-                   step: int) -> dict[str, float]:
+                   step: int) -> dict[str, Tensor]:
         loss, parts = self.loss(x)
         opt = optimizers["adam"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
+        # 0-dim tensors: the trainer sums them on the device (no host sync per step).
+        return {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}}
 
     @torch.no_grad()
     def bounds(self, x: Tensor, k: int | None = None,
