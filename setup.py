@@ -148,6 +148,7 @@ def _extensions() -> list[Extension]:
             include_dirs=common_inc,
             extra_compile_args=cflags,
             extra_link_args=["-pthread"],
+            libraries=["dl"],  # dlopen / dlsym of torch's OpenMP runtime (cpu/openmp.cpp)
             define_macros=_meta_defines({"GENFAST_BUILD_CUDA": "none"}),
             language="c++",
         )

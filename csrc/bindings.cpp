@@ -35,6 +35,7 @@
 #include "cpu/spectral_norm.h"
 // [include:cpu]
 #include "common/fastmath.h"  // the ISA switch and the Philox path of the CPU kernels
+#include "common/openmp.h"
 #define GENFAST_MODULE _C
 #endif
 
@@ -239,6 +240,11 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
   }, "the ISAs this build and CPU can run, slowest first");
   m.def("set_isa", [](const std::string& name) { genfast::isa::set(name, "isa"); },
         py::arg("name"), "switch the CPU kernels to `name` (or 'auto'), process-wide");
+  // [bind:cpu:openmp] Whose threads the CPU kernels run on (common/openmp.h).
+  m.def("openmp_runtime", []() -> py::object {
+    const auto* rt = genfast::openmp::runtime();
+    return rt ? py::object(py::str(rt->path)) : py::object(py::none());
+  }, "the path of torch's OpenMP runtime the CPU kernels use, or None (std::threads)");
   m.def(
       "philox_uniform",
       [](uint64_t seed, int64_t row0, int64_t rows, int64_t n, Ptr out) {

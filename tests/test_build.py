@@ -52,29 +52,44 @@ def test_cpu_extension_is_built_and_reports_metadata():
 
 
 _OPENMP_PROBE = """
-import json, sys, torch
+import hashlib, json, torch
 import genfast
 from genfast.ops import spectral_norm as S
 torch.set_num_threads(2)
-w, u, v = torch.randn(512, 2304), torch.randn(512), torch.randn(2304)
-S.spectral_norm_power_iteration([w], [u], [v], 1, backend="cpu")  # a split, parallel call
+g = torch.Generator().manual_seed(0)
+w, u, v = (torch.randn(s, generator=g) for s in ((512, 2304), (512,), (2304,)))
+sigma = S.spectral_norm_power_iteration([w], [u], [v], 1, backend="cpu")  # a split, parallel call
 torch.mm(w, w.t())  # and one of torch's
 maps = open("/proc/self/maps").read().splitlines()
-print(json.dumps(sorted({l.split()[-1] for l in maps if "libgomp" in l or "libiomp" in l})))
+print(json.dumps({
+    "runtime": genfast._C.openmp_runtime(),
+    "mapped": sorted({l.split()[-1] for l in maps if "libgomp" in l or "libiomp" in l
+                      or "libomp." in l}),
+    "bits": hashlib.sha256(b"".join(t.numpy().tobytes() for t in (sigma, u, v))).hexdigest(),
+}))
 """
 
 
+def _openmp_probe(**env) -> dict:
+    run = subprocess.run([sys.executable, "-c", _OPENMP_PROBE], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT, env={**os.environ, **env})
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
-def test_cpu_kernels_share_torchs_openmp_runtime():
-    """The CPU extension runs on torch's OpenMP team (csrc/common/parallel.h): after both have
-    run parallel regions, the process holds one OpenMP runtime, not torch's and a second."""
+def test_cpu_kernels_run_on_torchs_openmp_runtime_or_threads_with_the_same_bits():
+    """The CPU extension links no OpenMP library: it runs its parallel regions on the runtime
+    torch loaded (csrc/common/openmp.h), so the process maps one runtime, not a second; with
+    GENFAST_OPENMP=0 it spawns std::threads, and the results are the same bits."""
     if backends.extension("_C")[0] is None:
         pytest.skip("genfast._C is not built")
-    run = subprocess.run([sys.executable, "-c", _OPENMP_PROBE], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT)
-    assert run.returncode == 0, run.stderr
-    runtimes = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(runtimes) <= 1, f"more than one OpenMP runtime loaded: {runtimes}"
+    omp, threads = _openmp_probe(), _openmp_probe(GENFAST_OPENMP="0")
+    assert len(omp["mapped"]) <= 1, f"more than one OpenMP runtime loaded: {omp['mapped']}"
+    if omp["mapped"]:  # torch's Linux wheels load one
+        assert omp["runtime"] == omp["mapped"][0]
+    assert threads["runtime"] is None
+    assert omp["bits"] == threads["bits"]
 
 
 # ------------------------------------------------------------------ the CUDA binary

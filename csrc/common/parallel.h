@@ -1,13 +1,8 @@
 // A minimal parallel_for over independent items (rows, weights, row chunks).
 //
-// Built with OpenMP (setup.py passes -fopenmp on Linux), it runs on torch's own OpenMP thread
-// team: the extension's DT_NEEDED libgomp.so.1 resolves, by soname, to the libgomp torch has
-// already loaded (genfast imports torch before its extensions), so there is ONE runtime and one
-// set of worker threads. Those workers are warm right after torch's own parallel ops (they
-// spin briefly, then sleep), so a region starts in about a microsecond where a std::thread
-// start costs 20-100 us, and no second pool competes for the cores. tests/test_build.py checks
-// that a process holds a single libgomp. Without OpenMP (other compilers, GENFAST_OPENMP=0) the
-// same interface spawns std::threads per call, as before: fine for calls of milliseconds.
+// It runs on torch's own OpenMP thread team when torch's runtime is found in the process
+// (common/openmp.h: warm threads, a region starts in about a microsecond, no second pool), else
+// it spawns std::threads per call (20-100 us each: fine for calls of milliseconds).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -15,9 +10,7 @@
 #include <thread>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "common/openmp.h"
 
 namespace genfast {
 
@@ -41,34 +34,41 @@ void parallel_for(int64_t items, int64_t elements_per_item, int num_threads, con
   const auto block = [&](int64_t t) { return items * t / threads; };
   std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
   // Exceptions must not cross an OpenMP region or a thread: each block keeps its own.
-  const auto run = [&](int64_t t) {
+  const auto run_block = [&](int64_t t) {
     try {
       f(block(t), block(t + 1));
     } catch (...) {
       errors[static_cast<size_t>(t)] = std::current_exception();
     }
   };
-#ifdef _OPENMP
-#pragma omp parallel num_threads(static_cast<int>(threads))
-  {
-    // The runtime may grant fewer threads than asked (nested regions, limits): each thread
-    // takes every granted-th block.
-    const int64_t granted = omp_get_num_threads();
-    for (int64_t t = omp_get_thread_num(); t < threads; t += granted) run(t);
+  if (const openmp::Runtime* omp = openmp::runtime()) {
+    struct Region {
+      const openmp::Runtime* omp;
+      int64_t threads;
+      const decltype(run_block)* run;
+    } region{omp, threads, &run_block};
+    omp->parallel(
+        [](void* p) {
+          const auto& r = *static_cast<const Region*>(p);
+          // The runtime may grant fewer threads than asked (nested regions, limits): each
+          // thread takes every granted-th block.
+          const int64_t granted = r.omp->num_threads();
+          for (int64_t t = r.omp->thread_num(); t < r.threads; t += granted) (*r.run)(t);
+        },
+        &region, static_cast<unsigned>(threads), 0u);
+  } else {
+    std::vector<std::thread> pool;
+    pool.reserve(static_cast<size_t>(threads - 1));
+    int64_t t = 1;
+    try {
+      for (; t < threads; ++t) pool.emplace_back(run_block, t);
+    } catch (...) {
+      // Could not spawn (resource limits): the blocks without a thread run here instead.
+    }
+    run_block(0);
+    for (int64_t u = t; u < threads; ++u) run_block(u);
+    for (auto& th : pool) th.join();
   }
-#else
-  std::vector<std::thread> pool;
-  pool.reserve(static_cast<size_t>(threads - 1));
-  int64_t t = 1;
-  try {
-    for (; t < threads; ++t) pool.emplace_back(run, t);
-  } catch (...) {
-    // Could not spawn (resource limits): the blocks without a thread run here instead.
-  }
-  run(0);
-  for (int64_t u = t; u < threads; ++u) run(u);
-  for (auto& th : pool) th.join();
-#endif
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
 }
