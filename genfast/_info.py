@@ -26,6 +26,8 @@ def _ext_line(name: str) -> str:
     meta = ", ".join(f"{k}={v}" for k, v in mod.build_info().items())
     if hasattr(mod, "isa"):  # genfast._C: the SIMD copy its loops run (GENFAST_ISA)
         meta += f", isa={mod.isa()} (supported: {'/'.join(mod.supported_isas())})"
+    if hasattr(mod, "openmp_runtime"):  # whose threads its kernels run on (GENFAST_OPENMP)
+        meta += f", threads={mod.openmp_runtime() or 'std::thread'}"
     return f"genfast.{name}: {meta}"
 
 
