@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from torch import nn
 
+from .aae import AAE, AAEConfig
+from .autoencoder import Autoencoder, AutoencoderConfig, ConvAutoencoder, ConvAutoencoderConfig
+from .conv_vae import ConvVAE, ConvVAEConfig
 from .dcgan import DCGAN, DCGANConfig
+from .gmm import GaussianMixture, GMMConfig
 from .gumbel_vae import GumbelVAE, GumbelVAEConfig
+from .lda import LatentDirichletAllocation, LDAConfig
 from .sngan import SNGAN, SNGANConfig
+from .vae import VAE, VAEConfig
 from .wgan_gp import WGANGP, WGANGPConfig
 
 REGISTRY: dict[str, type[nn.Module]] = {
@@ -18,6 +24,13 @@ REGISTRY: dict[str, type[nn.Module]] = {
     "dcgan": DCGAN,
     "sngan": SNGAN,
     "wgan-gp": WGANGP,
+    "autoencoder": Autoencoder,
+    "conv-autoencoder": ConvAutoencoder,
+    "vae": VAE,
+    "conv-vae": ConvVAE,
+    "aae": AAE,
+    "gmm": GaussianMixture,
+    "lda": LatentDirichletAllocation,
 }
 
 
@@ -30,5 +43,8 @@ def get(name: str) -> type[nn.Module]:
         raise KeyError(f"unknown model {name!r}; registered models:\n{known}") from None
 
 
-__all__ = ["DCGAN", "REGISTRY", "SNGAN", "WGANGP", "DCGANConfig", "GumbelVAE",
-           "GumbelVAEConfig", "SNGANConfig", "WGANGPConfig", "get"]
+__all__ = ["AAE", "VAE", "AAEConfig", "Autoencoder", "AutoencoderConfig", "ConvAutoencoder",
+           "ConvAutoencoderConfig", "ConvVAE", "ConvVAEConfig", "VAEConfig",
+           "DCGAN", "REGISTRY", "SNGAN", "WGANGP", "DCGANConfig", "GumbelVAE",
+           "GumbelVAEConfig", "SNGANConfig", "WGANGPConfig", "get",
+           "GMMConfig", "GaussianMixture", "LDAConfig", "LatentDirichletAllocation"]
