@@ -106,11 +106,14 @@ def cuda_stream(x: Tensor) -> int:
 
 def _flatten(args, on_cpu: bool) -> list:
     flat = []
-    for a in args:
-        if isinstance(a, Rows):
+    for a in args:  # type() tests, not isinstance: this runs for every argument of every call
+        t = type(a)
+        if t is Rows:
             flat += [a.t.data_ptr(), row_stride(a.t)]
-        elif isinstance(a, Seed):
+        elif t is Seed:
             flat.append(seed_value(a.t) if on_cpu else a.t.data_ptr())
+        elif t is int or t is float or t is bool:
+            flat.append(a)
         elif isinstance(a, Tensor):
             flat.append(a.data_ptr())
         else:
