@@ -131,8 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny shapes (a smoke run)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = p.parse_args(argv)
+    start_load = os.getloadavg()[0]
     head = _header(args.threads)
     gmm, lda = run(args.threads, args.quick)
+    end_load = os.getloadavg()[0]
+    head += f" | load average at end {end_load:.2f}"
+    # The end figure counts this run's own threads; beyond them, someone else was running.
+    if start_load > 0.5 or end_load > args.threads + 0.5:
+        head += ("\n\n**Warning: the machine was busy**: other processes ran beside this "
+                 "benchmark. A multi-threaded torch op waits at each parallel region for a "
+                 "core another process holds, so genfast's many small LDA steps stall most.")
     tag = f"cpu-amd-epyc-{args.threads}t" + ("-quick" if args.quick else "")
     os.makedirs(args.out, exist_ok=True)
     g_md = (f"## GMM EM: genfast vs scikit-learn GaussianMixture\n\n{head}\n\n"
