@@ -67,6 +67,11 @@ def _train(args: argparse.Namespace) -> int:
     with genfast.use_backend(args.backend):
         metrics = fit(model, args.model, train_x, test_x, tc, out, resume=args.resume,
                       device=args.device, progress=not args.no_progress)
+    if hasattr(model, "codes"):  # latent-variable models: a map of the held-out codes
+        from genfast.models._latent_map import digits_test_labels, write_latent_map
+
+        labels = digits_test_labels() if args.data is None else None
+        write_latent_map(model, test_x, os.path.join(out, "latent_map.png"), labels)
     summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
     print(f"{args.model}: {tc.steps} steps; held-out: {summary}")
     print(f"checkpoint, samples and metrics.jsonl in {out}")

@@ -288,6 +288,7 @@ def test_cli_train_then_sample(tmp_path, capsys):
                  "--sample-every", "10", "--checkpoint-every", "10", "--batch-size", "50"]) == 0
     assert "iwae=" in capsys.readouterr().out
     assert (out / "samples_step000010.png").exists()
+    assert (out / "latent_map.png").stat().st_size > 1000  # the held-out codes, by class
     png = tmp_path / "s.png"
     assert main(["sample", "conv-vae", "--checkpoint", str(out / "checkpoint.pt"),
                  "--out", str(png), "--n", "9"]) == 0
