@@ -12,14 +12,7 @@ import torch
 from genfast.data import digits_split
 from genfast.models import fid
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These nets are tiny: one thread is as fast, and immune to an oversubscribed box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _psd(d, rank=None, seed=0):

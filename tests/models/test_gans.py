@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from genfast.data import digits_split
-from genfast.models import REGISTRY, _trainer, fid
+from genfast.models import REGISTRY, _trainer
 from genfast.models._gan import truncated_normal
 from genfast.models.dcgan import DCGAN
 from genfast.models.sngan import SNGAN
@@ -20,21 +20,7 @@ NAMES = {"dcgan": DCGAN, "sngan": SNGAN, "wgan-gp": WGANGP}
 SMALL = dict(g_width=8, d_width=8, z_dim=16, fd_samples=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These nets are tiny: one thread is as fast, and immune to an oversubscribed box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _random_feature_net(monkeypatch):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = fid.DigitsFeatureNet().eval().requires_grad_(False)
-    monkeypatch.setattr(fid, "feature_net", lambda *a, **k: net)
+pytestmark = pytest.mark.usefixtures("one_thread", "random_feature_net")
 
 
 @pytest.fixture(scope="module")

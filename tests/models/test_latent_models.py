@@ -33,21 +33,7 @@ NAMES = ["autoencoder", "conv-autoencoder", "vae", "conv-vae", "aae"]
 SMALL = dict(hidden=(32,), channels=(8, 16), fd_samples=32, latent_dim=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These nets are tiny: one thread is as fast, and immune to an oversubscribed box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _random_feature_net(monkeypatch):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = fid.DigitsFeatureNet().eval().requires_grad_(False)
-    monkeypatch.setattr(fid, "feature_net", lambda *a, **k: net)
+pytestmark = pytest.mark.usefixtures("one_thread", "random_feature_net")
 
 
 @pytest.fixture(scope="module")
