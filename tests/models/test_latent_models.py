@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from _resume import assert_resume_is_exact
 
 from genfast.cli import main
 from genfast.data import digits_split
@@ -222,25 +223,7 @@ def test_resume_is_exact(name, digits, tmp_path):
     train, test = digits
     tc = dict(batch_size=32, lr=1e-3, checkpoint_every=3, sample_every=3, log_every=1,
               n_samples=4)
-    a = _model(name)
-    _trainer.fit(a, name, train, test, _trainer.TrainConfig(steps=6, **tc), tmp_path / "a",
-                 progress=False)
-    b = _model(name)
-    _trainer.fit(b, name, train, test, _trainer.TrainConfig(steps=3, **tc), tmp_path / "b",
-                 progress=False)
-    b = _model(name)
-    _trainer.fit(b, name, train, test, _trainer.TrainConfig(steps=6, **tc), tmp_path / "b",
-                 resume=True, progress=False)
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, msg=k)
-
-    def records(d):
-        with open(d / "metrics.jsonl") as f:
-            return [{k: v for k, v in json.loads(ln).items() if k != "elapsed_s"} for ln in f]
-
-    assert records(tmp_path / "a") == records(tmp_path / "b")
+    a, b = assert_resume_is_exact(lambda: _model(name), name, train, test, tc, tmp_path)
     ckpt = _trainer.load_checkpoint(str(tmp_path / "b" / _trainer.CHECKPOINT))
     cls = REGISTRY[name]
     c = cls(cls.config_cls(**ckpt["config"]))
