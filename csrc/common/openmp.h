@@ -9,6 +9,11 @@
 // already mapped in the process for torch's runtime (libgomp, or libiomp5 / libomp, which export
 // the same GOMP entry points) and takes GOMP_parallel from it; without one, parallel_for spawns
 // std::threads as before.
+//
+// fork(): in a child forked after the parent ran parallel regions, a region waits forever on
+// libgomp's pool (GCC bug 52303). torch's own parallel ops hang there too (checked with an
+// elementwise op on torch 2.13), so this adds no new case: DataLoader workers run with one
+// thread, where parallel_for starts no region; GENFAST_OPENMP=0 restores std::threads.
 #pragma once
 
 namespace genfast::openmp {
