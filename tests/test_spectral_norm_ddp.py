@@ -4,12 +4,10 @@ discriminator step D(real), D(fake), one backward, with buffers broadcast before
 equal the same steps of torch's spectral norm in one process on the whole batch."""
 
 import inspect
-import socket
 
+import _ddp
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -51,31 +49,18 @@ def _train(d, shard=slice(None)):
         opt.step()
 
 
-def _worker(rank, port, out):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD)
-    torch.set_num_threads(1)
-    try:
-        for name, cfg in CONFIGS.items():
-            d = _d(lambda m, cfg=cfg: spectral_norm(m, fold=cfg["fold"]))
-            if cfg["group"]:
-                SpectralNormGroup(d)
-            _train(DDP(d, **SYNC), slice(rank, None, WORLD))
-            torch.save(d.state_dict(), f"{out}/{name}-{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, world, out):
+    for name, cfg in CONFIGS.items():
+        d = _d(lambda m, cfg=cfg: spectral_norm(m, fold=cfg["fold"]))
+        if cfg["group"]:
+            SpectralNormGroup(d)
+        _train(DDP(d, **SYNC), slice(rank, None, world))
+        torch.save(d.state_dict(), f"{out}/{name}-{rank}.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                    reason="torch.distributed with gloo is not available")
+@pytest.mark.skipif(not _ddp.AVAILABLE, reason="torch.distributed with gloo is not available")
 def test_ddp_gan_step_matches_single_process_torch(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    _ddp.spawn(_worker, WORLD, str(tmp_path))
     ref = _d(torch_sn)
     _train(ref)
     expect = ref.state_dict()
