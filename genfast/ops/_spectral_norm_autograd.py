@@ -7,11 +7,11 @@ convention passes conj(derivative) * grad, so d sigma gives grad * u conj(v)^T a
 gives grad / conj(sigma) - <W, grad> / conj(sigma)^2 * u conj(v)^T. Real weights take the same
 formulas without the conjugations.
 
-Each function comes twice: a ctx-style class for plain eager calls, and a setup_context
-subclass for torch.func transforms (grad over functional_call), which require one. torch's
-Function.apply binds the arguments of a setup_context forward through inspect.signature on
-every call (~25 us, more than the kernel of a small layer), hence the eager class. Backwards
-run with autocast off (no_autocast), in the weight's dtype.
+The functions are setup_context style, as torch.func transforms (grad over functional_call)
+require, and are applied through genfast.ops._eager.fast_apply: Function.apply's Python wrapper
+binds the arguments through inspect.signature on every call (~25 us, more than the kernel of a
+small layer), which plain eager calls skip. Backwards run with autocast off (no_autocast), in
+the weight's dtype.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ class _Sigma(torch.autograd.Function):
     kernel, and one per layer per step, where a custom op's eager dispatch costs ~5x more."""
 
     @staticmethod
-    def forward(ctx, weight, u, v, sigma, dim, floor):
-        _sigma_setup(ctx, (weight, u, v, sigma, dim, floor), None)
+    def forward(weight, u, v, sigma, dim, floor):
         return sigma.clone()
+
+    setup_context = staticmethod(_sigma_setup)
 
     @staticmethod
     def backward(ctx, g):
@@ -64,9 +65,10 @@ class _Normalize(torch.autograd.Function):
     composition W / sigma(W) takes six (and an accumulation of two gradients)."""
 
     @staticmethod
-    def forward(ctx, weight, u, v, sigma, dim, floor):
-        _normalize_setup(ctx, (weight, u, v, sigma, dim, floor), None)
+    def forward(weight, u, v, sigma, dim, floor):
         return weight / sigma
+
+    setup_context = staticmethod(_normalize_setup)
 
     @staticmethod
     def backward(ctx, g):
@@ -74,7 +76,7 @@ class _Normalize(torch.autograd.Function):
         d = ctx.dim
         with no_autocast(g.device.type):
             if torch.is_grad_enabled():  # create_graph: the second order needs sigma's graph
-                s = _sigma_fn().apply(w, u, v, s, d, ctx.floor)
+                s = _sigma_apply(w, u, v, s, d, ctx.floor)
             live = (s.abs() > ctx.floor).to(s.dtype)  # a floored sigma is a constant
             if w.is_complex():
                 s, v = s.conj(), v.conj()
@@ -125,32 +127,7 @@ def step(weight: Tensor, u: Tensor, v: Tensor, run, n_iter: int, eps: float, dim
     return _step_apply(weight, u, v, run, n_iter, eps, dim, floor)
 
 
-class _SigmaFunc(_Sigma):
-    """_Sigma for torch.func transforms (setup_context style)."""
-
-    @staticmethod
-    def forward(weight, u, v, sigma, dim, floor):
-        return sigma.clone()
-
-    setup_context = staticmethod(_sigma_setup)
-
-
-class _NormalizeFunc(_Normalize):
-    """_Normalize for torch.func transforms (setup_context style)."""
-
-    @staticmethod
-    def forward(weight, u, v, sigma, dim, floor):
-        return weight / sigma
-
-    setup_context = staticmethod(_normalize_setup)
-
-
-def _sigma_fn() -> type[torch.autograd.Function]:
-    return _SigmaFunc if torch._C._are_functorch_transforms_active() else _Sigma
-
-
-def _normalize_fn() -> type[torch.autograd.Function]:
-    return _NormalizeFunc if torch._C._are_functorch_transforms_active() else _Normalize
+_sigma_apply, _normalize_apply = fast_apply(_Sigma), fast_apply(_Normalize)
 
 
 # Read at every forward of every layer: a table, not a torch.finfo call each time.
@@ -184,7 +161,7 @@ def sigma_node(weight: Tensor, u: Tensor, v: Tensor, sigma: Tensor, dim: int,
     keeps these). Without autograd it is the value itself."""
     if not _needs_grad(weight):
         return sigma
-    return _sigma_fn().apply(weight, u.clone(), v.clone(), sigma, dim, floor)
+    return _sigma_apply(weight, u.clone(), v.clone(), sigma, dim, floor)
 
 
 def normalized(weight: Tensor, u: Tensor, v: Tensor, sigma: Tensor, dim: int,
@@ -193,4 +170,4 @@ def normalized(weight: Tensor, u: Tensor, v: Tensor, sigma: Tensor, dim: int,
     the buffers it was computed with (cloned, as in sigma_node)."""
     if not _needs_grad(weight):
         return weight / sigma
-    return _normalize_fn().apply(weight, u.clone(), v.clone(), sigma, dim, floor)
+    return _normalize_apply(weight, u.clone(), v.clone(), sigma, dim, floor)
