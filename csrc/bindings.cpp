@@ -26,6 +26,9 @@
 #include "cuda/sample.h"
 #include "cuda/gradient_penalty.h"
 #include "cuda/spectral_norm.h"
+#include "cuda/causal_conv.h"
+#include "cuda/causal_conv_layer.h"
+#include "cuda/causal_conv_generate.h"
 // [include:cuda]
 #define GENFAST_MODULE _cuda
 #else
@@ -33,6 +36,9 @@
 #include "cpu/sample.h"
 #include "cpu/gradient_penalty.h"
 #include "cpu/spectral_norm.h"
+#include "cpu/causal_conv.h"
+#include "cpu/causal_conv_layer.h"
+#include "cpu/causal_conv_generate.h"
 // [include:cpu]
 #include "common/fastmath.h"  // the ISA switch and the Philox path of the CPU kernels
 #include "common/openmp.h"
@@ -225,6 +231,12 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       },
       py::arg("g_ptr"), py::arg("ld"), py::arg("scale_ptr"), py::arg("out_ptr"), py::arg("rows"),
       py::arg("d"), py::arg("dtype"), GENFAST_TAIL_NAME);
+
+  // [bind:causal_conv]
+
+  // [bind:causal_conv_layer]
+
+  // [bind:causal_conv_generate]
 
 #ifndef GENFAST_WITH_CUDA
   // [bind:cpu:isa] Which copy of the multiversioned loops runs (common/isa.h). GENFAST_ISA is

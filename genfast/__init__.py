@@ -7,10 +7,12 @@ probed on first use (genfast.backends), so it imports on a CPU-only box without 
 from . import backends, nn, ops
 from ._info import info
 from .backends import BackendError, use_backend
+from .ops.causal_conv import causal_conv1d, causal_conv1d_update
 from .ops.gradient_penalty import GradientPenalty, gradient_penalty, per_sample_grad_norm
 from .ops.gumbel import gumbel_softmax
 from .ops.sample import sample_categorical
 
 __version__ = "0.1.0"
-__all__ = ["BackendError", "GradientPenalty", "backends", "gradient_penalty", "gumbel_softmax",
+__all__ = ["BackendError", "GradientPenalty", "backends", "causal_conv1d",
+           "causal_conv1d_update", "gradient_penalty", "gumbel_softmax",
            "info", "nn", "ops", "per_sample_grad_norm", "sample_categorical", "use_backend"]
