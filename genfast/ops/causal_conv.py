@@ -92,6 +92,8 @@ def ref_activation(u: Tensor, act: int) -> Tensor:
 
 
 def _ref_fwd(x, h, w, b, dilation, groups, act):
+    if x.shape[-1] == 0:
+        return x.new_empty(x.shape[0], w.shape[0], 0)
     wd = work_dtype(x.dtype)
     P = (w.shape[-1] - 1) * dilation
     xt = torch.cat([h.to(wd) if h is not None else _history(x, P).to(wd), x.to(wd)], -1)
@@ -468,7 +470,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, dila
     if not return_final_state:
         return y
     hist = h if h is not None else _history(x, P)
-    return y, torch.cat([hist, x], -1)[..., x.shape[-1]:]
+    return y, torch.cat([hist, x], -1)[..., x.shape[-1]:].contiguous()
 
 
 def causal_conv1d_update(x_new: Tensor, state: Tensor, weight: Tensor, bias: Tensor | None = None,

@@ -336,4 +336,4 @@ def wavenet_layer(x: Tensor, w_dil: Tensor, w_res: Tensor, w_skip: Tensor,
         return xo, so
     x, h = args[0], args[1]
     hist = h if h is not None else x.new_zeros(B, R, P)
-    return xo, so, torch.cat([hist, x], -1)[..., T:]
+    return xo, so, torch.cat([hist, x], -1)[..., T:].contiguous()
