@@ -29,6 +29,7 @@ OPS = {
     "sample": "genfast.benchmarks.sample",
     "spectral_norm": "genfast.benchmarks.spectral_norm",
     "gradient_penalty": "genfast.benchmarks.gradient_penalty",
+    "causal_conv": "genfast.benchmarks.causal_conv",
 }
 
 
