@@ -8,6 +8,7 @@ from . import backends, nn, ops
 from ._info import info
 from .backends import BackendError, use_backend
 from .ops.causal_conv import causal_conv1d, causal_conv1d_update
+from .ops.causal_conv_generate import pack_wavenet, wavenet_generate
 from .ops.causal_conv_layer import wavenet_layer
 from .ops.gradient_penalty import GradientPenalty, gradient_penalty, per_sample_grad_norm
 from .ops.gumbel import gumbel_softmax
@@ -16,5 +17,5 @@ from .ops.sample import sample_categorical
 __version__ = "0.1.0"
 __all__ = ["BackendError", "GradientPenalty", "backends", "causal_conv1d",
            "causal_conv1d_update", "gradient_penalty", "gumbel_softmax",
-           "info", "nn", "ops", "per_sample_grad_norm", "sample_categorical", "use_backend",
-           "wavenet_layer"]
+           "info", "nn", "ops", "pack_wavenet", "per_sample_grad_norm", "sample_categorical",
+           "use_backend", "wavenet_generate", "wavenet_layer"]

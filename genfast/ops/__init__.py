@@ -2,7 +2,15 @@
 torch.library ops; the public functions are re-exported at the top level (genfast.*), not here,
 so that ``genfast.ops.gradient_penalty`` stays the module and never shadows it with a function."""
 
-from . import causal_conv, causal_conv_layer, gradient_penalty, gumbel, sample, spectral_norm
+from . import (
+    causal_conv,
+    causal_conv_generate,
+    causal_conv_layer,
+    gradient_penalty,
+    gumbel,
+    sample,
+    spectral_norm,
+)
 
-__all__ = ["causal_conv", "causal_conv_layer", "gradient_penalty", "gumbel", "sample",
-           "spectral_norm"]
+__all__ = ["causal_conv", "causal_conv_generate", "causal_conv_layer", "gradient_penalty",
+           "gumbel", "sample", "spectral_norm"]
