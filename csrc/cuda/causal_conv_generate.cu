@@ -1,0 +1,342 @@
+// CUDA whole-network WaveNet generation: n autoregressive steps of B streams in one launch. The
+// contract (packed weights, meta table, rings, pos, noise rows) is the module docstring of
+// genfast/ops/causal_conv_generate.py; csrc/cpu/causal_conv_generate.cpp is the CPU twin.
+//
+// One CTA per stream runs the whole loop: a step is a chain of small GEMVs (a few hundred
+// outputs each), far too little work to spread over SMs with a grid-wide barrier per layer, and
+// at these sizes the weights (1-4 MB) stay in L2, read through the read-only path every step.
+// The per-stream vectors live in shared memory, the dilation queues (rings) in global memory
+// (they are the state Python keeps between calls), and __syncthreads() orders the phases.
+// GEMVs are one warp per output row: lanes stride the row (coalesced weight loads) and a
+// butterfly sums them, a fixed order, so a stream's result does not depend on the launch.
+//
+// The draw is the `sample` family's (contract: genfast/ops/sample.py), arithmetic as in
+// csrc/cuda/sample.cu: s = (x' - m') * inv_temperature, the top_k threshold, the top_p threshold
+// on integer masses trunc(exp(s) * 2^S), then the first argmax of s + g over the kept set, g
+// from Philox row (steps done) * B + b. The thresholds are found by a bitwise search over the
+// order-preserving key of s (one block reduction per bit): the same largest-key answer as the
+// sample kernel's radix select, at a cost that does not matter next to 20 layers of GEMVs.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "cuda/causal_conv_generate.h"
+#include "cuda/common.cuh"
+#include "cuda/gumbel_row.cuh"
+
+namespace genfast::cuda {
+namespace {
+
+using dev::acc_t;
+using dev::ArgMax;
+using dev::ArgMaxOp;
+using dev::Group;
+using dev::Io;
+using dev::MaxOp;
+using dev::NanMaxOp;
+using dev::neg_inf;
+using dev::order_key;
+using dev::SumOp;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxLayers = 256;
+constexpr int64_t kMetaHead = 8;  // meta = [L, A, R, G, S, E, K, input_kind, d_0 .. d_{L-1}]
+
+// The network's sizes, read from the host-side meta table by the launcher.
+struct Net {
+  int64_t L, A, R, G, S, E, K, kind, H;
+  int32_t dil[kMaxLayers];
+};
+
+// The draw's parameters (ops/sample.py's contract; 0 / false where a filter is off).
+template <typename A>
+struct Draw {
+  uint64_t seed;  // set by the kernel from the device-side seed
+  A inv_temp;
+  bool greedy;
+  int64_t top_k;  // 0 = off, else 1 <= top_k < A
+  A top_p;
+  bool use_top_p;
+  A scale;  // 2^S of the fixed-point masses
+};
+
+// Weights are read every step by every stream, never written: the read-only (texture) path.
+template <typename T>
+__device__ __forceinline__ acc_t<T> ldw(const T* p) {
+  if constexpr (sizeof(T) == 2) {
+    return dev::Io16<T>::to_f(__ldg(reinterpret_cast<const unsigned short*>(p)));
+  } else {
+    return __ldg(p);
+  }
+}
+template <typename T>
+__device__ __forceinline__ acc_t<T> ld(const T* p) {
+  return static_cast<acc_t<T>>(Io<T>::load1(p));
+}
+
+__device__ __forceinline__ float dtanh(float v) { return tanhf(v); }
+__device__ __forceinline__ double dtanh(double v) { return tanh(v); }
+
+__device__ __forceinline__ int64_t pymod(int64_t a, int64_t m) {
+  const int64_t r = a % m;
+  return r < 0 ? r + m : r;
+}
+
+// f(o, W[o, :] . v) for o < outs, W row-major (outs, ins); a warp per row. f runs on lane 0.
+template <typename T, typename A, class F>
+__device__ __forceinline__ void gemv(const T* W, int64_t outs, int64_t ins, const A* v, F&& f) {
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  for (int64_t o = warp; o < outs; o += kWarps) {
+    const T* w = W + o * ins;
+    A acc = 0;
+    for (int64_t i = lane; i < ins; i += 32) acc += ldw(w + i) * v[i];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) acc += dev::shfl_xor(acc, off);
+    if (lane == 0) f(o, acc);
+  }
+}
+
+// Largest key t (bitwise, most significant bit first) with sum of weight(c) over
+// {c : key(s[c]) >= t} >= target. Block-uniform: every reduction result is the same everywhere.
+template <typename A, class W>
+__device__ auto key_search(const Group<kThreads>& grp, const A* s, int64_t n, long long target,
+                           W&& weight) {
+  using K = decltype(order_key(A(0)));
+  constexpr int kBits = 8 * static_cast<int>(sizeof(K));
+  K t = 0;
+  for (int bit = kBits - 1; bit >= 0; --bit) {
+    const K cand = t | (K(1) << bit);
+    long long mass = 0;
+    for (int64_t c = threadIdx.x; c < n; c += kThreads)
+      if (order_key(s[c]) >= cand) mass += weight(c);
+    if (grp.reduce(mass, SumOp()) >= target) t = cand;
+  }
+  return t;
+}
+
+// The index drawn from the logits x[0, n) (shared memory, overwritten with s).
+template <typename A>
+__device__ int64_t draw(const Group<kThreads>& grp, A* x, int64_t n, const Draw<A>& dr,
+                        uint64_t row) {
+  A m = neg_inf<A>();
+  for (int64_t c = threadIdx.x; c < n; c += kThreads) m = NanMaxOp()(m, x[c]);
+  m = grp.reduce(m, NanMaxOp());
+  if (m != m) return 0;  // a NaN row: any index in range is allowed
+  if (dr.greedy) {
+    ArgMax<A> best{neg_inf<A>(), n};
+    for (int64_t c = threadIdx.x; c < n; c += kThreads)
+      if (x[c] > best.v) best = {x[c], c};
+    best = grp.reduce(best, ArgMaxOp());
+    return best.i < n ? best.i : 0;
+  }
+  const gumbel_rows::Shift<A> sh(m == A(0) ? A(0) : m);
+  __syncthreads();  // every thread has read x before it becomes s
+  for (int64_t c = threadIdx.x; c < n; c += kThreads) {
+    const A v = sh(x[c]) * dr.inv_temp;
+    x[c] = v == A(0) ? A(0) : v;  // -0 -> +0: keys must treat them as equal
+  }
+  __syncthreads();
+  using K = decltype(order_key(A(0)));
+  K kt = 0;
+  if (dr.top_k > 0) kt = key_search(grp, x, n, dr.top_k, [](int64_t) { return 1LL; });
+  if (dr.use_top_p) {
+    const K k0 = kt;
+    auto mass = [&](int64_t c) -> long long {
+      return order_key(x[c]) >= k0 ? static_cast<long long>(dev::dexp(x[c]) * dr.scale) : 0;
+    };
+    long long z = 0;
+    for (int64_t c = threadIdx.x; c < n; c += kThreads) z += mass(c);
+    z = grp.reduce(z, SumOp());
+    const double want = static_cast<double>(dr.top_p) * static_cast<double>(z);
+    long long target = static_cast<long long>(want);
+    if (static_cast<double>(target) < want) ++target;
+    if (z >= target) {
+      const K kp = key_search(grp, x, n, target, mass);
+      kt = kp > kt ? kp : kt;
+    }
+  }
+  ArgMax<A> best{neg_inf<A>(), n};
+  for (int64_t q = threadIdx.x; q < (n + 3) / 4; q += kThreads) {
+    A g[4];
+    gumbel_rows::gumbel_quad(dr.seed, static_cast<int64_t>(row), q, g);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t c = 4 * q + j;
+      if (c < n && order_key(x[c]) >= kt && x[c] + g[j] > best.v) best = {x[c] + g[j], c};
+    }
+  }
+  best = grp.reduce(best, ArgMaxOp());
+  return best.i < n ? best.i : 0;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    generate_kernel(const T* __restrict__ wts,    // the packed weights
+                    const Net net,                //
+                    const T* __restrict__ gcond,  // (B, L, G) or null
+                    const T* __restrict__ lcond,  // (B, n, L, G) or null
+                    T* __restrict__ rings,        // (B, ring_len)
+                    int64_t* __restrict__ pos,    // (B, 2): steps done, previous token
+                    int64_t* __restrict__ tokens,  // (B, n)
+                    int64_t B, int64_t n, int64_t ring_len,
+                    const int64_t* __restrict__ seed,  // device int64, as the sample kernel's
+                    Draw<acc_t<T>> dr) {
+  using A = acc_t<T>;
+  const int64_t L = net.L, R = net.R, G = net.G, H = net.H, S = net.S, E = net.E, K = net.K;
+  const int64_t ncls = net.A;
+  extern __shared__ __align__(16) unsigned char smem[];
+  A* x = reinterpret_cast<A*>(smem);  // R: the residual stream
+  A* skip = x + R;                    // S
+  A* taps = skip + S;                 // R*K, as w_dil's rows: taps[r*K + k]
+  A* a = taps + R * K;                // G
+  A* z = a + G;                       // H
+  A* e = z + H;                       // E
+  A* lg = e + E;                      // A: logits, then s
+  __shared__ alignas(16) unsigned char scratch[Group<kThreads>::kScratchBytes];
+  const Group<kThreads> grp{static_cast<int>(threadIdx.x), scratch};
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t layer_len = G * R * K + G + R * H + R + S * H + S;
+  const T* head = wts + (net.kind == 0 ? ncls * R : 2 * R) + L * layer_len;
+  dr.seed = static_cast<uint64_t>(*seed);
+  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
+    int64_t p = pos[2 * b], tok = pos[2 * b + 1];
+    // Python checks the tokens; a bad one is clamped here rather than read out of bounds.
+    tok = tok < 0 ? 0 : tok >= ncls ? ncls - 1 : tok;
+    T* ring_b = rings + b * ring_len;
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t r = tid; r < R; r += kThreads) {
+        if (net.kind == 0) {
+          x[r] = ldw(wts + tok * R + r);
+        } else {
+          const A v = static_cast<A>(tok) * A(2) / static_cast<A>(ncls - 1) - A(1);
+          x[r] = ldw(wts + r) * v + ldw(wts + R + r);
+        }
+      }
+      for (int64_t s = tid; s < S; s += kThreads) skip[s] = 0;
+      __syncthreads();
+      const T* lw = wts + (net.kind == 0 ? ncls * R : 2 * R);
+      T* ring = ring_b;
+      for (int64_t l = 0; l < L; ++l, lw += layer_len) {
+        const int64_t d = net.dil[l], M = (K - 1) * d;
+        // Taps of positions p - (K-1-k)*d (< 0: the zero-initialised ring), then the layer's
+        // input into the slot of its oldest tap, which has just been read.
+        for (int64_t j = tid; j < R * K; j += kThreads) {
+          const int64_t r = j / K, k = j % K;
+          taps[j] = k == K - 1 ? x[r] : ld(ring + pymod(p - (K - 1 - k) * d, M) * R + r);
+        }
+        __syncthreads();
+        if (M > 0)
+          for (int64_t r = tid; r < R; r += kThreads)
+            Io<T>::store1(ring + pymod(p, M) * R + r, x[r]);
+        const T* w_dil = lw;
+        const T* b_dil = w_dil + G * R * K;
+        const T* w_res = b_dil + G;
+        const T* b_res = w_res + R * H;
+        const T* w_skip = b_res + R;
+        const T* b_skip = w_skip + S * H;
+        gemv(w_dil, G, R * K, taps, [&](int64_t g, A acc) {
+          acc += ldw(b_dil + g);
+          if (gcond != nullptr) acc += ld(gcond + (b * L + l) * G + g);
+          if (lcond != nullptr) acc += ld(lcond + ((b * n + i) * L + l) * G + g);
+          a[g] = acc;
+        });
+        __syncthreads();
+        for (int64_t hh = tid; hh < H; hh += kThreads)
+          z[hh] = dtanh(a[hh]) * (A(1) / (A(1) + dev::dexp(-a[H + hh])));
+        __syncthreads();
+        gemv(w_res, R, H, z, [&](int64_t r, A acc) { x[r] += acc + ldw(b_res + r); });
+        gemv(w_skip, S, H, z, [&](int64_t s, A acc) { skip[s] += acc + ldw(b_skip + s); });
+        __syncthreads();
+        ring += M * R;
+      }
+      for (int64_t s = tid; s < S; s += kThreads) skip[s] = skip[s] > A(0) ? skip[s] : A(0);
+      __syncthreads();
+      const T* w1 = head;
+      const T* b1 = w1 + E * S;
+      const T* w2 = b1 + E;
+      const T* b2 = w2 + ncls * E;
+      gemv(w1, E, S, skip, [&](int64_t j, A acc) {
+        acc += ldw(b1 + j);
+        e[j] = acc > A(0) ? acc : A(0);
+      });
+      __syncthreads();
+      gemv(w2, ncls, E, e, [&](int64_t c, A acc) { lg[c] = acc + ldw(b2 + c); });
+      __syncthreads();
+      const uint64_t row = static_cast<uint64_t>(p) * static_cast<uint64_t>(B) +
+                           static_cast<uint64_t>(b);
+      tok = draw(grp, lg, ncls, dr, row);
+      if (tid == 0) tokens[b * n + i] = tok;
+      ++p;
+      __syncthreads();  // lg, x and skip are rewritten by the next step
+    }
+    if (tid == 0) {
+      pos[2 * b] = p;
+      pos[2 * b + 1] = tok;
+    }
+  }
+}
+
+constexpr int kInvalid = static_cast<int>(cudaErrorInvalidValue);
+
+}  // namespace
+
+int wavenet_generate(const void* weights, const int64_t* meta, int64_t meta_len,
+                     const void* gcond, const void* lcond, void* rings, int64_t* pos,
+                     int64_t* tokens, int64_t B, int64_t n, const int64_t* seed,
+                     double inv_temperature, int64_t top_k, double top_p, int dtype,
+                     void* stream) {
+  // meta is a host table (the CPU twin reads the same tensor): the sizes become launch
+  // arguments, so the kernel needs no device copy and the call no synchronisation.
+  if (meta == nullptr || meta_len < kMetaHead || B < 0 || n < 0) return kInvalid;
+  Net net{meta[0], meta[1], meta[2], meta[3], meta[4], meta[5], meta[6], meta[7], meta[3] / 2, {}};
+  if (net.L < 0 || net.L > kMaxLayers || meta_len != kMetaHead + net.L) return kInvalid;
+  if (net.A < 2 || net.R < 1 || net.G < 2 || net.G % 2 != 0 || net.S < 1 || net.E < 1 ||
+      net.K < 1 || (net.kind != 0 && net.kind != 1))
+    return kInvalid;
+  int64_t ring_len = 0;
+  for (int64_t l = 0; l < net.L; ++l) {
+    const int64_t d = meta[kMetaHead + l];
+    if (d < 1 || d > INT32_MAX || net.K - 1 > (int64_t{1} << 31) / d) return kInvalid;
+    net.dil[l] = static_cast<int32_t>(d);
+    ring_len += (net.K - 1) * d * net.R;
+  }
+  if (B == 0 || n == 0) return static_cast<int>(cudaSuccess);
+  if (weights == nullptr || pos == nullptr || tokens == nullptr || seed == nullptr ||
+      (ring_len > 0 && rings == nullptr))
+    return kInvalid;
+  const bool greedy = std::isinf(inv_temperature) && inv_temperature > 0;
+  if (!greedy && !(inv_temperature > 0)) return kInvalid;
+  int ceil_log2 = 0;  // 2^S with A * 2^S <= 2^62, as the sample kernel
+  while ((int64_t{1} << ceil_log2) < net.A) ++ceil_log2;
+  const auto st = static_cast<cudaStream_t>(stream);
+  return with_dtype(dtype, [&](auto tag) {
+    using Ty = typename decltype(tag)::type;
+    using A = acc_t<Ty>;
+    const Draw<A> dr{0,
+                     greedy ? A(1) : to_param<A>(inv_temperature),
+                     greedy,
+                     (!greedy && top_k > 0 && top_k < net.A) ? top_k : 0,
+                     static_cast<A>(top_p < 1.0 ? top_p : 1.0),
+                     !greedy && top_p < 1.0,
+                     static_cast<A>(std::ldexp(1.0, 62 - ceil_log2))};
+    const int64_t vec = net.R + net.S + net.R * net.K + net.G + net.H + net.E + net.A;
+    const int64_t bytes = vec * static_cast<int64_t>(sizeof(A));
+    if (bytes > 48 * 1024) {
+      // Past the default limit: opt in to the device's maximum (227 KB on sm_90), or fail.
+      const int want = static_cast<int>(bytes < INT32_MAX ? bytes : INT32_MAX);
+      const cudaError_t rc = cudaFuncSetAttribute(
+          generate_kernel<Ty>, cudaFuncAttributeMaxDynamicSharedMemorySize, want);
+      if (rc != cudaSuccess) return static_cast<int>(rc);
+    }
+    const auto blocks = static_cast<unsigned>(B < kMaxBlocks ? B : kMaxBlocks);
+    generate_kernel<Ty><<<blocks, kThreads, static_cast<size_t>(bytes), st>>>(
+        static_cast<const Ty*>(weights), net, static_cast<const Ty*>(gcond),
+        static_cast<const Ty*>(lcond), static_cast<Ty*>(rings), pos, tokens, B, n, ring_len,
+        seed, dr);
+    return static_cast<int>(cudaGetLastError());
+  });
+}
+
+}  // namespace genfast::cuda
