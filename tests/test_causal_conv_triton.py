@@ -228,6 +228,22 @@ def test_layer_forward_and_backward(B, R, G, S, T, K, d, cond, full):
         torch.testing.assert_close(g_, w_, **TOL32)
 
 
+def test_layer_half_precision():
+    # fp16 operands enter every dot in fp16 (z rounded once to fp16 before the 1x1 products).
+    B, R, G, S, T = 1, 16, 32, 16, 19
+    x, h = randn(B, R, T, seed=1), randn(B, R, 1, seed=2)
+    wd = randn(G, R, 2, seed=3, scale=0.3)
+    wr, ws = randn(R, 16, seed=4, scale=0.3), randn(S, 16, seed=5, scale=0.3)
+    args = [t.half() for t in (x, h, wd, wr, ws)]
+    xo, so = CL.layer_fwd(args[0], args[1], None, None, args[2], None, args[3], None, args[4],
+                          None, torch.empty(B, R, T, dtype=torch.half),
+                          torch.empty(B, S, T, dtype=torch.half), 1)
+    want_x, want_s = layer_ref(*[t.float() for t in args[:2]], None, None, args[2].float(), None,
+                               args[3].float(), None, args[4].float(), None, 1)
+    torch.testing.assert_close(xo.float(), want_x, rtol=2e-3, atol=4e-3)
+    torch.testing.assert_close(so.float(), want_s, rtol=2e-3, atol=4e-3)
+
+
 # ----------------------------------------------------------------------------- generation
 
 A_, R_, G_, S_, E_ = 20, 4, 8, 6, 10  # a 2-layer model with R=4
@@ -366,6 +382,25 @@ def test_chunked_generation_equals_one_call():
     assert torch.equal(torch.cat(parts, 1), one)
     assert torch.equal(rings2, rings) and torch.equal(pos2, pos)
     assert pos[0].tolist() == [n, one[0, -1].item()]
+
+
+def test_public_generate_on_triton_equals_the_reference_backend():
+    # The op wiring (genfast/ops/causal_conv_generate.py -> this launcher) end to end.
+    from genfast.ops.causal_conv_generate import pack_wavenet, wavenet_generate
+
+    g = torch.Generator().manual_seed(3)
+    layers = [dict(w_dil=torch.randn(8, 4, 2, generator=g), b_dil=torch.randn(8, generator=g),
+                   w_res=torch.randn(4, 4, generator=g), b_res=None,
+                   w_skip=torch.randn(6, 4, generator=g), b_skip=torch.randn(6, generator=g),
+                   dilation=d) for d in (1, 2)]
+    head = (torch.randn(10, 6, generator=g), torch.randn(10, generator=g),
+            torch.randn(A_, 10, generator=g), torch.randn(A_, generator=g))
+    pack = pack_wavenet(input_weight=torch.randn(A_, 4, generator=g), layers=layers, head=head)
+    got, state = wavenet_generate(pack, 6, batch=2, seed=21, top_p=0.8, backend="triton")
+    want, ref_state = wavenet_generate(pack, 6, batch=2, seed=21, top_p=0.8,
+                                       backend="reference")
+    assert torch.equal(got, want) and torch.equal(state.pos, ref_state.pos)
+    torch.testing.assert_close(state.rings, ref_state.rings, **TOL32)
 
 
 # ----------------------------------------------------------------------------- bad input
