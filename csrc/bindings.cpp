@@ -233,6 +233,93 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("d"), py::arg("dtype"), GENFAST_TAIL_NAME);
 
   // [bind:causal_conv]
+#ifndef GENFAST_WITH_CUDA
+  {
+    // Returns P = (K-1)*dilation after refusing sizes that would index out of bounds (groups
+    // is checked before anything divides by it).
+    const auto conv_sizes = [](int64_t B, int64_t Cin, int64_t Cout, int64_t T, int64_t K,
+                               int64_t dilation, int64_t groups) {
+      if (B < 0 || Cin < 0 || Cout < 0 || T < 0)
+        throw std::invalid_argument("causal_conv1d: negative size");
+      if (K < 1 || dilation < 1)
+        throw std::invalid_argument("causal_conv1d: K and dilation must be >= 1");
+      if (K - 1 > ((int64_t{1} << 31) - 1) / dilation)
+        throw std::invalid_argument("causal_conv1d: (K-1)*dilation overflows");
+      if (groups < 1 || Cin % groups != 0 || Cout % groups != 0)
+        throw std::invalid_argument("causal_conv1d: groups must divide Cin and Cout");
+      return (K - 1) * dilation;
+    };
+    const auto need = [](const char* name, Ptr p, int64_t n) {
+      if (n > 0 && p == 0) throw std::invalid_argument(std::string(name) + ": null data pointer");
+    };
+    const auto v = [](Ptr p) { return reinterpret_cast<void*>(p); };
+    m.def(
+        "causal_conv1d_fwd",
+        [=](Ptr x, Ptr h, Ptr w, Ptr b, Ptr y, int64_t B, int64_t Cin, int64_t Cout, int64_t T,
+            int64_t K, int64_t dilation, int64_t groups, int act, int dtype, GENFAST_TAIL) {
+          check_dtype(dtype, GENFAST_HALF);
+          conv_sizes(B, Cin, Cout, T, K, dilation, groups);
+          need("x", x, B * Cin * T), need("w", w, Cout * (Cin / groups) * K);
+          need("y", y, B * Cout * T);
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::causal_conv1d_fwd(v(x), v(h), v(w), v(b), v(y), B, Cin, Cout, T, K,
+                                            dilation, groups, act, dtype, GENFAST_TAIL_ARG));
+        },
+        py::arg("x"), py::arg("h"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("B"),
+        py::arg("Cin"), py::arg("Cout"), py::arg("T"), py::arg("K"), py::arg("dilation"),
+        py::arg("groups"), py::arg("act"), py::arg("dtype"), GENFAST_TAIL_NAME);
+    m.def(
+        "causal_conv1d_bwd_input",
+        [=](Ptr g, Ptr w, Ptr dx, int64_t B, int64_t Cin, int64_t Cout, int64_t T, int64_t K,
+            int64_t dilation, int64_t groups, bool with_state, int dtype, GENFAST_TAIL) {
+          check_dtype(dtype, GENFAST_HALF);
+          const int64_t P = conv_sizes(B, Cin, Cout, T, K, dilation, groups);
+          need("g", g, B * Cout * T), need("w", w, Cout * (Cin / groups) * K);
+          need("dx", dx, B * Cin * (with_state ? P + T : T));
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::causal_conv1d_bwd_input(v(g), v(w), v(dx), B, Cin, Cout, T, K,
+                                                  dilation, groups, with_state, dtype,
+                                                  GENFAST_TAIL_ARG));
+        },
+        py::arg("g"), py::arg("w"), py::arg("dx"), py::arg("B"), py::arg("Cin"), py::arg("Cout"),
+        py::arg("T"), py::arg("K"), py::arg("dilation"), py::arg("groups"),
+        py::arg("with_state"), py::arg("dtype"), GENFAST_TAIL_NAME);
+    m.def(
+        "causal_conv1d_bwd_weight",
+        [=](Ptr g, Ptr x, Ptr h, Ptr dw, int64_t B, int64_t Cin, int64_t Cout, int64_t T,
+            int64_t K, int64_t dilation, int64_t groups, int dtype, GENFAST_TAIL) {
+          check_dtype(dtype, GENFAST_HALF);
+          conv_sizes(B, Cin, Cout, T, K, dilation, groups);
+          need("g", g, B * Cout * T), need("x", x, B * Cin * T);
+          need("dw", dw, Cout * (Cin / groups) * K);
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::causal_conv1d_bwd_weight(v(g), v(x), v(h), v(dw), B, Cin, Cout, T, K,
+                                                   dilation, groups, dtype, GENFAST_TAIL_ARG));
+        },
+        py::arg("g"), py::arg("x"), py::arg("h"), py::arg("dw"), py::arg("B"), py::arg("Cin"),
+        py::arg("Cout"), py::arg("T"), py::arg("K"), py::arg("dilation"), py::arg("groups"),
+        py::arg("dtype"), GENFAST_TAIL_NAME);
+    m.def(
+        "causal_conv1d_update",
+        [=](Ptr x_new, Ptr state, Ptr w, Ptr b, Ptr seqlens, Ptr y, int64_t B, int64_t Cin,
+            int64_t Cout, int64_t L, int64_t S, int64_t K, int64_t dilation, int64_t groups,
+            int act, int dtype, GENFAST_TAIL) {
+          check_dtype(dtype, GENFAST_HALF);
+          const int64_t P = conv_sizes(B, Cin, Cout, L, K, dilation, groups);
+          if (S < P) throw std::invalid_argument("state: length S must be >= (K-1)*dilation");
+          need("x_new", x_new, B * Cin * L), need("state", state, B * Cin * S);
+          need("w", w, Cout * (Cin / groups) * K), need("y", y, B * Cout * L);
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::causal_conv1d_update(
+              v(x_new), v(state), v(w), v(b), reinterpret_cast<const int64_t*>(seqlens), v(y), B,
+              Cin, Cout, L, S, K, dilation, groups, act, dtype, GENFAST_TAIL_ARG));
+        },
+        py::arg("x_new"), py::arg("state"), py::arg("w"), py::arg("b"), py::arg("seqlens"),
+        py::arg("y"), py::arg("B"), py::arg("Cin"), py::arg("Cout"), py::arg("L"), py::arg("S"),
+        py::arg("K"), py::arg("dilation"), py::arg("groups"), py::arg("act"), py::arg("dtype"),
+        GENFAST_TAIL_NAME);
+  }
+#endif
 
   // [bind:causal_conv_layer]
 
