@@ -117,19 +117,22 @@ def test_low_precision(dtype, cin, groups):
 
 # ----------------------------------------------------------------------------- update
 
-# (Cin, Cout, groups, K, d, S - P, chunk lengths): a chunk longer than S writes only its last S.
+# (Cin, Cout, groups, K, d, S - P, chunk lengths, block): a chunk longer than S writes only its
+# last S; the forced block splits the channels over 3 programs and steps / slots into 16-chunks.
 UPDATE = [
-    (6, 6, 6, 4, 1, 0, [1, 1, 3, 1, 5, 1]),
-    (8, 12, 4, 3, 2, 2, [2, 1, 9, 1]),
-    (4, 4, 1, 1, 1, 0, [3, 1]),
-    (16, 16, 1, 2, 7, 3, [1, 12, 2]),
+    (6, 6, 6, 4, 1, 0, [1, 1, 3, 1, 5, 1], None),
+    (8, 12, 4, 3, 2, 2, [2, 1, 9, 1], None),
+    (4, 4, 1, 1, 1, 0, [3, 1], None),
+    (16, 16, 1, 2, 7, 3, [1, 12, 2], None),
+    (6, 6, 6, 4, 1, 14, [20, 1], (2, 16)),
 ]
 
 
 @pytest.mark.parametrize("ring", [True, False], ids=["ring", "shift"])
-@pytest.mark.parametrize("cin,cout,groups,K,d,extra,chunks", UPDATE,
-                         ids=[f"g{u[2]}-K{u[3]}-d{u[4]}" for u in UPDATE])
-def test_update_chain_equals_forward(ring, cin, cout, groups, K, d, extra, chunks):
+@pytest.mark.parametrize("cin,cout,groups,K,d,extra,chunks,block", UPDATE,
+                         ids=[f"g{u[2]}-K{u[3]}-d{u[4]}" + ("-chunks" if u[7] else "")
+                              for u in UPDATE])
+def test_update_chain_equals_forward(ring, cin, cout, groups, K, d, extra, chunks, block):
     N = sum(chunks)
     x, _, w, b = conv_data(cin, cout, groups, K, d, N, seed=7)
     want = F.relu(F.conv1d(F.pad(x, ((K - 1) * d, 0)), w, b, dilation=d, groups=groups))
@@ -138,7 +141,7 @@ def test_update_chain_equals_forward(ring, cin, cout, groups, K, d, extra, chunk
     t = 0
     for L in chunks:
         y = C.update(x[..., t:t + L].contiguous(), state, w, b, seqlens if ring else None,
-                     torch.empty(2, cout, L), d, groups, 2)
+                     torch.empty(2, cout, L), d, groups, 2, block=block)
         torch.testing.assert_close(y, want[..., t:t + L], **TOL32)
         t += L
         seqlens += L
