@@ -150,7 +150,7 @@ def _threshold_regs(u, w, target, reachable):
     # weights are garbage; each pass fixes at least one more digit, so every row finishes).
     done = ~reachable | (lo >= hi)
     result = tl.where(reachable & (lo == hi), lo, 0)
-    while tl.sum((~done).to(tl.int32), 0) > 0:
+    while tl.sum(tl.sum((~done).to(tl.int32), 1), 0) > 0:  # a scalar: scf.while needs one
         shift = _top_digit(lo ^ hi).to(tl.uint32)
         # Every candidate shares the bits above the digit: they join the prefix without a pass.
         ones = tl.full(shift.shape, 0xFFFFFFFF, tl.uint32)
