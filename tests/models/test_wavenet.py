@@ -141,9 +141,12 @@ def test_global_conditioning_changes_the_output():
 
 def test_cli_train_resume_and_sample(one_thread, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(_wavenet_cli, "SNAPSHOT_SECONDS", 0.05)
-    wav = audio.write_wav(tmp_path / "tone.wav", audio.synthetic_signal(0.5))
+    wavs = [audio.write_wav(tmp_path / f"tone{i}.wav", audio.synthetic_signal(0.5, seed=i))
+            for i in range(2)]
     out = tmp_path / "run"
-    args = ["train", "wavenet", "--data", wav, "--out", str(out), "--checkpoint-every", "2",
+    # Two files: two speakers, so the model gets global conditioning (gc_classes=2).
+    args = ["train", "wavenet", "--data", ",".join(wavs), "--out", str(out),
+            "--checkpoint-every", "2",
             "--sample-every", "4", "--no-progress", "--seed", "3"]
     sets = [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
     assert main(args + sets + ["--steps", "4"]) == 0
@@ -151,7 +154,8 @@ def test_cli_train_resume_and_sample(one_thread, tmp_path, capsys, monkeypatch):
     assert "bits/sample" in text and "uniform 8.000" in text and "unigram" in text
     assert main(args + ["--steps", "6", "--resume"]) == 0  # the config comes from the checkpoint
     assert "6 steps" in capsys.readouterr().out
-    assert _trainer.load_checkpoint(str(out / "checkpoint.pt"))["step"] == 6
+    ckpt = _trainer.load_checkpoint(str(out / "checkpoint.pt"))
+    assert ckpt["step"] == 6 and ckpt["config"]["gc_classes"] == 2
     for name in ("sample_step000004.wav", "sample_step000004.png", "metrics.jsonl"):
         assert (out / name).exists(), name
     stem = tmp_path / "gen"
@@ -165,7 +169,7 @@ def test_cli_train_resume_and_sample(one_thread, tmp_path, capsys, monkeypatch):
     # The sampling knobs (--seconds, --temperature, --top-k, --top-p, --speaker) by the hook.
     knobs = argparse.Namespace(model="wavenet", checkpoint=out / "checkpoint.pt", n=None,
                                seconds=0.02, temperature=0.0, top_k=20, top_p=0.9,
-                               speaker=None, seed=1, out=str(tmp_path / "greedy.png"))
+                               speaker=1, seed=1, out=str(tmp_path / "greedy.png"))
     assert _wavenet_cli.sample(WaveNetModel, knobs) == 0
     assert "320 samples" in capsys.readouterr().out
     with wave.open(str(tmp_path / "greedy.wav")) as w:
