@@ -322,6 +322,73 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
 #endif
 
   // [bind:causal_conv_layer]
+  {
+    // Sizes that index the buffers; every pointer that has data to read or write must be set.
+    const auto check_layer = [](int64_t B, int64_t R, int64_t G, int64_t S, int64_t T, int64_t K,
+                                int64_t dilation, int64_t cond_t, Ptr cond) {
+      if (B < 0 || R < 0 || G < 0 || S < 0 || T < 0)
+        throw std::invalid_argument("wavenet layer: negative size");
+      if (G % 2 != 0) throw std::invalid_argument("w_dil: gate channels must be even");
+      if (K < 1 || dilation < 1) throw std::invalid_argument("kernel_size, dilation: must be >= 1");
+      if (K - 1 > (int64_t{1} << 40) / dilation)
+        throw std::invalid_argument("kernel_size-1 times dilation overflows");
+      if (cond_t != 0 && cond_t != 1 && cond_t != T)
+        throw std::invalid_argument("cond: time length must be 1 or T");
+      if ((cond_t == 0) != (cond == 0))
+        throw std::invalid_argument("cond: null pointer iff cond_t == 0");
+    };
+    const auto need = [](const char* name, Ptr p, int64_t n) {
+      if (n > 0 && p == 0) throw std::invalid_argument(std::string(name) + ": null data pointer");
+    };
+    m.def(
+        "wavenet_layer_fwd",
+        [=](Ptr x, Ptr h, Ptr cond, int64_t cond_t, Ptr skip, Ptr w_dil, Ptr b_dil, Ptr w_res,
+            Ptr b_res, Ptr w_skip, Ptr b_skip, Ptr x_out, Ptr skip_out, int64_t B, int64_t R,
+            int64_t G, int64_t S, int64_t T, int64_t K, int64_t dilation, int dtype,
+            GENFAST_TAIL) {
+          check_dtype(dtype, GENFAST_HALF);
+          check_layer(B, R, G, S, T, K, dilation, cond_t, cond);
+          need("x", x, B * R * T), need("x_out", x_out, B * R * T);
+          need("skip_out", skip_out, B * S * T), need("w_dil", w_dil, G * R * K);
+          need("w_res", w_res, R * G), need("w_skip", w_skip, S * G);
+          const auto v = [](Ptr p) { return reinterpret_cast<const void*>(p); };
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::wavenet_layer_fwd(
+              v(x), v(h), v(cond), cond_t, v(skip), v(w_dil), v(b_dil), v(w_res), v(b_res),
+              v(w_skip), v(b_skip), reinterpret_cast<void*>(x_out),
+              reinterpret_cast<void*>(skip_out), B, R, G, S, T, K, dilation, dtype,
+              GENFAST_TAIL_ARG));
+        },
+        py::arg("x"), py::arg("h"), py::arg("cond"), py::arg("cond_t"), py::arg("skip"),
+        py::arg("w_dil"), py::arg("b_dil"), py::arg("w_res"), py::arg("b_res"),
+        py::arg("w_skip"), py::arg("b_skip"), py::arg("x_out"), py::arg("skip_out"),
+        py::arg("B"), py::arg("R"), py::arg("G"), py::arg("S"), py::arg("T"), py::arg("K"),
+        py::arg("dilation"), py::arg("dtype"), GENFAST_TAIL_NAME);
+    m.def(
+        "wavenet_layer_bwd",
+        [=](Ptr x, Ptr h, Ptr cond, int64_t cond_t, Ptr w_dil, Ptr b_dil, Ptr w_res, Ptr w_skip,
+            Ptr gx, Ptr gs, Ptr da, Ptr dw_res, Ptr dw_skip, int64_t B, int64_t R, int64_t G,
+            int64_t S, int64_t T, int64_t K, int64_t dilation, int dtype, GENFAST_TAIL) {
+          check_dtype(dtype, GENFAST_HALF);
+          check_layer(B, R, G, S, T, K, dilation, cond_t, cond);
+          need("x", x, B * R * T), need("w_dil", w_dil, G * R * K);
+          need("w_res", w_res, R * G), need("w_skip", w_skip, S * G);
+          need("gx", gx, B * R * T), need("gs", gs, B * S * T), need("da", da, B * G * T);
+          need("dw_res", dw_res, R * G), need("dw_skip", dw_skip, S * G);
+          const auto v = [](Ptr p) { return reinterpret_cast<const void*>(p); };
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::wavenet_layer_bwd(
+              v(x), v(h), v(cond), cond_t, v(w_dil), v(b_dil), v(w_res), v(w_skip), v(gx), v(gs),
+              reinterpret_cast<void*>(da), reinterpret_cast<void*>(dw_res),
+              reinterpret_cast<void*>(dw_skip), B, R, G, S, T, K, dilation, dtype,
+              GENFAST_TAIL_ARG));
+        },
+        py::arg("x"), py::arg("h"), py::arg("cond"), py::arg("cond_t"), py::arg("w_dil"),
+        py::arg("b_dil"), py::arg("w_res"), py::arg("w_skip"), py::arg("gx"), py::arg("gs"),
+        py::arg("da"), py::arg("dw_res"), py::arg("dw_skip"), py::arg("B"), py::arg("R"),
+        py::arg("G"), py::arg("S"), py::arg("T"), py::arg("K"), py::arg("dilation"),
+        py::arg("dtype"), GENFAST_TAIL_NAME);
+  }
 
   // [bind:causal_conv_generate]
 #ifndef GENFAST_WITH_CUDA  // until csrc/cuda/causal_conv_generate.cu lands
