@@ -170,6 +170,20 @@ def test_native_equals_reference_loop_fp64():
     torch.testing.assert_close(sg.rings, sw.rings, rtol=1e-12, atol=1e-12)
 
 
+@needs_cpu
+def test_streams_at_different_positions():
+    pack = _model(K=3, dil=(1, 2, 5, 1))
+    parts = [genfast.wavenet_generate(pack, n, seed=n, backend="reference")[1] for n in (7, 3, 0)]
+    out = []
+    for backend in ("cpu", "reference"):
+        st = CG.GenerateState(torch.cat([s.rings for s in parts]),
+                              torch.cat([s.pos for s in parts]))
+        out.append(genfast.wavenet_generate(pack, 60, state=st, seed=5, backend=backend))
+    (got, sg), (want, sw) = out
+    assert torch.equal(got, want) and sg.pos[:, 0].tolist() == [67, 63, 60]
+    torch.testing.assert_close(sg.rings, sw.rings, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_edges_no_steps_and_kernel_size_one(backend):
     pack = _model(K=1, dil=(1, 1))

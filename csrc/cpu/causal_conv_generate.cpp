@@ -188,6 +188,19 @@ struct Scratch {
         logits(size_t(kGroup * ap)) {}
 };
 
+// The taps layer l reads at position p were written up to (K-1) d_l steps ago, so past a few
+// streams they have left L1/L2 (each step streams ~1 MB of weights through it). Fetching them
+// one layer ahead hides the miss behind that layer's GEMVs.
+template <typename T>
+GENFAST_INLINE void prefetch_taps(const Net<T>& net, const T* ring_row, int64_t l, int64_t p) {
+  const int64_t K = net.m.K, R = net.m.R, d = net.m.dil[l], M = (K - 1) * d;
+  const T* ring = ring_row + net.ring_off[static_cast<size_t>(l)];
+  for (int64_t k = 0; k + 1 < K; ++k) {
+    const T* tap = ring + (((p - (K - 1 - k) * d) % M + M) % M) * R;
+    for (int64_t e = 0; e < R; e += 64 / int64_t(sizeof(T))) __builtin_prefetch(tap + e);
+  }
+}
+
 // One step of streams b0 .. b0+NS-1 (call step i).
 template <typename T, int NS>
 GENFAST_INLINE void step(const Net<T>& net, const Call& c, Scratch<T>& sc, int64_t b0, int64_t i) {
@@ -215,13 +228,10 @@ GENFAST_INLINE void step(const Net<T>& net, const Call& c, Scratch<T>& sc, int64
       T* x = sc.xs.data() + s * sc.rsp;
       T* ring = rings + b * c.ring_len + net.ring_off[static_cast<size_t>(l)];
       for (int64_t k = 0; k + 1 < K; ++k) {
-        const int64_t back = (K - 1 - k) * d;
-        const int64_t slot = ((p - back) % M + M) % M;  // positions < 0: zeros
+        const int64_t slot = ((p - (K - 1 - k) * d) % M + M) % M;  // positions < 0: zeros
         std::memcpy(taps + k * R, ring + slot * R, sizeof(T) * R);
-        // The next step's tap was written up to 512+ steps ago: at batch > 1 it has left L1/L2.
-        const T* next = ring + (slot + 1 == M ? 0 : slot + 1) * R;
-        for (int64_t e = 0; e < R; e += 64 / int64_t(sizeof(T))) __builtin_prefetch(next + e);
       }
+      prefetch_taps(net, rings + b * c.ring_len, l + 1 < L ? l + 1 : 0, l + 1 < L ? p : p + 1);
       std::memcpy(taps + (K - 1) * R, x, sizeof(T) * R);
       if (M > 0) std::memcpy(ring + (p % M) * R, x, sizeof(T) * R);  // its oldest tap is read
       T* a = sc.a.data() + s * sc.gp;

@@ -288,29 +288,40 @@ def _ref_generate(weights, meta_t, gcond, lcond, rings, pos, n, seed, inv_temp, 
         m = (K - 1) * d
         rings_l.append(rings[:, offs:offs + m * R].view(B, m, R))
         offs += m * R
+    p0, tok = pos[:, 0].clone(), pos[:, 1].clone()
+    # Streams that step together (the usual case; one host read per call) index their queues by
+    # a Python int: a view instead of a gather.
+    q0 = int(p0[0]) if B and bool((p0 == p0[0]).all()) else None
     for i in range(n):
-        p = pos[:, 0].clone()
+        p = p0 + i
         if i % _NOISE_STEPS == 0:  # the noise of the next steps at once: Philox is ~40 torch ops
             steps = torch.arange(min(_NOISE_STEPS, n - i), device=dev)[:, None]
             noise = _gumbel_rows(sd, ((p + steps) * B + ar).reshape(-1), A, wd_).view(-1, B, A)
-        x = _input(first, pos[:, 1], A, kind)
+        x = _input(first, tok, A, kind)
         skip = torch.zeros(B, S, dtype=wd_, device=dev)
         for j, d in enumerate(meta[META_HEAD:]):
-            m = (K - 1) * d
-            taps = [rings_l[j][ar, (p - (K - 1 - k) * d) % m].to(wd_) for k in range(K - 1)]
-            if m:
-                rings_l[j][ar, p % m] = x.to(rings.dtype)
+            m, ring = (K - 1) * d, rings_l[j]
+            if q0 is None:
+                taps = [ring[ar, (p - (K - 1 - k) * d) % m] for k in range(K - 1)]
+            else:
+                taps = [ring[:, (q0 + i - (K - 1 - k) * d) % m] for k in range(K - 1)]
+            inp = torch.cat([*(t.to(wd_) for t in taps), x], 1)  # copied before the write
+            if m and q0 is None:
+                ring[ar, p % m] = x.to(rings.dtype)
+            elif m:
+                ring[:, (q0 + i) % m] = x
             bias = layers[j][1] if cond[j] is None else cond[j]
             if lcond is not None:
                 bias = bias + lcond[:, i, j].to(wd_)
-            a = torch.addmm(bias, torch.cat([*taps, x], 1), taps_w[j])
+            a = torch.addmm(bias, inp, taps_w[j])
             z = torch.tanh(a[:, :G // 2]) * torch.sigmoid(a[:, G // 2:])
             o = torch.addmm(rs_b[j], z, rs_w[j])
             x, skip = x + o[:, :R], skip + o[:, R:]
         logits = torch.addmm(b2, torch.relu(torch.addmm(b1, torch.relu(skip), w1.t())), w2.t())
         tok = _draw(logits, noise[i % _NOISE_STEPS], inv_temp, top_k, top_p)
         tokens[:, i] = tok
-        pos[:, 0] += 1
+    pos[:, 0] += n
+    if n:
         pos[:, 1] = tok
     return tokens
 
