@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import genfast
+from genfast import backends
 from genfast import nn as gnn
 from genfast.ops import spectral_norm as S
 
@@ -180,6 +181,120 @@ def _sn_group(xs, b):
     return lambda: ((model(x),), params)
 
 
+
+# ------------------------------------------------------------- causal_conv (+ layer, generation)
+_ACTS = (None, "silu", "relu", "tanh")
+
+
+def _carrier(*settings: int, device) -> Tensor:
+    """Integer settings a step needs that no input shape implies (dilation, activation, ...),
+    carried as the shape of an empty tensor: inputs are cast to every dtype, plain ints are not
+    inputs. _settings() reads them back."""
+    return torch.empty(*settings, 0, device=device)
+
+
+def _settings(t: Tensor) -> tuple[int, ...]:
+    return tuple(t.shape[:-1])
+
+
+def _conv_inputs(shape, device):
+    B, cin, cout, T, K, d, groups, act, with_h = shape
+    fan = cin // groups * K
+    return [randn((B, cin, T), device, 1), randn((cout, cin // groups, K), device, 2, fan ** -0.5),
+            randn(cout, device, 3, 0.1), randn((B, cin, (K - 1) * d), device, 4),
+            _carrier(d, act, with_h, device=device)]
+
+
+def _conv(xs, b):
+    x, w, bias, h, cfg = xs
+    d, act, with_h = _settings(cfg)
+    return genfast.causal_conv1d(x, w, bias, dilation=d, groups=x.shape[1] // w.shape[1],
+                                 activation=_ACTS[act], initial_state=h if with_h else None,
+                                 backend=b)
+
+
+def _update_inputs(shape, device):
+    B, cin, cout, L, S, K, d, groups, act, ring = shape
+    fan = cin // groups * K
+    return [randn((B, cin, L), device, 1), randn((B, cin, S), device, 2),
+            randn((cout, cin // groups, K), device, 3, fan ** -0.5), randn(cout, device, 4, 0.1),
+            _carrier(d, act, ring, device=device)]
+
+
+def _update(xs, b):
+    x, state, w, bias, cfg = xs
+    d, act, ring = _settings(cfg)
+    # Ring mode: streams at different positions, some past one wrap of the ring.
+    seq = torch.arange(x.shape[0], device=x.device) * 5 + 3 if ring else None
+    y = genfast.causal_conv1d_update(x, state, w, bias, dilation=d,
+                                     groups=x.shape[1] // w.shape[1], activation=_ACTS[act],
+                                     cache_seqlens=seq, backend=b)
+    return y, state
+
+
+def _layer_inputs(shape, device):
+    B, R, G, S, T, K, d, cond, with_h, with_skip = shape
+    H = G // 2
+    return [randn((B, R, T), device, 1), randn((G, R, K), device, 2, (R * K) ** -0.5),
+            randn((R, H), device, 3, H ** -0.5), randn((S, H), device, 4, H ** -0.5),
+            randn(G, device, 5, 0.1), randn(R, device, 6, 0.1), randn(S, device, 7, 0.1),
+            randn((B, G, (0, 1, T)[cond]), device, 8, 0.5), randn((B, S, T), device, 9),
+            randn((B, R, (K - 1) * d), device, 10), _carrier(d, cond, with_h, with_skip,
+                                                             device=device)]
+
+
+def _layer(xs, b):
+    x, w_dil, w_res, w_skip, b_dil, b_res, b_skip, cond, skip, h, cfg = xs
+    d, c, with_h, with_skip = _settings(cfg)
+    return genfast.wavenet_layer(x, w_dil, w_res, w_skip, b_dil, b_res, b_skip, dilation=d,
+                                 cond=cond if c else None, skip=skip if with_skip else None,
+                                 initial_state=h if with_h else None, backend=b)
+
+
+def _generate_inputs(shape, device):
+    A, R, G, S, E, K, L, B, n, kind, cond, top_k, p100 = shape
+    H = G // 2
+    ts = [randn((A, R) if kind == 0 else (2, R), device, 1)]
+    for i in range(L):
+        s = 10 * (i + 1)
+        ts += [randn((G, R, K), device, s, (R * K) ** -0.5), randn(G, device, s + 1, 0.1),
+               randn((R, H), device, s + 2, H ** -0.5), randn(R, device, s + 3, 0.1),
+               randn((S, H), device, s + 4, H ** -0.5), randn(S, device, s + 5, 0.1)]
+    ts += [randn((E, S), device, 2, S ** -0.5), randn(E, device, 3, 0.1),
+           randn((A, E), device, 4, 3 * E ** -0.5), randn(A, device, 5, 0.1),
+           randn((B, L, G), device, 6, 0.3)]
+    return ts + [_carrier(n, B, kind, cond, top_k, p100, device=device)]
+
+
+def _generator(model_dtype: bool) -> Callable[[list[Tensor], str], Step]:
+    """Generation by the packed model in float64 where the backend takes it (the reference's
+    logits then agree to ~1e-13, so every index must match: one differing draw would change the
+    rest of its stream), else in float32; model_dtype: in float32 always."""
+    def prepare(xs, b):
+        *ws, gcond, cfg = xs
+        n, B, kind, cond, top_k, p100 = _settings(cfg)
+        takes64 = torch.float64 in backends.registered_ops()["causal_conv_generate"].dtypes[b]
+        dt = torch.float64 if takes64 and not model_dtype else torch.float32
+        ws = [w.to(dt) for w in ws]
+        L = (len(ws) - 5) // 6
+        layers = [dict(zip(("w_dil", "b_dil", "w_res", "b_res", "w_skip", "b_skip"),
+                           ws[1 + 6 * i:7 + 6 * i], strict=True), dilation=2 ** (i % 3))
+                  for i in range(L)]
+        first = ws[0]
+        pack = genfast.pack_wavenet(input_weight=first if kind == 0 else first[0],
+                                    input_bias=None if kind == 0 else first[1],
+                                    input_kind=("embedding", "scalar")[kind], layers=layers,
+                                    head=tuple(ws[-4:]))
+        gc = gcond.to(dt) if cond else None
+
+        def step():
+            tokens, state = genfast.wavenet_generate(
+                pack, n, batch=B, gcond=gc, temperature=0.8, top_k=top_k or None,
+                top_p=p100 / 100 if p100 < 100 else None, seed=11, backend=b)
+            return (tokens, state.rings, state.pos), ()
+        return step
+    return prepare
+
 ROWS: list[Row] = [
     _gumbel(False),
     _gumbel(True),
@@ -223,4 +338,51 @@ ROWS: list[Row] = [
         ((2, 3, 8, 8), (4, 64, 9, 9)), (2, 3, 6, 6), diff=(0,)),
     Row("spectral_norm", "group_update", lambda s, d: [randn(s, d, 5)], _sn_group,
         ((2, 3, 12, 12), (8, 5, 9, 7)), (2, 3, 12, 12), diff=(0,)),
+    # Shapes (B, C_in, C_out, T, K, dilation, groups, activation, initial_state). CUDA: one
+    # thread per output (fwd, bwd_input), one block per weight (bwd_weight); Triton: tl.dot
+    # tiles (groups >= 16 channels) or the small-group kernel. A d=512 halo longer than T (from
+    # h, then zeros) and shorter than T; grouped; K=1 (no history).
+    Row("causal_conv", "dense", _conv_inputs, _fn(_conv),
+        ((2, 8, 16, 33, 3, 1, 1, 0, 0), (3, 16, 32, 129, 2, 512, 1, 1, 1),
+         (2, 32, 64, 1000, 2, 512, 1, 0, 1), (2, 16, 8, 65, 3, 7, 4, 2, 1),
+         (1, 4, 4, 7, 1, 1, 1, 3, 0)),
+        (2, 4, 6, 9, 3, 2, 2, 1, 1), diff=(0, 1, 2, 3), gradgradcheck=True, inductor=True),
+    # CUDA depthwise path (K <= 4): 128 16-byte vectors a chunk, dilation 1 (taps in registers)
+    # and > 1 (halo from global), rows whose length breaks the vector alignment (T odd), a chunk
+    # tail, zero and stored history; K=5 takes the generic kernel. Big: 70,400 (b, c, chunk)
+    # blocks, past the 65,535-block grid.
+    Row("causal_conv", "depthwise", _conv_inputs, _fn(_conv),
+        ((2, 64, 64, 2048, 4, 1, 64, 1, 1), (2, 64, 64, 1001, 4, 3, 64, 1, 0),
+         (3, 48, 48, 7, 4, 1, 48, 0, 1), (2, 32, 32, 300, 2, 1, 32, 1, 1),
+         (1, 32, 32, 129, 5, 1, 32, 1, 1), (2, 16, 16, 77, 5, 4, 16, 1, 0)),
+        (2, 4, 4, 11, 4, 2, 4, 1, 1), ((64, 1100, 1100, 300, 4, 1, 1100, 1, 1),),
+        diff=(0, 1, 2, 3)),
+    # Shapes (B, C_in, C_out, L, S, K, dilation, groups, activation, ring). Ring mode with
+    # L > S (only the last S steps stay) and wrapped positions; shift mode (chunked in-place
+    # shift); depthwise (128 channels a block) and dense (one group a block).
+    Row("causal_conv", "update", _update_inputs, _fn(_update),
+        ((2, 64, 64, 1, 3, 4, 1, 64, 1, 1), (3, 64, 64, 5, 6, 4, 2, 64, 1, 0),
+         (2, 300, 300, 9, 4, 3, 2, 300, 0, 1), (2, 8, 16, 3, 5, 2, 4, 1, 2, 0),
+         (2, 8, 16, 2, 9, 3, 4, 2, 0, 1)),
+        (2, 4, 4, 3, 4, 3, 2, 4, 1, 1)),
+    # Shapes (B, R, G, S, T, K, dilation, cond (0 none, 1 global, 2 local), initial_state, skip).
+    # CUDA: (b, 32-time tile) blocks with the gate tile in shared memory; the backward writes da
+    # and reduces dw_res / dw_skip one block per weight.
+    Row("causal_conv_layer", "wavenet_layer", _layer_inputs, _fn(_layer),
+        ((2, 32, 64, 256, 100, 2, 4, 2, 1, 1), (2, 64, 128, 256, 77, 2, 16, 1, 0, 0),
+         (1, 32, 64, 256, 33, 3, 512, 0, 1, 1)),
+        (2, 4, 6, 5, 9, 2, 3, 2, 1, 1), diff=tuple(range(10)), gradgradcheck=True),
+    # Shapes (A, R, G, S, E, K, L, B, n, input kind, gcond, top_k, top_p * 100; 100 = off):
+    # embedding and scalar inputs, K=2 and 3 (dilations 1, 2, 4, ...: the rings wrap), global
+    # conditioning, top_k, top_p. CUDA: one CTA per stream; the draw is compared by index.
+    Row("causal_conv_generate", "generate", _generate_inputs, _generator(False),
+        ((256, 32, 64, 128, 64, 2, 6, 2, 150, 0, 1, 0, 100),
+         (256, 16, 32, 64, 32, 3, 4, 3, 80, 1, 0, 20, 100),
+         (301, 16, 32, 64, 48, 2, 3, 2, 60, 0, 1, 0, 90)),
+        (16, 4, 6, 5, 7, 2, 2, 2, 12, 0, 1, 5, 90), compile=False),
+    # The float32 kernel (the float64 row covers the math exactly): a near-tie that another
+    # summation order breaks the other way could change the rest of one stream.
+    Row("causal_conv_generate", "generate_fp32", _generate_inputs, _generator(True),
+        ((256, 32, 64, 128, 64, 2, 6, 2, 100, 0, 1, 0, 100),),
+        (16, 4, 6, 5, 7, 2, 2, 2, 12, 0, 1, 5, 90), compile=False),
 ]
