@@ -84,17 +84,32 @@ __device__ __forceinline__ int64_t pymod(int64_t a, int64_t m) {
   return r < 0 ? r + m : r;
 }
 
-// f(o, W[o, :] . v) for o < outs, W row-major (outs, ins); a warp per row. f runs on lane 0.
+// f(o, W[o, :] . v) for o < outs, W row-major (outs, ins). A warp takes kRows rows at a time
+// (kRows independent loads in flight per lane instead of one L2 round trip per row); lanes
+// stride each row (coalesced), a butterfly sums it, f runs on lane 0. Each row's summation
+// order depends only on ins, never on which warp or group of rows holds it. The input loop is
+// not unrolled: unrolled, the kernel needs every register of the SM (ptxas -v).
+constexpr int kRows = 4;
 template <typename T, typename A, class F>
 __device__ __forceinline__ void gemv(const T* W, int64_t outs, int64_t ins, const A* v, F&& f) {
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
-  for (int64_t o = warp; o < outs; o += kWarps) {
-    const T* w = W + o * ins;
-    A acc = 0;
-    for (int64_t i = lane; i < ins; i += 32) acc += ldw(w + i) * v[i];
+  for (int64_t o0 = static_cast<int64_t>(warp) * kRows; o0 < outs; o0 += kWarps * kRows) {
+    A acc[kRows];
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) acc += dev::shfl_xor(acc, off);
-    if (lane == 0) f(o, acc);
+    for (int r = 0; r < kRows; ++r) acc[r] = 0;
+#pragma unroll 1
+    for (int64_t i = lane; i < ins; i += 32) {
+      const A vi = v[i];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+        if (o0 + r < outs) acc[r] += ldw(W + (o0 + r) * ins + i) * vi;
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) acc[r] += dev::shfl_xor(acc[r], off);
+      if (lane == 0 && o0 + r < outs) f(o0 + r, acc[r]);
+    }
   }
 }
 
