@@ -1,5 +1,6 @@
 """Modules: drop-in replacements for torch.nn layers, built on genfast.ops."""
 
+from .causal_conv import CausalConv1d, WaveNet, WaveNetLayer
 from .gumbel import GumbelSoftmax, TemperatureSchedule
 from .spectral_norm import (
     SpectralNorm,
@@ -10,6 +11,7 @@ from .spectral_norm import (
     spectral_norm,
 )
 
-__all__ = ["GumbelSoftmax", "SpectralNorm", "SpectralNormGroup", "TemperatureSchedule",
+__all__ = ["CausalConv1d", "GumbelSoftmax", "SpectralNorm", "SpectralNormGroup",
+           "TemperatureSchedule",
            "convert_spectral_norm", "remove_spectral_norm", "revert_spectral_norm",
-           "spectral_norm"]
+           "spectral_norm", "WaveNet", "WaveNetLayer"]
