@@ -47,18 +47,19 @@ struct Corr {
 };
 
 // Row `row` of a tap's source read over [start, start + len): in place when inside the row,
-// else a padded copy in `scratch`.
+// else a padded copy in `scratch`. The copy runs in index segments, never a select between
+// loads: GCC if-converts such a select into an unconditional load of both sides, which would
+// read through a null history pointer.
 template <typename T>
 GENFAST_INLINE const T* tap_row(const T* row, const T* hrow, int64_t hlen, int64_t n,
                                 int64_t start, int64_t len, T* scratch) {
   if (start >= 0 && start + len <= n) return row + start;
-  for (int64_t i = 0; i < len; ++i) {
-    const int64_t j = start + i;
-    scratch[i] = j >= n                                   ? T(0)
-                 : j >= 0                                 ? row[j]
-                 : (hrow != nullptr && j >= -hlen) ? hrow[hlen + j]
-                                                          : T(0);
-  }
+  const auto upto = [&](int64_t j) { return std::clamp<int64_t>(j - start, 0, len); };
+  int64_t i = 0;
+  for (const int64_t e = upto(hrow != nullptr ? -hlen : 0); i < e; ++i) scratch[i] = T(0);
+  for (const int64_t e = upto(0); i < e; ++i) scratch[i] = hrow[hlen + start + i];
+  for (const int64_t e = upto(n); i < e; ++i) scratch[i] = row[start + i];
+  for (; i < len; ++i) scratch[i] = T(0);
   return scratch;
 }
 
@@ -113,19 +114,48 @@ GENFAST_INLINE void corr_items(const Corr& a, int64_t i0, int64_t i1) {
   }
 }
 
-// Depthwise (cr = mg = 1): item = (row b*C + c, time tile).
+// One depthwise row: o[i] = b0 + sum_k wc[k] * tap[k][i], i < n. The tail runs as one more
+// full vector block through zero-padded copies (pad: K*NR values, pad_tap: K pointers), so
+// every column gets the same instructions and the update kernel reproduces these bits.
 template <typename T, int Isa>
-GENFAST_INLINE void depthwise_items(const Corr& a, int64_t i0, int64_t i1) {
+GENFAST_INLINE void depthwise_row(const T* const* tap, const T* wc, int64_t K, T b0, T* o,
+                                  int64_t n, T* pad, const T** pad_tap) {
   using S = Shape<T, Isa>;
   using V = typename S::V;
   constexpr int NV = S::NV, VL = S::VL, NR = S::NR;
+  const auto block = [&](const T* const* src, int64_t i, T* dst) {
+    V acc[NV];
+    for (int j = 0; j < NV; ++j) acc[j] = V{} + b0;
+    for (int64_t k = 0; k < K; ++k) {
+      const T wk = wc[k];
+      for (int j = 0; j < NV; ++j) acc[j] += wk * loadu<V>(src[k] + i + j * VL);
+    }
+    for (int j = 0; j < NV; ++j) storeu(dst + j * VL, acc[j]);
+  };
+  int64_t i = 0;
+  for (; i + NR <= n; i += NR) block(tap, i, o + i);
+  if (i == n) return;
+  for (int64_t k = 0; k < K; ++k) {
+    T* p = pad + k * NR;
+    for (int64_t j = 0; j < NR; ++j) p[j] = i + j < n ? tap[k][i + j] : T(0);
+    pad_tap[k] = p;
+  }
+  T out[NR];
+  block(pad_tap, 0, out);
+  std::memcpy(o + i, out, static_cast<size_t>(n - i) * sizeof(T));
+}
+
+// Depthwise (cr = mg = 1): item = (row b*C + c, time tile).
+template <typename T, int Isa>
+GENFAST_INLINE void depthwise_items(const Corr& a, int64_t i0, int64_t i1) {
+  constexpr int NR = Shape<T, Isa>::NR;
   const T* src = static_cast<const T*>(a.src);
   const T* h = static_cast<const T*>(a.h);
   const T* w = static_cast<const T*>(a.w);
   const T* bias = static_cast<const T*>(a.bias);
   const int64_t ntiles = (a.tout + a.tt - 1) / a.tt;
-  std::vector<T> scratch(static_cast<size_t>(a.K * a.tt));
-  std::vector<const T*> tap(static_cast<size_t>(a.K));
+  std::vector<T> scratch(static_cast<size_t>(a.K * (a.tt + NR)));
+  std::vector<const T*> tap(static_cast<size_t>(2 * a.K));
   for (int64_t item = i0; item < i1; ++item) {
     const int64_t row = item / ntiles, c = row % a.groups, j0 = (item % ntiles) * a.tt;
     const int64_t n = std::min(a.tt, a.tout - j0);
@@ -133,24 +163,9 @@ GENFAST_INLINE void depthwise_items(const Corr& a, int64_t i0, int64_t i1) {
     for (int64_t k = 0; k < a.K; ++k)
       tap[k] = tap_row(src + row * a.tsrc, hrow, a.hlen, a.tsrc, j0 + a.off0 + k * a.step, n,
                        scratch.data() + k * a.tt);
-    const T* wc = w + c * a.K;
-    const T b0 = bias != nullptr ? bias[c] : T(0);
     T* o = static_cast<T*>(a.out) + row * a.tout + j0;
-    int64_t i = 0;
-    for (; i + NR <= n; i += NR) {
-      V acc[NV];
-      for (int j = 0; j < NV; ++j) acc[j] = V{} + b0;
-      for (int64_t k = 0; k < a.K; ++k) {
-        const T wk = wc[k];
-        for (int j = 0; j < NV; ++j) acc[j] += wk * loadu<V>(tap[k] + i + j * VL);
-      }
-      for (int j = 0; j < NV; ++j) storeu(o + i + j * VL, acc[j]);
-    }
-    for (; i < n; ++i) {
-      T acc = b0;
-      for (int64_t k = 0; k < a.K; ++k) acc += wc[k] * tap[k][i];
-      o[i] = acc;
-    }
+    depthwise_row<T, Isa>(tap.data(), w + c * a.K, a.K, bias != nullptr ? bias[c] : T(0), o, n,
+                          scratch.data() + a.K * a.tt, tap.data() + a.K);
     activate(o, n, a.act);
   }
 }
@@ -212,6 +227,8 @@ struct Wgrad {
 struct Range {
   int64_t b, s0, len;
 };
+// Bounds the zero row (sources before x without a history) when the chunks are long.
+constexpr int64_t kMaxRange = 4096;
 
 template <typename T, int Isa, int MW, int NW>
 GENFAST_INLINE void wgrad_items(const Wgrad& a, int64_t i0, int64_t i1) {
@@ -220,7 +237,7 @@ GENFAST_INLINE void wgrad_items(const Wgrad& a, int64_t i0, int64_t i1) {
   const T* x = static_cast<const T*>(a.x);
   const T* h = static_cast<const T*>(a.h);
   const int64_t ckk = a.cg * a.K, wsize = a.groups * a.og * ckk, bt = a.B * a.T;
-  const std::vector<T> zeros(static_cast<size_t>(a.chunk), T(0));
+  const std::vector<T> zeros(static_cast<size_t>(std::min(a.chunk, kMaxRange)), T(0));
   std::vector<Range> ranges;
   std::vector<int64_t> cuts;
   std::vector<const T*> ap, bp;
@@ -233,7 +250,8 @@ GENFAST_INLINE void wgrad_items(const Wgrad& a, int64_t i0, int64_t i1) {
         if (a.P - k * a.d > t0 && a.P - k * a.d < t1) cuts.push_back(a.P - k * a.d);
       std::sort(cuts.begin(), cuts.end());
       for (size_t i = 0; i + 1 < cuts.size(); ++i)
-        if (cuts[i + 1] > cuts[i]) ranges.push_back({b, cuts[i], cuts[i + 1] - cuts[i]});
+        for (int64_t s = cuts[i]; s < cuts[i + 1]; s += kMaxRange)
+          ranges.push_back({b, s, std::min(kMaxRange, cuts[i + 1] - s)});
       f += t1 - t0;
     }
     const int64_t nr = static_cast<int64_t>(ranges.size());
@@ -322,7 +340,7 @@ void run_wgrad(Wgrad a, T* dw, int num_threads) {
 struct Update {
   const void* x_new;
   void* state;
-  const void* w;
+  const void* w;  // packed as fwd's (pack_weights), raw (C, 1, K) when depthwise
   const void* bias;
   const int64_t* seqlens;
   void* y;
@@ -332,37 +350,59 @@ struct Update {
 
 GENFAST_INLINE int64_t pymod(int64_t q, int64_t s) { return ((q % s) + s) % s; }
 
-// Streams [b0, b1): each owns its state rows, so streams run in parallel. All L outputs are
-// computed before the state is written, so no output reads a slot this call overwrote.
-template <typename T>
+// Streams [b0, b1): each owns its state rows, so streams run in parallel. The taps of the L new
+// steps are gathered into K rows of lpad columns per channel (tap k's column i is step i's
+// position minus (K-1-k)*d), then fwd's tile or depthwise row runs over them: the same sums in
+// the same order, so a chain of updates gives fwd's bits on the same ISA copy. Every output is
+// computed before the state is written, so none reads a slot this call overwrote.
+template <typename T, int Isa>
 GENFAST_INLINE void update_streams(const Update& a, int64_t b0, int64_t b1) {
-  const int64_t cg = a.Cin / a.groups, og = a.Cout / a.groups, L = a.L, S = a.S;
+  using Sh = Shape<T, Isa>;
+  constexpr int MR = Sh::MR, NR = Sh::NR;
+  const int64_t cg = a.Cin / a.groups, og = a.Cout / a.groups, L = a.L, S = a.S, K = a.K;
+  const int64_t lpad = (L + NR - 1) / NR * NR, nmb = (og + MR - 1) / MR;
+  const bool depthwise = cg == 1 && og == 1;
   const T* w = static_cast<const T*>(a.w);
   const T* bias = static_cast<const T*>(a.bias);
-  std::vector<T> taps(static_cast<size_t>(a.K * a.Cin));
+  std::vector<T> taps(static_cast<size_t>(K * a.Cin * lpad)), pad(static_cast<size_t>(K * NR));
+  std::vector<const T*> src(static_cast<size_t>(2 * K));
+  std::vector<int64_t> ld(static_cast<size_t>(K), lpad);
   for (int64_t b = b0; b < b1; ++b) {
     const T* xn = static_cast<const T*>(a.x_new) + b * a.Cin * L;
     T* st = static_cast<T*>(a.state) + b * a.Cin * S;
     T* y = static_cast<T*>(a.y) + b * a.Cout * L;
     const int64_t n0 = a.seqlens != nullptr ? a.seqlens[b] : 0;
-    for (int64_t i = 0; i < L; ++i) {
-      for (int64_t k = 0; k < a.K; ++k) {
-        const int64_t q = i - (a.K - 1 - k) * a.d;  // relative to the call's first step
-        T* tk = taps.data() + k * a.Cin;
-        if (q >= 0) {
-          for (int64_t c = 0; c < a.Cin; ++c) tk[c] = xn[c * L + q];
-        } else {
-          const int64_t slot = a.seqlens != nullptr ? pymod(n0 + q, S) : S + q;
-          for (int64_t c = 0; c < a.Cin; ++c) tk[c] = st[c * S + slot];
-        }
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t lag = (K - 1 - k) * a.d;
+      // Step i reads position i - lag (relative to the call's first step): the state for
+      // i < lag, x_new after. Index segments, not selects (see tap_row).
+      const int64_t nh = std::min(L, lag);
+      const int64_t slot0 = nh == 0 ? 0 : a.seqlens != nullptr ? pymod(n0 - lag, S) : S - lag;
+      for (int64_t c = 0; c < a.Cin; ++c) {
+        T* row = taps.data() + (k * a.Cin + c) * lpad;
+        const T* sr = st + c * S;
+        for (int64_t i = 0, s = slot0; i < nh; ++i, s = s + 1 == S ? 0 : s + 1) row[i] = sr[s];
+        for (int64_t i = nh; i < L; ++i) row[i] = xn[c * L + i - lag];
+        for (int64_t i = L; i < lpad; ++i) row[i] = T(0);
       }
-      for (int64_t co = 0; co < a.Cout; ++co) {
-        const T* wr = w + co * cg * a.K;
-        const T* tg = taps.data() + (co / og) * cg;
-        T acc = bias != nullptr ? bias[co] : T(0);
-        for (int64_t k = 0; k < a.K; ++k)
-          for (int64_t c = 0; c < cg; ++c) acc += wr[c * a.K + k] * tg[k * a.Cin + c];
-        y[co * L + i] = acc;
+    }
+    if (depthwise) {
+      for (int64_t c = 0; c < a.Cin; ++c) {
+        for (int64_t k = 0; k < K; ++k) src[k] = taps.data() + (k * a.Cin + c) * lpad;
+        depthwise_row<T, Isa>(src.data(), w + c * K, K, bias != nullptr ? bias[c] : T(0),
+                              y + c * L, L, pad.data(), src.data() + K);
+      }
+    } else {
+      for (int64_t g = 0; g < a.groups; ++g) {
+        for (int64_t k = 0; k < K; ++k) src[k] = taps.data() + (k * a.Cin + g * cg) * lpad;
+        for (int64_t mb = 0; mb < nmb; ++mb) {
+          const int rows = static_cast<int>(std::min<int64_t>(MR, og - mb * MR));
+          const T* wb = w + ((g * nmb + mb) * K * cg) * MR;
+          const T* bb = bias != nullptr ? bias + g * og + mb * MR : nullptr;
+          for (int64_t t = 0; t < L; t += NR)
+            tile<T, Isa>(wb, K, cg, src.data(), ld.data(), t, bb, y + (g * og + mb * MR) * L + t,
+                         L, rows, static_cast<int>(std::min<int64_t>(NR, L - t)));
+        }
       }
     }
     for (int64_t co = 0; co < a.Cout; ++co) activate(y + co * L, L, a.act);
@@ -382,12 +422,29 @@ GENFAST_INLINE void update_streams(const Update& a, int64_t b0, int64_t b1) {
   }
 }
 
-#pragma GCC diagnostic pop
-
 GENFAST_CONV_ISA_COPIES(update_f32, (const Update& a, int64_t b0, int64_t b1), (a, b0, b1),
-                        update_streams<float>(a, b0, b1))
+                        update_streams<float, kIsa>(a, b0, b1))
 GENFAST_CONV_ISA_COPIES(update_f64, (const Update& a, int64_t b0, int64_t b1), (a, b0, b1),
-                        update_streams<double>(a, b0, b1))
+                        update_streams<double, kIsa>(a, b0, b1))
+
+template <typename T>
+void run_update(Update a, int64_t B, int num_threads) {
+  const int isa = isa::active();
+  const int64_t cg = a.Cin / a.groups, og = a.Cout / a.groups;
+  std::vector<T> wp;
+  if (!(cg == 1 && og == 1)) {
+    const int mr = tile_mr<T>(isa);
+    wp.resize(static_cast<size_t>(packed_size(a.groups, og, cg, a.K, mr)));
+    pack_weights(static_cast<const T*>(a.w), wp.data(), a.groups, og, cg, a.K, mr, false);
+    a.w = wp.data();
+  }
+  parallel_for(B, a.L * a.Cout * std::max<int64_t>(1, cg * a.K), num_threads,
+               [&](int64_t b0, int64_t b1) {
+                 sizeof(T) == 4 ? update_f32(isa, a, b0, b1) : update_f64(isa, a, b0, b1);
+               });
+}
+
+#pragma GCC diagnostic pop
 
 // Sizes that would index out of bounds are refused here too (Python checks first, with the
 // user-facing messages).
@@ -468,11 +525,7 @@ void causal_conv1d_update(const void* x_new, void* state, const void* w, const v
                                 std::to_string((K - 1) * dilation));
   if (B == 0 || L == 0) return;
   const Update a{x_new, state, w, b, seqlens, y, Cin, Cout, L, S, K, dilation, groups, act};
-  const int isa = isa::active();
-  parallel_for(B, L * Cout * std::max<int64_t>(1, Cin / groups * K), num_threads,
-               [&](int64_t b0, int64_t b1) {
-                 f32 ? update_f32(isa, a, b0, b1) : update_f64(isa, a, b0, b1);
-               });
+  f32 ? run_update<float>(a, B, num_threads) : run_update<double>(a, B, num_threads);
 }
 
 }  // namespace genfast::cpu

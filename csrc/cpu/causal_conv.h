@@ -21,14 +21,22 @@ void causal_conv1d_bwd_input(const void* g, const void* w, void* dx, int64_t B, 
                              bool with_state, int dtype, int num_threads);
 
 // dw (Cout, Cin/groups, K) = sum_b sum_t g[b,co,t] * x~[b, g*Cg+ci, t + k*dilation]. Written.
-// Deterministic: the same bits for any num_threads.
+// Deterministic: the same bits for any num_threads (fixed time chunks, chosen from the shapes,
+// each summed into its own partial; the partials are added in chunk order).
 void causal_conv1d_bwd_weight(const void* g, const void* x, const void* h, void* dw, int64_t B,
                               int64_t Cin, int64_t Cout, int64_t T, int64_t K, int64_t dilation,
                               int64_t groups, int dtype, int num_threads);
 
 // L new steps x_new (B, Cin, L) against the state (B, Cin, S), S >= P; y (B, Cout, L).
-// seqlens (int64 (B,)) non-null: ring mode, position p of stream b lives in slot p mod S;
-// null: shift mode, the state holds the last S inputs oldest first and is shifted left by L.
+// seqlens (int64 (B,)) non-null: ring mode, position p of stream b lives in slot p mod S
+// (Python-style mod); step i is position seqlens[b] + i and its tap k reads position
+// q = p - (K-1-k)*dilation from x_new when q >= seqlens[b], else from slot q mod S. Every
+// output is computed before x_new[:, :, i] is written to slot (seqlens[b] + i) mod S (only the
+// last min(L, S) steps), so no output reads a slot this call overwrote. seqlens is not advanced.
+// null: shift mode, the state holds the last S inputs oldest first (taps before x_new read
+// state[S + q]), then is shifted left by L with x_new appended (its last S when L >= S).
+// act as in fwd. The sum runs in fwd's order, so on one ISA copy a chain of updates
+// reproduces fwd's bits.
 void causal_conv1d_update(const void* x_new, void* state, const void* w, const void* b,
                           const int64_t* seqlens, void* y, int64_t B, int64_t Cin, int64_t Cout,
                           int64_t L, int64_t S, int64_t K, int64_t dilation, int64_t groups,

@@ -176,13 +176,14 @@ GENFAST_INLINE void tile(const T* wp, int64_t nk, int64_t nc, const T* const* sr
   using S = Shape<T, Isa>;
   using V = typename S::V;
   constexpr int MR = S::MR, NV = S::NV, VL = S::VL;
+  T b0[MR] = {};
+  if (bias != nullptr)
+    for (int m = 0; m < rows; ++m) b0[m] = bias[m];
   V acc[MR][NV];
 #pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m) {
-    const T b0 = bias != nullptr && m < rows ? bias[m] : T(0);
+  for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) acc[m][j] = V{} + b0;
-  }
+    for (int j = 0; j < NV; ++j) acc[m][j] = V{} + b0[m];
   for (int64_t k = 0; k < nk; ++k) {
     const T* s = src[k] + off;
     const int64_t l = ld[k];
