@@ -346,96 +346,80 @@ GENFAST_MULTIVERSIONED(fwd_f32, (const Layer<float>& L, int64_t i0, int64_t i1),
 GENFAST_MULTIVERSIONED(bwd_f32,
                        (const Layer<float>& L, float* part, int64_t nc, int64_t c0, int64_t c1),
                        (L, part, nc, c0, c1), bwd_block<float>(L, part, nc, c0, c1))
-void fwd_f64(const Layer<double>& L, int64_t i0, int64_t i1) { fwd_block<double>(L, i0, i1); }
-void bwd_f64(const Layer<double>& L, double* part, int64_t nc, int64_t c0, int64_t c1) {
-  bwd_block<double>(L, part, nc, c0, c1);
-}
 
-// Packs the weights (a few KB, once per call) and fills the sizes.
+// The call's arguments as they cross the boundary (unused ones null).
+struct Args {
+  const void *x, *h, *cond, *skip, *w_dil, *b_dil, *w_res, *b_res, *w_skip, *b_skip, *gx, *gs;
+  void *x_out, *skip_out, *da, *dw_res, *dw_skip;
+  int64_t cond_t, B, R, G, S, T, K, d;
+};
+
+// Typed view of the call plus the packed weights (a few KB, packed once per call).
 template <typename T>
 struct Packed {
   Layer<T> L{};
   std::vector<T> wd, wo, wt;
-  Packed(const void* x, const void* h, const void* cond, int64_t cond_t, const void* w_dil,
-         const void* b_dil, const void* w_res, const void* w_skip, int64_t B, int64_t R,
-         int64_t G, int64_t S, int64_t T_, int64_t K, int64_t d) {
-    L.x = static_cast<const T*>(x);
-    L.h = static_cast<const T*>(h);
-    L.cond = static_cast<const T*>(cond);
-    L.b_dil = static_cast<const T*>(b_dil);
-    L.cond_t = cond ? cond_t : 0;
-    L.B = B, L.R = R, L.G = G, L.H = G / 2, L.S = S, L.T_ = T_, L.K = K, L.d = d;
-    L.P = (K - 1) * d;
-    L.ntiles = (T_ + kTile - 1) / kTile;
-    L.Gp = round_up(G, kMR), L.Op = round_up(R + S, kMR), L.Hp = round_up(L.H, kMR);
-    L.Hz = round_up(L.H, kNC);
-    const T* wdil = static_cast<const T*>(w_dil);
-    const T* wres = static_cast<const T*>(w_res);
-    const T* wskip = static_cast<const T*>(w_skip);
-    const int64_t H = L.H, no = R + S;
+  explicit Packed(const Args& a) {
+    const auto in = [](const void* p) { return static_cast<const T*>(p); };
+    const auto out = [](void* p) { return static_cast<T*>(p); };
+    L.x = in(a.x), L.h = in(a.h), L.cond = in(a.cond), L.skip = in(a.skip);
+    L.b_dil = in(a.b_dil), L.b_res = in(a.b_res), L.b_skip = in(a.b_skip);
+    L.gx = in(a.gx), L.gs = in(a.gs);
+    L.x_out = out(a.x_out), L.skip_out = out(a.skip_out), L.da = out(a.da);
+    const int64_t R = a.R, S = a.S, G = a.G, K = a.K, H = G / 2, no = R + S;
+    L.cond_t = a.cond ? a.cond_t : 0;
+    L.B = a.B, L.R = R, L.G = G, L.H = H, L.S = S, L.T_ = a.T, L.K = K, L.d = a.d;
+    L.P = (K - 1) * a.d;
+    L.ntiles = (a.T + kTile - 1) / kTile;
+    L.Gp = round_up(G, kMR), L.Op = round_up(no, kMR), L.Hp = round_up(H, kMR);
+    L.Hz = round_up(H, kNC);
+    const T *wdil = in(a.w_dil), *wres = in(a.w_res), *wskip = in(a.w_skip);
     wd.assign(static_cast<size_t>(L.Gp * K * R), T(0));
     for (int64_t g = 0; g < G; ++g)
       for (int64_t r = 0; r < R; ++r)
         for (int64_t k = 0; k < K; ++k)
           wd[((g / kMR) * K * R + k * R + r) * kMR + g % kMR] = wdil[(g * R + r) * K + k];
-    const auto wrs = [&](int64_t o, int64_t hh) {
-      return o < R ? wres[o * H + hh] : wskip[(o - R) * H + hh];
-    };
     wo.assign(static_cast<size_t>(L.Op * H), T(0));
     wt.assign(static_cast<size_t>(L.Hp * no), T(0));
     for (int64_t o = 0; o < no; ++o)
       for (int64_t hh = 0; hh < H; ++hh) {
-        wo[((o / kMR) * H + hh) * kMR + o % kMR] = wrs(o, hh);
-        wt[((hh / kMR) * no + o) * kMR + hh % kMR] = wrs(o, hh);
+        const T w = o < R ? wres[o * H + hh] : wskip[(o - R) * H + hh];
+        wo[((o / kMR) * H + hh) * kMR + o % kMR] = w;
+        wt[((hh / kMR) * no + o) * kMR + hh % kMR] = w;
       }
     L.wd = wd.data(), L.wo = wo.data(), L.wt = wt.data();
   }
 };
 
 template <typename T>
-void layer_fwd(const void* x, const void* h, const void* cond, int64_t cond_t, const void* skip,
-               const void* w_dil, const void* b_dil, const void* w_res, const void* b_res,
-               const void* w_skip, const void* b_skip, void* x_out, void* skip_out, int64_t B,
-               int64_t R, int64_t G, int64_t S, int64_t T_, int64_t K, int64_t d,
-               int num_threads) {
-  Packed<T> pk(x, h, cond, cond_t, w_dil, b_dil, w_res, w_skip, B, R, G, S, T_, K, d);
-  Layer<T>& L = pk.L;
-  L.skip = static_cast<const T*>(skip);
-  L.b_res = static_cast<const T*>(b_res);
-  L.b_skip = static_cast<const T*>(b_skip);
-  L.x_out = static_cast<T*>(x_out);
-  L.skip_out = static_cast<T*>(skip_out);
-  const int64_t work = kTile * (G * K * R + (R + S) * L.H);
-  parallel_for(B * L.ntiles, work, num_threads, [&](int64_t i0, int64_t i1) {
-    if constexpr (sizeof(T) == 4) fwd_f32(L, i0, i1); else fwd_f64(L, i0, i1);
+void layer_fwd(const Args& a, int num_threads) {
+  const Packed<T> pk(a);
+  const Layer<T>& L = pk.L;
+  const int64_t work = kTile * (L.G * L.K * L.R + (L.R + L.S) * L.H);
+  parallel_for(L.B * L.ntiles, work, num_threads, [&](int64_t i0, int64_t i1) {
+    if constexpr (sizeof(T) == 4) fwd_f32(L, i0, i1); else fwd_block<T>(L, i0, i1);
   });
 }
 
 template <typename T>
-void layer_bwd(const void* x, const void* h, const void* cond, int64_t cond_t, const void* w_dil,
-               const void* b_dil, const void* w_res, const void* w_skip, const void* gx,
-               const void* gs, void* da, void* dw_res, void* dw_skip, int64_t B, int64_t R,
-               int64_t G, int64_t S, int64_t T_, int64_t K, int64_t d, int num_threads) {
-  Packed<T> pk(x, h, cond, cond_t, w_dil, b_dil, w_res, w_skip, B, R, G, S, T_, K, d);
-  Layer<T>& L = pk.L;
-  L.gx = static_cast<const T*>(gx);
-  L.gs = static_cast<const T*>(gs);
-  L.da = static_cast<T*>(da);
-  const int64_t H = L.H, items = B * L.ntiles, nc = std::min(items, kChunks);
+void layer_bwd(const Args& a, int num_threads) {
+  const Packed<T> pk(a);
+  const Layer<T>& L = pk.L;
+  const int64_t R = L.R, H = L.H, items = L.B * L.ntiles, nc = std::min(items, kChunks);
   const int64_t size = L.Op * L.Hz;
   std::vector<T> part(static_cast<size_t>(std::max<int64_t>(nc, 1) * size), T(0));
   const int64_t work = (items / std::max<int64_t>(nc, 1) + 1) * 2 * kTile *
-                       (G * K * R + 2 * (R + S) * H);
+                       (L.G * L.K * R + 2 * (R + L.S) * H);
   parallel_for(nc, work, num_threads, [&](int64_t c0, int64_t c1) {
     if constexpr (sizeof(T) == 4) bwd_f32(L, part.data(), nc, c0, c1);
-    else bwd_f64(L, part.data(), nc, c0, c1);
+    else bwd_block<T>(L, part.data(), nc, c0, c1);
   });
   // Partials summed in chunk order: the bits depend on the chunking only, not on the threads.
   for (int64_t c = 1; c < nc; ++c)
     for (int64_t i = 0; i < size; ++i) part[i] += part[c * size + i];
-  T* dres = static_cast<T*>(dw_res);
-  T* dskip = static_cast<T*>(dw_skip);
-  for (int64_t o = 0; o < R + S; ++o)
+  T* dres = static_cast<T*>(a.dw_res);
+  T* dskip = static_cast<T*>(a.dw_skip);
+  for (int64_t o = 0; o < R + L.S; ++o)
     for (int64_t hh = 0; hh < H; ++hh)
       (o < R ? dres[o * H + hh] : dskip[(o - R) * H + hh]) = part[o * L.Hz + hh];
 }
@@ -449,9 +433,9 @@ void wavenet_layer_fwd(const void* x, const void* h, const void* cond, int64_t c
                        int64_t K, int64_t dilation, int dtype, int num_threads) {
   const bool f32 = cpu_is_float32(dtype, "wavenet layer");
   if (B <= 0 || T <= 0) return;
-  (f32 ? layer_fwd<float> : layer_fwd<double>)(x, h, cond, cond_t, skip, w_dil, b_dil, w_res,
-                                               b_res, w_skip, b_skip, x_out, skip_out, B, R, G,
-                                               S, T, K, dilation, num_threads);
+  const Args a{x, h, cond, skip, w_dil, b_dil, w_res, b_res, w_skip, b_skip, nullptr, nullptr,
+               x_out, skip_out, nullptr, nullptr, nullptr, cond_t, B, R, G, S, T, K, dilation};
+  (f32 ? layer_fwd<float> : layer_fwd<double>)(a, num_threads);
 }
 
 void wavenet_layer_bwd(const void* x, const void* h, const void* cond, int64_t cond_t,
@@ -460,10 +444,11 @@ void wavenet_layer_bwd(const void* x, const void* h, const void* cond, int64_t c
                        void* dw_res, void* dw_skip, int64_t B, int64_t R, int64_t G, int64_t S,
                        int64_t T, int64_t K, int64_t dilation, int dtype, int num_threads) {
   const bool f32 = cpu_is_float32(dtype, "wavenet layer");
-  (f32 ? layer_bwd<float> : layer_bwd<double>)(x, h, cond, cond_t, w_dil, b_dil, w_res, w_skip,
-                                               gx, gs, da, dw_res, dw_skip, std::max<int64_t>(B, 0),
-                                               R, G, S, std::max<int64_t>(T, 0), K, dilation,
-                                               num_threads);
+  // B or T == 0 still writes dw_res and dw_skip (zeros).
+  const Args a{x, h, cond, nullptr, w_dil, b_dil, w_res, nullptr, w_skip, nullptr, gx, gs,
+               nullptr, nullptr, da, dw_res, dw_skip, cond_t, std::max<int64_t>(B, 0), R, G, S,
+               std::max<int64_t>(T, 0), K, dilation};
+  (f32 ? layer_bwd<float> : layer_bwd<double>)(a, num_threads);
 }
 
 }  // namespace genfast::cpu
