@@ -233,7 +233,6 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("d"), py::arg("dtype"), GENFAST_TAIL_NAME);
 
   // [bind:causal_conv]
-#ifndef GENFAST_WITH_CUDA
   {
     // Returns P = (K-1)*dilation after refusing sizes that would index out of bounds (groups
     // is checked before anything divides by it).
@@ -319,7 +318,6 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
         py::arg("K"), py::arg("dilation"), py::arg("groups"), py::arg("act"), py::arg("dtype"),
         GENFAST_TAIL_NAME);
   }
-#endif
 
   // [bind:causal_conv_layer]
   {
@@ -391,7 +389,6 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
   }
 
   // [bind:causal_conv_generate]
-#ifndef GENFAST_WITH_CUDA  // until csrc/cuda/causal_conv_generate.cu lands
   m.def(
       "wavenet_generate",
       [](Ptr weights, Ptr meta, int64_t meta_len, Ptr gcond, Ptr lcond, Ptr rings, Ptr pos,
@@ -415,40 +412,6 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("lcond"), py::arg("rings"), py::arg("pos"), py::arg("tokens"), py::arg("B"),
       py::arg("n"), py::arg("seed"), py::arg("inv_temperature"), py::arg("top_k"),
       py::arg("top_p"), py::arg("dtype"), GENFAST_TAIL_NAME);
-#endif
-
-#ifndef GENFAST_WITH_CUDA
-  // [bind:cpu:isa] Which copy of the multiversioned loops runs (common/isa.h). GENFAST_ISA is
-  // read here, at load: a name this CPU cannot run fails the import with the reason.
-  genfast::isa::init_from_env();
-  m.def("isa", [] { return std::string(genfast::isa::active_name()); },
-        "the ISA the CPU kernels' multiversioned loops run with");
-  m.def("supported_isas", [] {
-    py::list names;
-    for (int i = 0; i < genfast::isa::kCount; ++i)
-      if (genfast::isa::supported(i)) names.append(genfast::isa::kNames[i]);
-    return names;
-  }, "the ISAs this build and CPU can run, slowest first");
-  m.def("set_isa", [](const std::string& name) { genfast::isa::set(name, "isa"); },
-        py::arg("name"), "switch the CPU kernels to `name` (or 'auto'), process-wide");
-  // [bind:cpu:openmp] Whose threads the CPU kernels run on (common/openmp.h).
-  m.def("openmp_runtime", []() -> py::object {
-    const auto* rt = genfast::openmp::runtime();
-    return rt ? py::object(py::str(rt->path)) : py::object(py::none());
-  }, "the path of torch's OpenMP runtime the CPU kernels use, or None (std::threads)");
-  m.def(
-      "philox_uniform",
-      [](uint64_t seed, int64_t row0, int64_t rows, int64_t n, Ptr out) {
-        if (row0 < 0) throw std::invalid_argument("row0: negative");
-        check_view("out", out, rows, n, n, true);
-        if (rows == 0 || n == 0) return;
-        py::gil_scoped_release nogil;
-        genfast::fastmath::philox_uniform_rows(seed, static_cast<uint64_t>(row0), rows, n, n,
-                                               reinterpret_cast<float*>(out));
-      },
-      py::arg("seed"), py::arg("row0"), py::arg("rows"), py::arg("n"), py::arg("out_ptr"),
-      "float32 (rows, n) uniforms of the Philox stream, through the active ISA's copy");
-#endif
 
 #ifndef GENFAST_WITH_CUDA
   // [bind:cpu:isa] Which copy of the multiversioned loops runs (common/isa.h). GENFAST_ISA is
