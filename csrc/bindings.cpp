@@ -332,8 +332,8 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
         throw std::invalid_argument("kernel_size-1 times dilation overflows");
       if (cond_t != 0 && cond_t != 1 && cond_t != T)
         throw std::invalid_argument("cond: time length must be 1 or T");
-      if ((cond_t == 0) != (cond == 0))
-        throw std::invalid_argument("cond: null pointer iff cond_t == 0");
+      if (cond_t != 0 && cond == 0 && B * G > 0)
+        throw std::invalid_argument("cond: null data pointer with cond_t != 0");
     };
     const auto need = [](const char* name, Ptr p, int64_t n) {
       if (n > 0 && p == 0) throw std::invalid_argument(std::string(name) + ": null data pointer");
