@@ -147,7 +147,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--sample-every", type=int)
     t.add_argument("--out", help="run directory (default runs/MODEL)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    t.add_argument("--data", help="a .npy/.npz of images (N, [C,] H, W) instead of the digits")
+    t.add_argument("--data", help="a .npy/.npz of images (N, [C,] H, W) instead of the digits "
+                   "(wavenet: FILE.wav[,FILE2.wav...], one speaker per file)")
     t.add_argument("--backend", default="auto",
                    choices=("auto", "reference", "cpu", "triton", "cuda"))
     t.add_argument("--device", default="cpu")
@@ -169,6 +170,13 @@ def parser() -> argparse.ArgumentParser:
                    help="truncation trick for GANs: latents limited to |z| <= PSI")
     s.add_argument("--truncation-mode", choices=("resample", "interpolate"), default="resample",
                    help="resample components with |z| > PSI (BigGAN), or scale z by PSI")
+    s.add_argument("--seconds", type=float, help="wavenet: seconds of audio to generate "
+                   "(default 2)")
+    s.add_argument("--temperature", type=float, help="wavenet: sampling temperature (0: greedy)")
+    s.add_argument("--top-k", type=int, help="wavenet: sample among the k most likely classes")
+    s.add_argument("--top-p", type=float, help="wavenet: nucleus (top-p) sampling mass")
+    s.add_argument("--speaker", type=int,
+                   help="wavenet: global-conditioning id (one per --data file)")
     return p
 
 

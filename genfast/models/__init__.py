@@ -17,6 +17,7 @@ from .gumbel_vae import GumbelVAE, GumbelVAEConfig
 from .lda import LatentDirichletAllocation, LDAConfig
 from .sngan import SNGAN, SNGANConfig
 from .vae import VAE, VAEConfig
+from .wavenet import WaveNetConfig, WaveNetModel
 from .wgan_gp import WGANGP, WGANGPConfig
 
 REGISTRY: dict[str, type[nn.Module]] = {
@@ -31,6 +32,7 @@ REGISTRY: dict[str, type[nn.Module]] = {
     "aae": AAE,
     "gmm": GaussianMixture,
     "lda": LatentDirichletAllocation,
+    "wavenet": WaveNetModel,
 }
 
 
@@ -47,4 +49,5 @@ __all__ = ["AAE", "VAE", "AAEConfig", "Autoencoder", "AutoencoderConfig", "ConvA
            "ConvAutoencoderConfig", "ConvVAE", "ConvVAEConfig", "VAEConfig",
            "DCGAN", "REGISTRY", "SNGAN", "WGANGP", "DCGANConfig", "GumbelVAE",
            "GumbelVAEConfig", "SNGANConfig", "WGANGPConfig", "get",
-           "GMMConfig", "GaussianMixture", "LDAConfig", "LatentDirichletAllocation"]
+           "GMMConfig", "GaussianMixture", "LDAConfig", "LatentDirichletAllocation",
+           "WaveNetConfig", "WaveNetModel"]
