@@ -9,10 +9,12 @@
 // zero/history-padded scratch, so the inner loop never tests an index. Depthwise convs (one
 // channel per group) have no reuse to tile for: a memory-bound row loop. bwd_weight reduces
 // over (b, t): fixed time chunks, one partial dW each, summed in chunk order, so the bits do not
-// depend on the thread count. update is a few GEMVs per step: plain loops.
+// depend on the thread count. The update kernel (causal_conv_update.cpp) reuses the tile and
+// the depthwise row.
 #include "cpu/causal_conv.h"
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -45,23 +47,6 @@ struct Corr {
   int64_t tt;  // time-tile length (items are (b, tile) or (row, tile))
   int act;
 };
-
-// Row `row` of a tap's source read over [start, start + len): in place when inside the row,
-// else a padded copy in `scratch`. The copy runs in index segments, never a select between
-// loads: GCC if-converts such a select into an unconditional load of both sides, which would
-// read through a null history pointer.
-template <typename T>
-GENFAST_INLINE const T* tap_row(const T* row, const T* hrow, int64_t hlen, int64_t n,
-                                int64_t start, int64_t len, T* scratch) {
-  if (start >= 0 && start + len <= n) return row + start;
-  const auto upto = [&](int64_t j) { return std::clamp<int64_t>(j - start, 0, len); };
-  int64_t i = 0;
-  for (const int64_t e = upto(hrow != nullptr ? -hlen : 0); i < e; ++i) scratch[i] = T(0);
-  for (const int64_t e = upto(0); i < e; ++i) scratch[i] = hrow[hlen + start + i];
-  for (const int64_t e = upto(n); i < e; ++i) scratch[i] = row[start + i];
-  for (; i < len; ++i) scratch[i] = T(0);
-  return scratch;
-}
 
 template <typename T, int Isa>
 GENFAST_INLINE void corr_items(const Corr& a, int64_t i0, int64_t i1) {
@@ -114,37 +99,6 @@ GENFAST_INLINE void corr_items(const Corr& a, int64_t i0, int64_t i1) {
   }
 }
 
-// One depthwise row: o[i] = b0 + sum_k wc[k] * tap[k][i], i < n. The tail runs as one more
-// full vector block through zero-padded copies (pad: K*NR values, pad_tap: K pointers), so
-// every column gets the same instructions and the update kernel reproduces these bits.
-template <typename T, int Isa>
-GENFAST_INLINE void depthwise_row(const T* const* tap, const T* wc, int64_t K, T b0, T* o,
-                                  int64_t n, T* pad, const T** pad_tap) {
-  using S = Shape<T, Isa>;
-  using V = typename S::V;
-  constexpr int NV = S::NV, VL = S::VL, NR = S::NR;
-  const auto block = [&](const T* const* src, int64_t i, T* dst) {
-    V acc[NV];
-    for (int j = 0; j < NV; ++j) acc[j] = V{} + b0;
-    for (int64_t k = 0; k < K; ++k) {
-      const T wk = wc[k];
-      for (int j = 0; j < NV; ++j) acc[j] += wk * loadu<V>(src[k] + i + j * VL);
-    }
-    for (int j = 0; j < NV; ++j) storeu(dst + j * VL, acc[j]);
-  };
-  int64_t i = 0;
-  for (; i + NR <= n; i += NR) block(tap, i, o + i);
-  if (i == n) return;
-  for (int64_t k = 0; k < K; ++k) {
-    T* p = pad + k * NR;
-    for (int64_t j = 0; j < NR; ++j) p[j] = i + j < n ? tap[k][i + j] : T(0);
-    pad_tap[k] = p;
-  }
-  T out[NR];
-  block(pad_tap, 0, out);
-  std::memcpy(o + i, out, static_cast<size_t>(n - i) * sizeof(T));
-}
-
 // Depthwise (cr = mg = 1): item = (row b*C + c, time tile).
 template <typename T, int Isa>
 GENFAST_INLINE void depthwise_items(const Corr& a, int64_t i0, int64_t i1) {
@@ -156,17 +110,28 @@ GENFAST_INLINE void depthwise_items(const Corr& a, int64_t i0, int64_t i1) {
   const int64_t ntiles = (a.tout + a.tt - 1) / a.tt;
   std::vector<T> scratch(static_cast<size_t>(a.K * (a.tt + NR)));
   std::vector<const T*> tap(static_cast<size_t>(2 * a.K));
+  // Outputs in [lo, hi) read every tap in place; only the edges go through tap_row's copies.
+  int64_t lo = INT64_MIN, hi = INT64_MAX;
+  for (int64_t k = 0; k < a.K; ++k) {
+    lo = std::max(lo, -a.off0 - k * a.step);
+    hi = std::min(hi, a.tsrc - a.off0 - k * a.step);
+  }
   for (int64_t item = i0; item < i1; ++item) {
     const int64_t row = item / ntiles, c = row % a.groups, j0 = (item % ntiles) * a.tt;
-    const int64_t n = std::min(a.tt, a.tout - j0);
+    const int64_t j1 = std::min(a.tout, j0 + a.tt);
     const T* hrow = h != nullptr ? h + row * a.hlen : nullptr;
-    for (int64_t k = 0; k < a.K; ++k)
-      tap[k] = tap_row(src + row * a.tsrc, hrow, a.hlen, a.tsrc, j0 + a.off0 + k * a.step, n,
-                       scratch.data() + k * a.tt);
-    T* o = static_cast<T*>(a.out) + row * a.tout + j0;
-    depthwise_row<T, Isa>(tap.data(), w + c * a.K, a.K, bias != nullptr ? bias[c] : T(0), o, n,
-                          scratch.data() + a.K * a.tt, tap.data() + a.K);
-    activate(o, n, a.act);
+    T* o = static_cast<T*>(a.out) + row * a.tout;
+    const int64_t cuts[4] = {j0, std::clamp(lo, j0, j1), std::clamp(std::max(lo, hi), j0, j1), j1};
+    for (int s = 0; s < 3; ++s) {
+      const int64_t s0 = cuts[s], n = cuts[s + 1] - s0;
+      if (n <= 0) continue;
+      for (int64_t k = 0; k < a.K; ++k)
+        tap[k] = tap_row(src + row * a.tsrc, hrow, a.hlen, a.tsrc, s0 + a.off0 + k * a.step, n,
+                         scratch.data() + k * a.tt);
+      depthwise_row<T, Isa>(tap.data(), w + c * a.K, a.K, bias != nullptr ? bias[c] : T(0),
+                            o + s0, n, scratch.data() + a.K * a.tt, tap.data() + a.K);
+    }
+    activate(o + j0, j1 - j0, a.act);
   }
 }
 
@@ -337,138 +302,7 @@ void run_wgrad(Wgrad a, T* dw, int num_threads) {
   });
 }
 
-struct Update {
-  const void* x_new;
-  void* state;
-  const void* w;  // packed as fwd's (pack_weights), raw (C, 1, K) when depthwise
-  const void* bias;
-  const int64_t* seqlens;
-  void* y;
-  int64_t Cin, Cout, L, S, K, d, groups;
-  int act;
-};
-
-GENFAST_INLINE int64_t pymod(int64_t q, int64_t s) { return ((q % s) + s) % s; }
-
-// Streams [b0, b1): each owns its state rows, so streams run in parallel. The taps of the L new
-// steps are gathered into K rows of lpad columns per channel (tap k's column i is step i's
-// position minus (K-1-k)*d), then fwd's tile or depthwise row runs over them: the same sums in
-// the same order, so a chain of updates gives fwd's bits on the same ISA copy. Every output is
-// computed before the state is written, so none reads a slot this call overwrote.
-template <typename T, int Isa>
-GENFAST_INLINE void update_streams(const Update& a, int64_t b0, int64_t b1) {
-  using Sh = Shape<T, Isa>;
-  constexpr int MR = Sh::MR, NR = Sh::NR;
-  const int64_t cg = a.Cin / a.groups, og = a.Cout / a.groups, L = a.L, S = a.S, K = a.K;
-  const int64_t lpad = (L + NR - 1) / NR * NR, nmb = (og + MR - 1) / MR;
-  const bool depthwise = cg == 1 && og == 1;
-  const T* w = static_cast<const T*>(a.w);
-  const T* bias = static_cast<const T*>(a.bias);
-  std::vector<T> taps(static_cast<size_t>(K * a.Cin * lpad)), pad(static_cast<size_t>(K * NR));
-  std::vector<const T*> src(static_cast<size_t>(2 * K));
-  std::vector<int64_t> ld(static_cast<size_t>(K), lpad);
-  for (int64_t b = b0; b < b1; ++b) {
-    const T* xn = static_cast<const T*>(a.x_new) + b * a.Cin * L;
-    T* st = static_cast<T*>(a.state) + b * a.Cin * S;
-    T* y = static_cast<T*>(a.y) + b * a.Cout * L;
-    const int64_t n0 = a.seqlens != nullptr ? a.seqlens[b] : 0;
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t lag = (K - 1 - k) * a.d;
-      // Step i reads position i - lag (relative to the call's first step): the state for
-      // i < lag, x_new after. Index segments, not selects (see tap_row).
-      const int64_t nh = std::min(L, lag);
-      const int64_t slot0 = nh == 0 ? 0 : a.seqlens != nullptr ? pymod(n0 - lag, S) : S - lag;
-      for (int64_t c = 0; c < a.Cin; ++c) {
-        T* row = taps.data() + (k * a.Cin + c) * lpad;
-        const T* sr = st + c * S;
-        for (int64_t i = 0, s = slot0; i < nh; ++i, s = s + 1 == S ? 0 : s + 1) row[i] = sr[s];
-        for (int64_t i = nh; i < L; ++i) row[i] = xn[c * L + i - lag];
-        for (int64_t i = L; i < lpad; ++i) row[i] = T(0);
-      }
-    }
-    if (depthwise) {
-      for (int64_t c = 0; c < a.Cin; ++c) {
-        for (int64_t k = 0; k < K; ++k) src[k] = taps.data() + (k * a.Cin + c) * lpad;
-        depthwise_row<T, Isa>(src.data(), w + c * K, K, bias != nullptr ? bias[c] : T(0),
-                              y + c * L, L, pad.data(), src.data() + K);
-      }
-    } else {
-      for (int64_t g = 0; g < a.groups; ++g) {
-        for (int64_t k = 0; k < K; ++k) src[k] = taps.data() + (k * a.Cin + g * cg) * lpad;
-        for (int64_t mb = 0; mb < nmb; ++mb) {
-          const int rows = static_cast<int>(std::min<int64_t>(MR, og - mb * MR));
-          const T* wb = w + ((g * nmb + mb) * K * cg) * MR;
-          const T* bb = bias != nullptr ? bias + g * og + mb * MR : nullptr;
-          for (int64_t t = 0; t < L; t += NR)
-            tile<T, Isa>(wb, K, cg, src.data(), ld.data(), t, bb, y + (g * og + mb * MR) * L + t,
-                         L, rows, static_cast<int>(std::min<int64_t>(NR, L - t)));
-        }
-      }
-    }
-    for (int64_t co = 0; co < a.Cout; ++co) activate(y + co * L, L, a.act);
-    if (S == 0) continue;
-    for (int64_t c = 0; c < a.Cin; ++c) {
-      T* sr = st + c * S;
-      const T* xr = xn + c * L;
-      if (a.seqlens != nullptr) {
-        for (int64_t i = std::max<int64_t>(0, L - S); i < L; ++i) sr[pymod(n0 + i, S)] = xr[i];
-      } else if (L >= S) {
-        std::memcpy(sr, xr + L - S, static_cast<size_t>(S) * sizeof(T));
-      } else {
-        std::memmove(sr, sr + L, static_cast<size_t>(S - L) * sizeof(T));
-        std::memcpy(sr + S - L, xr, static_cast<size_t>(L) * sizeof(T));
-      }
-    }
-  }
-}
-
-GENFAST_CONV_ISA_COPIES(update_f32, (const Update& a, int64_t b0, int64_t b1), (a, b0, b1),
-                        update_streams<float, kIsa>(a, b0, b1))
-GENFAST_CONV_ISA_COPIES(update_f64, (const Update& a, int64_t b0, int64_t b1), (a, b0, b1),
-                        update_streams<double, kIsa>(a, b0, b1))
-
-template <typename T>
-void run_update(Update a, int64_t B, int num_threads) {
-  const int isa = isa::active();
-  const int64_t cg = a.Cin / a.groups, og = a.Cout / a.groups;
-  std::vector<T> wp;
-  if (!(cg == 1 && og == 1)) {
-    const int mr = tile_mr<T>(isa);
-    wp.resize(static_cast<size_t>(packed_size(a.groups, og, cg, a.K, mr)));
-    pack_weights(static_cast<const T*>(a.w), wp.data(), a.groups, og, cg, a.K, mr, false);
-    a.w = wp.data();
-  }
-  parallel_for(B, a.L * a.Cout * std::max<int64_t>(1, cg * a.K), num_threads,
-               [&](int64_t b0, int64_t b1) {
-                 sizeof(T) == 4 ? update_f32(isa, a, b0, b1) : update_f64(isa, a, b0, b1);
-               });
-}
-
 #pragma GCC diagnostic pop
-
-// Sizes that would index out of bounds are refused here too (Python checks first, with the
-// user-facing messages).
-void check_conv(const char* who, int64_t B, int64_t Cin, int64_t Cout, int64_t T, int64_t K,
-                int64_t dilation, int64_t groups) {
-  const std::string w(who);
-  if (B < 0 || Cin < 0 || Cout < 0 || T < 0) throw std::invalid_argument(w + ": negative size");
-  if (K < 1) throw std::invalid_argument(w + ": K must be >= 1, got " + std::to_string(K));
-  if (dilation < 1)
-    throw std::invalid_argument(w + ": dilation must be >= 1, got " + std::to_string(dilation));
-  if (K - 1 > ((int64_t{1} << 31) - 1) / dilation)
-    throw std::invalid_argument(w + ": (K-1)*dilation overflows (K=" + std::to_string(K) +
-                                ", dilation=" + std::to_string(dilation) + ")");
-  if (groups < 1 || Cin % groups != 0 || Cout % groups != 0)
-    throw std::invalid_argument(w + ": groups=" + std::to_string(groups) +
-                                " must divide Cin=" + std::to_string(Cin) +
-                                " and Cout=" + std::to_string(Cout));
-}
-
-void check_act(const char* who, int act) {
-  if (act < 0 || act > 3)
-    throw std::invalid_argument(std::string(who) + ": activation code " + std::to_string(act) +
-                                " is not 0 (none), 1 (silu), 2 (relu) or 3 (tanh)");
-}
 
 }  // namespace
 
@@ -510,22 +344,6 @@ void causal_conv1d_bwd_weight(const void* g, const void* x, const void* h, void*
                 (K - 1) * dilation, 0};
   f32 ? run_wgrad(a, static_cast<float*>(dw), num_threads)
       : run_wgrad(a, static_cast<double*>(dw), num_threads);
-}
-
-void causal_conv1d_update(const void* x_new, void* state, const void* w, const void* b,
-                          const int64_t* seqlens, void* y, int64_t B, int64_t Cin, int64_t Cout,
-                          int64_t L, int64_t S, int64_t K, int64_t dilation, int64_t groups,
-                          int act, int dtype, int num_threads) {
-  const bool f32 = cpu_is_float32(dtype, "causal_conv1d_update");
-  check_conv("causal_conv1d_update", B, Cin, Cout, L, K, dilation, groups);
-  check_act("causal_conv1d_update", act);
-  if (S < (K - 1) * dilation)
-    throw std::invalid_argument("causal_conv1d_update: state length S=" + std::to_string(S) +
-                                " is shorter than (K-1)*dilation=" +
-                                std::to_string((K - 1) * dilation));
-  if (B == 0 || L == 0) return;
-  const Update a{x_new, state, w, b, seqlens, y, Cin, Cout, L, S, K, dilation, groups, act};
-  f32 ? run_update<float>(a, B, num_threads) : run_update<double>(a, B, num_threads);
 }
 
 }  // namespace genfast::cpu

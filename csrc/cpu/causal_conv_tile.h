@@ -10,9 +10,12 @@
 // own register width; the tile shape is chosen per copy so the accumulators fill, but do not
 // spill, its register file.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 #include "common/fastmath.h"
 #include "common/isa.h"
@@ -167,8 +170,8 @@ inline int64_t packed_size(int64_t groups, int64_t m_per_group, int64_t c_red, i
 
 // One MR x NR output tile: out[m*ldo + t] = bias[m] + sum_k sum_c wp[(k*nc + c)*MR + m] *
 // src[k][c*ld[k] + off + t], for m < rows, t < cols. Each src[k] + off must be readable for NR
-// columns of nc rows. The sum runs bias first, then k, then c: the same order as the update kernel, so a
-// step-by-step update reproduces the forward exactly on the same copy.
+// columns of nc rows. The sum runs bias first, then k, then c, whatever the tiling: the update
+// kernel runs this same tile over gathered taps, so its steps reproduce fwd's bits.
 template <typename T, int Isa>
 GENFAST_INLINE void tile(const T* wp, int64_t nk, int64_t nc, const T* const* src,
                          const int64_t* ld, int64_t off, const T* bias, T* out, int64_t ldo,
@@ -246,7 +249,79 @@ GENFAST_INLINE void dot_tile(const T* const* a, const T* const* b, int64_t len,
   }
 }
 
+// One depthwise row: o[i] = b0 + sum_k wc[k] * tap[k][i], i < n. The tail runs as one more
+// full vector block through zero-padded copies (pad: K*NR values, pad_tap: K pointers), so
+// every column gets the same instructions and the update kernel reproduces these bits.
+template <typename T, int Isa>
+GENFAST_INLINE void depthwise_row(const T* const* tap, const T* wc, int64_t K, T b0, T* o,
+                                  int64_t n, T* pad, const T** pad_tap) {
+  using S = Shape<T, Isa>;
+  using V = typename S::V;
+  constexpr int NV = S::NV, VL = S::VL, NR = S::NR;
+  const auto block = [&](const T* const* src, int64_t i, T* dst) {
+    V acc[NV];
+    for (int j = 0; j < NV; ++j) acc[j] = V{} + b0;
+    for (int64_t k = 0; k < K; ++k) {
+      const T wk = wc[k];
+      for (int j = 0; j < NV; ++j) acc[j] += wk * loadu<V>(src[k] + i + j * VL);
+    }
+    for (int j = 0; j < NV; ++j) storeu(dst + j * VL, acc[j]);
+  };
+  int64_t i = 0;
+  for (; i + NR <= n; i += NR) block(tap, i, o + i);
+  if (i == n) return;
+  for (int64_t k = 0; k < K; ++k) {
+    T* p = pad + k * NR;
+    for (int64_t j = 0; j < NR; ++j) p[j] = i + j < n ? tap[k][i + j] : T(0);
+    pad_tap[k] = p;
+  }
+  T out[NR];
+  block(pad_tap, 0, out);
+  std::memcpy(o + i, out, static_cast<size_t>(n - i) * sizeof(T));
+}
+
 #pragma GCC diagnostic pop
+
+// Row `row` of a tap's source read over [start, start + len): in place when inside the row,
+// else a padded copy in `scratch`. The copy runs in index segments, never a select between
+// loads: GCC if-converts such a select into an unconditional load of both sides, which would
+// read through a null history pointer.
+template <typename T>
+GENFAST_INLINE const T* tap_row(const T* row, const T* hrow, int64_t hlen, int64_t n,
+                                int64_t start, int64_t len, T* scratch) {
+  if (start >= 0 && start + len <= n) return row + start;
+  const auto upto = [&](int64_t j) { return std::clamp<int64_t>(j - start, 0, len); };
+  int64_t i = 0;
+  for (const int64_t e = upto(hrow != nullptr ? -hlen : 0); i < e; ++i) scratch[i] = T(0);
+  for (const int64_t e = upto(0); i < e; ++i) scratch[i] = hrow[hlen + start + i];
+  for (const int64_t e = upto(n); i < e; ++i) scratch[i] = row[start + i];
+  for (; i < len; ++i) scratch[i] = T(0);
+  return scratch;
+}
+
+// The conv kernels refuse sizes that would index out of bounds here too (Python checks first,
+// with the user-facing messages).
+inline void check_conv(const char* who, int64_t B, int64_t Cin, int64_t Cout, int64_t T,
+                       int64_t K, int64_t dilation, int64_t groups) {
+  const std::string w(who);
+  if (B < 0 || Cin < 0 || Cout < 0 || T < 0) throw std::invalid_argument(w + ": negative size");
+  if (K < 1) throw std::invalid_argument(w + ": K must be >= 1, got " + std::to_string(K));
+  if (dilation < 1)
+    throw std::invalid_argument(w + ": dilation must be >= 1, got " + std::to_string(dilation));
+  if (K - 1 > ((int64_t{1} << 31) - 1) / dilation)
+    throw std::invalid_argument(w + ": (K-1)*dilation overflows (K=" + std::to_string(K) +
+                                ", dilation=" + std::to_string(dilation) + ")");
+  if (groups < 1 || Cin % groups != 0 || Cout % groups != 0)
+    throw std::invalid_argument(w + ": groups=" + std::to_string(groups) +
+                                " must divide Cin=" + std::to_string(Cin) +
+                                " and Cout=" + std::to_string(Cout));
+}
+
+inline void check_act(const char* who, int act) {
+  if (act < 0 || act > 3)
+    throw std::invalid_argument(std::string(who) + ": activation code " + std::to_string(act) +
+                                " is not 0 (none), 1 (silu), 2 (relu) or 3 (tanh)");
+}
 
 // Activation codes of the contract: 0 none, 1 silu, 2 relu, 3 tanh, applied in place to a row
 // of pre-activations. float32 uses fastmath's branch-free exp so the loop vectorises; the
