@@ -325,16 +325,32 @@ inline void check_act(const char* who, int act) {
 
 // Activation codes of the contract: 0 none, 1 silu, 2 relu, 3 tanh, applied in place to a row
 // of pre-activations. float32 uses fastmath's branch-free exp so the loop vectorises; the
-// clamps keep its argument in range (silu: exp(88) is finite; tanh saturates to +-1 in float
-// long before |u| = 44). float64 (gradcheck) uses libm.
+// clamps keep its argument in range (silu: exp(88) is finite). NaN stays NaN.
 GENFAST_INLINE float silu(float u) {
   const float a = u > -88.0f ? u : -88.0f;
   return u / (1.0f + fastmath::exp(-a));
 }
+// tanh(|u|) = 1 - 2/(e^{2|u|} + 1) loses all relative accuracy near 0 (cancellation), so
+// |u| < 0.625 takes Cephes' tanhf polynomial instead. The pieces are blended with bit masks
+// (a float select would become a branch and stop the vectoriser; see fastmath::log). |u| is
+// clamped to 44 on its bits, where float tanh is 1 already.
 GENFAST_INLINE float tanh_fast(float u) {
-  float a = u > -44.0f ? u : -44.0f;
-  a = a < 44.0f ? a : 44.0f;
-  return 1.0f - 2.0f / (fastmath::exp(2.0f * a) + 1.0f);
+  using fastmath::bits;
+  using fastmath::from_bits;
+  const uint32_t ub = bits(u), ab = ub & 0x7FFFFFFFu;
+  const float a = from_bits(ab < 0x42300000u ? ab : 0x42300000u);  // min(|u|, 44)
+  const float big = 1.0f - 2.0f / (fastmath::exp(2.0f * a) + 1.0f);
+  const float z = a * a;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  const float small = p * z * a + a;
+  const uint32_t m_small = 0u - static_cast<uint32_t>(ab < 0x3F200000u);  // |u| < 0.625
+  const uint32_t m_nan = 0u - static_cast<uint32_t>(ab > 0x7F800000u);
+  const uint32_t r = ((bits(small) & m_small) | (bits(big) & ~m_small)) | (ub & 0x80000000u);
+  return from_bits((r & ~m_nan) | (ub & m_nan));
 }
 GENFAST_INLINE double silu(double u) { return u / (1.0 + std::exp(-u)); }
 GENFAST_INLINE double tanh_fast(double u) { return std::tanh(u); }
