@@ -23,7 +23,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -148,9 +148,40 @@ def fit(model: nn.Module, name: str, train_x: torch.Tensor, test_x: torch.Tensor
         device: str | torch.device = "cpu", progress: bool | None = None) -> dict[str, float]:
     """Train `model` (registry name `name`) to ``tc.steps`` total steps; returns the held-out
     metrics at the end. ``progress=None`` shows a bar only on a terminal."""
+    device = torch.device(device)
+    train_x, test_x = train_x.to(device), test_x.to(device)
+    fixed = test_x[: min(len(test_x), 32)]
+
+    def batch(step: int) -> torch.Tensor:
+        return train_x[batch_indices(len(train_x), tc.batch_size, tc.seed, step).to(device)]
+
+    def snapshot(step: int) -> dict[str, float]:
+        with torch.no_grad(), _isolated_rng(device):
+            model.eval()
+            _write_samples(model, fixed, os.path.join(out_dir, f"samples_step{step:06d}.png"),
+                           tc.n_samples)
+            model.train()
+        return _evaluate(model, test_x, device)
+
+    return train_loop(model, name, tc, out_dir, batch=batch, snapshot=snapshot,
+                      evaluate=lambda: _evaluate(model, test_x, device), resume=resume,
+                      device=device, progress=progress)
+
+
+def train_loop(model: nn.Module, name: str, tc: TrainConfig, out_dir: str | os.PathLike[str], *,
+               batch: Callable[[int], Any], snapshot: Callable[[int], dict[str, float]],
+               evaluate: Callable[[], dict[str, float]], resume: bool = False,
+               device: str | torch.device = "cpu",
+               progress: bool | None = None) -> dict[str, float]:
+    """The loop every trained model shares: ``model.train_step(batch(step), optimizers, step)``
+    for steps [start, tc.steps), metrics summed on the device and logged every
+    ``tc.log_every``, ``snapshot(step)`` (writes its artefacts, returns held-out metrics, which
+    are logged) every ``tc.sample_every``, atomic checkpoints (model, optimizers, RNG) every
+    ``tc.checkpoint_every``; a resume truncates the log to the checkpoint and continues
+    exactly. Returns ``evaluate()`` at the end."""
     from tqdm.auto import tqdm  # optional dependency ([models] extra), so imported late
 
-    device = torch.device(device)
+    device, out_dir = torch.device(device), os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path, log_path = os.path.join(out_dir, CHECKPOINT), os.path.join(out_dir, METRICS)
     model.to(device)
@@ -169,9 +200,6 @@ def fit(model: nn.Module, name: str, train_x: torch.Tensor, test_x: torch.Tensor
     elif os.path.exists(log_path):
         os.remove(log_path)
 
-    train_x, test_x = train_x.to(device), test_x.to(device)
-    fixed = test_x[: min(len(test_x), 32)]
-
     def checkpoint(step: int) -> None:
         save_checkpoint(ckpt_path, {
             "format": CHECKPOINT_FORMAT, "model": name, "step": step, "elapsed_s": elapsed,
@@ -181,27 +209,14 @@ def fit(model: nn.Module, name: str, train_x: torch.Tensor, test_x: torch.Tensor
             "rng": _rng_state(device),
         })
 
-    def snapshot(step: int) -> None:
-        with torch.no_grad(), _isolated_rng(device):
-            model.eval()
-            _write_samples(model, fixed, os.path.join(out_dir, f"samples_step{step:06d}.png"),
-                           tc.n_samples)
-            model.train()
-        held_out = _evaluate(model, test_x, device)
-        _log(log_path, {"step": step, "split": "test", **held_out})
-        if progress is not False:  # e.g. a GAN's FD-digits at every snapshot
-            tqdm.write(f"{name} step {step}: held-out "
-                       + ", ".join(f"{k}={v:.4g}" for k, v in held_out.items()))
-
     model.train()
-    sums: dict[str, float] = {}
+    sums: dict[str, Any] = {}
     count = 0
     t0 = time.perf_counter() - elapsed
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc=name,
                disable=None if progress is None else not progress, dynamic_ncols=True)
     for step in bar:
-        idx = batch_indices(len(train_x), tc.batch_size, tc.seed, step)
-        metrics = model.train_step(train_x[idx.to(device)], optimizers, step)
+        metrics = model.train_step(batch(step), optimizers, step)
         for k, v in metrics.items():  # tensors add up on the device: read once per log
             sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v)
         count += 1
@@ -213,11 +228,15 @@ def fit(model: nn.Module, name: str, train_x: torch.Tensor, test_x: torch.Tensor
             bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
             sums, count = {}, 0
         if done % tc.sample_every == 0 or done == tc.steps:
-            snapshot(done)
+            held_out = snapshot(done)
+            _log(log_path, {"step": done, "split": "test", **held_out})
+            if progress is not False:  # e.g. a GAN's FD-digits at every snapshot
+                tqdm.write(f"{name} step {done}: held-out "
+                           + ", ".join(f"{k}={v:.4g}" for k, v in held_out.items()))
         if done % tc.checkpoint_every == 0 or done == tc.steps:
             elapsed = time.perf_counter() - t0
             checkpoint(done)
     bar.close()
     if start >= tc.steps and not os.path.exists(ckpt_path):
         checkpoint(start)
-    return _evaluate(model, test_x, device)
+    return evaluate()

@@ -20,17 +20,11 @@ from ..data import audio
 from ._trainer import (
     _EVAL_SEED,
     CHECKPOINT,
-    CHECKPOINT_FORMAT,
-    METRICS,
     TrainConfig,
     _isolated_rng,
-    _log,
-    _rng_state,
-    _set_rng_state,
-    _truncate_log,
     batch_indices,
     load_checkpoint,
-    save_checkpoint,
+    train_loop,
 )
 
 SNAPSHOT_SECONDS = 0.5
@@ -78,32 +72,17 @@ def write_clip(stem: str, tokens: torch.Tensor, sample_rate: int, title: str) ->
 def fit(model: Any, name: str, train: audio.Clips, test: audio.Clips, tc: TrainConfig,
         out_dir: str | os.PathLike[str], *, resume: bool = False,
         device: str | torch.device = "cpu", progress: bool | None = None) -> dict[str, float]:
-    """Train to ``tc.steps`` total steps (the image trainer's signature and log format);
-    returns the held-out metrics at the end."""
-    from tqdm.auto import tqdm
-
+    """Train to ``tc.steps`` total steps on random crops (the image trainer's loop, log format
+    and checkpoints: _trainer.train_loop); returns the held-out metrics at the end."""
     device, out_dir = torch.device(device), os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    ckpt_path, log_path = os.path.join(out_dir, CHECKPOINT), os.path.join(out_dir, METRICS)
-    model.to(device)
-    optimizers = model.configure_optimizers(tc.lr)
-    start, elapsed = 0, 0.0
-    if resume:
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt["model"] != name:
-            raise ValueError(f"{ckpt_path} holds a {ckpt['model']!r} model, not {name!r}")
-        model.load_state_dict(ckpt["state_dict"])
-        for key, opt in optimizers.items():
-            opt.load_state_dict(ckpt["optimizers"][key])
-        _set_rng_state(ckpt["rng"], device)
-        start, elapsed = int(ckpt["step"]), float(ckpt["elapsed_s"])
-        _truncate_log(log_path, start)
-    elif os.path.exists(log_path):
-        os.remove(log_path)
     train, test = train.to(device), test.to(device)
     seg, sr = model.config.segment, model.config.sample_rate
     starts, owner = train.crop_starts(seg)
     starts, owner = starts.to(device), owner.to(device)
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = batch_indices(len(starts), tc.batch_size, tc.seed, step).to(device)
+        return train.crops(starts[idx], seg), train.speakers[owner[idx]]
 
     def evaluate() -> dict[str, float]:
         model.eval()
@@ -113,17 +92,8 @@ def fit(model: Any, name: str, train: audio.Clips, test: audio.Clips, tc: TrainC
         finally:
             model.train()
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(ckpt_path, {
-            "format": CHECKPOINT_FORMAT, "model": name, "step": step, "elapsed_s": elapsed,
-            "config": dataclasses.asdict(model.config), "train": dataclasses.asdict(tc),
-            "state_dict": model.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "rng": _rng_state(device)})
-
-    def snapshot(step: int) -> None:
+    def snapshot(step: int) -> dict[str, float]:
         held_out = evaluate()
-        _log(log_path, {"step": step, "split": "test", **held_out})
         n = max(1, int(SNAPSHOT_SECONDS * sr))
         model.eval()
         tokens = model.generate(n, seed=_EVAL_SEED)[0]
@@ -131,38 +101,10 @@ def fit(model: Any, name: str, train: audio.Clips, test: audio.Clips, tc: TrainC
         write_clip(os.path.join(out_dir, f"sample_step{step:06d}"), tokens, sr,
                    f"{name} step {step}: {n / sr:g} s generated, held-out "
                    f"{held_out['bits_per_sample']:.3f} bits/sample")
-        if progress is not False:
-            tqdm.write(f"{name} step {step}: held-out "
-                       + ", ".join(f"{k}={v:.4g}" for k, v in held_out.items()))
+        return held_out
 
-    model.train()
-    sums: dict[str, Any] = {}
-    count = 0
-    t0 = time.perf_counter() - elapsed
-    bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc=name,
-               disable=None if progress is None else not progress, dynamic_ncols=True)
-    for step in bar:
-        idx = batch_indices(len(starts), tc.batch_size, tc.seed, step).to(device)
-        batch = (train.crops(starts[idx], seg), train.speakers[owner[idx]])
-        for k, v in model.train_step(batch, optimizers, step).items():
-            sums[k] = sums.get(k, 0.0) + v.detach()  # summed on the device: one read per log
-        count += 1
-        done = step + 1
-        if done % tc.log_every == 0 or done == tc.steps:
-            means = {k: float(v) / count for k, v in sums.items()}
-            elapsed = time.perf_counter() - t0
-            _log(log_path, {"step": done, "split": "train", **means, "elapsed_s": elapsed})
-            bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
-            sums, count = {}, 0
-        if done % tc.sample_every == 0 or done == tc.steps:
-            snapshot(done)
-        if done % tc.checkpoint_every == 0 or done == tc.steps:
-            elapsed = time.perf_counter() - t0
-            checkpoint(done)
-    bar.close()
-    if start >= tc.steps and not os.path.exists(ckpt_path):
-        checkpoint(start)
-    return evaluate()
+    return train_loop(model, name, tc, out_dir, batch=batch, snapshot=snapshot,
+                      evaluate=evaluate, resume=resume, device=device, progress=progress)
 
 
 def _data(spec: str | None, sample_rate: int) -> tuple[list[torch.Tensor], list[str]]:
