@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -55,13 +54,7 @@ def _train(args: argparse.Namespace) -> int:
         model = cls(cls.config_cls(**args.config)) if args.config else cls()
     except (TypeError, ValueError) as e:
         raise SystemExit(f"genfast: --set: {e}") from None
-    defaults = dict(cls.train_defaults)
-    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                 "seed": args.seed, "checkpoint_every": args.checkpoint_every,
-                 "sample_every": args.sample_every}
-    defaults.update({k: v for k, v in overrides.items() if v is not None})
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    tc = TrainConfig(**{k: v for k, v in defaults.items() if k in fields})
+    tc = TrainConfig.from_args(cls.train_defaults, args)
     train_x, test_x = _data(model, args.data)
     out = args.out or os.path.join("runs", args.model)
     with genfast.use_backend(args.backend):

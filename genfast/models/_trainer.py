@@ -59,6 +59,17 @@ class TrainConfig:
             raise ValueError(f"lr must be a finite float > 0, got {self.lr!r}")
 
 
+    @classmethod
+    def from_args(cls, defaults: dict[str, Any], args: Any) -> TrainConfig:
+        """A model's train_defaults overridden by the CLI's --steps, --batch-size, --lr,
+        --seed, --checkpoint-every and --sample-every where given."""
+        given = {k: getattr(args, k, None) for k in ("steps", "batch_size", "lr", "seed",
+                                                       "checkpoint_every", "sample_every")}
+        merged = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in merged.items() if k in fields})
+
+
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
     """Indices of the batch for `step`: epochs of a per-epoch permutation, last partial batch
     dropped. Stateless, so a resumed run sees exactly the batches an unbroken run would."""

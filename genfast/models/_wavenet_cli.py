@@ -9,7 +9,6 @@ and snapshots (held-out bits/sample, a short WAV + PNG) run under a forked RNG.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Any
@@ -144,14 +143,8 @@ def train(cls: type, args: Any) -> int:
         raise SystemExit(f"genfast: {len(waves)} clips need gc_classes >= {len(waves)}, got "
                          f"{config.gc_classes}")
     train_clips, test_clips = audio.tokens_from_waves(waves)
-    defaults = dict(cls.train_defaults)
-    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-             "seed": args.seed, "checkpoint_every": args.checkpoint_every,
-             "sample_every": args.sample_every}
-    defaults.update({k: v for k, v in given.items() if v is not None})
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
-        tc = TrainConfig(**{k: v for k, v in defaults.items() if k in fields})
+        tc = TrainConfig.from_args(cls.train_defaults, args)
         t0 = time.perf_counter()
         with genfast.use_backend(args.backend):
             metrics = fit(model, args.model, train_clips, test_clips, tc, out,
