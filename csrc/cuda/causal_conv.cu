@@ -20,10 +20,17 @@
 #include <cstring>
 
 #include "cuda/causal_conv.h"
+#include "cuda/causal_conv.cuh"
 #include "cuda/common.cuh"
 
 namespace genfast::cuda {
 namespace {
+
+using cc::dtanh;
+using cc::ld;
+using cc::pymod;
+using cc::sigmoid;
+using cc::st;
 
 using dev::acc_t;
 using dev::Group;
@@ -33,18 +40,6 @@ using dev::SumOp;
 constexpr int kThreads = 256;  // generic kernels
 constexpr int kDwThreads = 128;  // depthwise fwd: threads per row chunk
 constexpr int kUpdThreads = 128;
-
-template <typename T>
-__device__ __forceinline__ acc_t<T> ld(const T* p) {
-  return static_cast<acc_t<T>>(Io<T>::load1(p));
-}
-template <typename T>
-__device__ __forceinline__ void st(T* p, acc_t<T> v) {
-  Io<T>::store1(p, v);
-}
-
-__device__ __forceinline__ float dtanh(float v) { return tanhf(v); }
-__device__ __forceinline__ double dtanh(double v) { return tanh(v); }
 
 // act: 0 none, 1 silu, 2 relu (NaN stays NaN, as torch's), 3 tanh.
 template <typename A>
@@ -61,12 +56,6 @@ __device__ __forceinline__ acc_t<T> xt(const T* x, const T* h, int64_t row, int6
                                        int64_t nt, int64_t P) {
   if (j >= P) return ld(x + row * nt + (j - P));
   return h != nullptr ? ld(h + row * P + j) : acc_t<T>(0);
-}
-
-// Python's a mod m (>= 0) for m > 0.
-__device__ __forceinline__ int64_t pymod(int64_t a, int64_t m) {
-  const int64_t r = a % m;
-  return r < 0 ? r + m : r;
 }
 
 // ---- fwd ------------------------------------------------------------------------------------

@@ -22,11 +22,18 @@
 #include <cstdint>
 
 #include "cuda/causal_conv_generate.h"
+#include "cuda/causal_conv.cuh"
 #include "cuda/common.cuh"
 #include "cuda/gumbel_row.cuh"
 
 namespace genfast::cuda {
 namespace {
+
+using cc::dtanh;
+using cc::ld;
+using cc::pymod;
+using cc::sigmoid;
+using cc::st;
 
 using dev::acc_t;
 using dev::ArgMax;
@@ -70,18 +77,6 @@ __device__ __forceinline__ acc_t<T> ldw(const T* p) {
   } else {
     return __ldg(p);
   }
-}
-template <typename T>
-__device__ __forceinline__ acc_t<T> ld(const T* p) {
-  return static_cast<acc_t<T>>(Io<T>::load1(p));
-}
-
-__device__ __forceinline__ float dtanh(float v) { return tanhf(v); }
-__device__ __forceinline__ double dtanh(double v) { return tanh(v); }
-
-__device__ __forceinline__ int64_t pymod(int64_t a, int64_t m) {
-  const int64_t r = a % m;
-  return r < 0 ? r + m : r;
 }
 
 // f(o, W[o, :] . v) for o < outs, W row-major (outs, ins). A warp takes kRows rows at a time
@@ -259,7 +254,7 @@ __global__ void __launch_bounds__(kThreads)
         });
         __syncthreads();
         for (int64_t hh = tid; hh < H; hh += kThreads)
-          z[hh] = dtanh(a[hh]) * (A(1) / (A(1) + dev::dexp(-a[H + hh])));
+          z[hh] = dtanh(a[hh]) * sigmoid(a[H + hh]);
         __syncthreads();
         gemv(w_res, R, H, z, [&](int64_t r, A acc) { x[r] += acc + ldw(b_res + r); });
         gemv(w_skip, S, H, z, [&](int64_t s, A acc) { skip[s] += acc + ldw(b_skip + s); });

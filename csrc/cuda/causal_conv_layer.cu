@@ -16,10 +16,17 @@
 #include <cstdint>
 
 #include "cuda/causal_conv_layer.h"
+#include "cuda/causal_conv.cuh"
 #include "cuda/common.cuh"
 
 namespace genfast::cuda {
 namespace {
+
+using cc::dtanh;
+using cc::ld;
+using cc::pymod;
+using cc::sigmoid;
+using cc::st;
 
 using dev::acc_t;
 using dev::Group;
@@ -28,21 +35,6 @@ using dev::SumOp;
 
 constexpr int kThreads = 256;
 constexpr int64_t kSmemBytes = 48 * 1024;  // the default dynamic shared memory limit
-
-template <typename T>
-__device__ __forceinline__ acc_t<T> ld(const T* p) {
-  return static_cast<acc_t<T>>(Io<T>::load1(p));
-}
-template <typename T>
-__device__ __forceinline__ void st(T* p, acc_t<T> v) {
-  Io<T>::store1(p, v);
-}
-__device__ __forceinline__ float dtanh(float v) { return tanhf(v); }
-__device__ __forceinline__ double dtanh(double v) { return tanh(v); }
-template <typename A>
-__device__ __forceinline__ A sigmoid(A v) {
-  return A(1) / (A(1) + dev::dexp(-v));
-}
 
 // Shapes and pointers both kernels read.
 template <typename T>
