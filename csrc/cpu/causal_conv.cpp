@@ -187,6 +187,7 @@ struct Wgrad {
   const void* h;
   void* part;
   int64_t B, groups, cg, og, T, K, d, P, chunk;
+  int64_t msplit, mrows;  // item = (chunk, slice of mrows output rows per group)
 };
 
 struct Range {
@@ -206,7 +207,9 @@ GENFAST_INLINE void wgrad_items(const Wgrad& a, int64_t i0, int64_t i1) {
   std::vector<Range> ranges;
   std::vector<int64_t> cuts;
   std::vector<const T*> ap, bp;
-  for (int64_t item = i0; item < i1; ++item) {
+  for (int64_t it = i0; it < i1; ++it) {
+    const int64_t item = it / a.msplit, mlo = (it % a.msplit) * a.mrows;
+    const int64_t mhi = std::min(a.og, mlo + a.mrows);
     ranges.clear();
     for (int64_t f = item * a.chunk, f1 = std::min(bt, f + a.chunk); f < f1;) {
       const int64_t b = f / a.T, t0 = f % a.T, t1 = std::min(a.T, t0 + (f1 - f));
@@ -238,7 +241,7 @@ GENFAST_INLINE void wgrad_items(const Wgrad& a, int64_t i0, int64_t i1) {
           }
         }
       }
-      for (int64_t m0 = 0; m0 < a.og; m0 += MW)
+      for (int64_t m0 = mlo; m0 < mhi; m0 += MW)
         for (int64_t n0 = 0; n0 < ckk; n0 += NW) {
           V acc[MW][NW];
           for (int m = 0; m < MW; ++m)
@@ -251,7 +254,7 @@ GENFAST_INLINE void wgrad_items(const Wgrad& a, int64_t i0, int64_t i1) {
             for (int n = 0; n < NW; ++n) bn[n] = bp[r * ckk + std::min(n0 + n, ckk - 1)];
             dot_tile<T, Isa, MW, NW>(am, bn, ranges[r].len, acc);
           }
-          for (int m = 0; m < MW && m0 + m < a.og; ++m)
+          for (int m = 0; m < MW && m0 + m < mhi; ++m)
             for (int n = 0; n < NW && n0 + n < ckk; ++n)
               part[(g * a.og + m0 + m) * ckk + n0 + n] = lane_total<T>(acc[m][n]);
         }
@@ -287,12 +290,20 @@ void run_wgrad(Wgrad a, T* dw, int num_threads) {
   const int64_t nchunks = std::min((bt + 1023) / 1024, cap);
   a.chunk = (bt + nchunks - 1) / nchunks;
   const int64_t items = (bt + a.chunk - 1) / a.chunk;
+  // When the cap leaves few chunks, the output rows are split too (slices of whole MW-row
+  // tiles), so big weights still spread over threads. Each dW value is summed by one item in
+  // the same order whatever the split.
+  const int isa = isa::active();
+  const int64_t mw = a.og >= tile_mw<T>(isa) ? tile_mw<T>(isa) : 1;  // wgrad_dispatch's choice
+  const int64_t mtiles = (a.og + mw - 1) / mw;
+  a.msplit = std::min(mtiles, (16 + items - 1) / items);
+  a.mrows = (mtiles + a.msplit - 1) / a.msplit * mw;
   std::vector<T> part(static_cast<size_t>(items * wsize));
   a.part = part.data();
-  const int isa = isa::active();
-  parallel_for(items, a.chunk * wsize, num_threads, [&](int64_t i0, int64_t i1) {
-    sizeof(T) == 4 ? wgrad_f32(isa, a, i0, i1) : wgrad_f64(isa, a, i0, i1);
-  });
+  parallel_for(items * a.msplit, a.chunk * wsize / a.msplit, num_threads,
+               [&](int64_t i0, int64_t i1) {
+                 sizeof(T) == 4 ? wgrad_f32(isa, a, i0, i1) : wgrad_f64(isa, a, i0, i1);
+               });
   parallel_for(wsize, items, num_threads, [&](int64_t e0, int64_t e1) {
     for (int64_t e = e0; e < e1; ++e) {
       T s = part[e];

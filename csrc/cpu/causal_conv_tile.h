@@ -120,6 +120,16 @@ inline int tile_nr(int isa) {
   }
 }
 
+template <typename T>
+inline int tile_mw(int isa) {
+  switch (isa) {
+    case isa::kAvx512: return Shape<T, isa::kAvx512>::MW;
+    case isa::kAvx2: return Shape<T, isa::kAvx2>::MW;
+    case isa::kScalar: return Shape<T, isa::kScalar>::MW;
+    default: return Shape<T, isa::kBase>::MW;
+  }
+}
+
 template <typename V, typename T>
 GENFAST_INLINE V loadu(const T* p) {
   V v;
