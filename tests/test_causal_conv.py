@@ -295,3 +295,16 @@ def test_empty_and_k1():
     assert y.shape == (2, 6, 0) and torch.equal(s, torch.zeros(2, 4, 4))
     x, w, b = _case(2, 4, 6, 5, 1, 1, torch.float64)
     torch.testing.assert_close(genfast.causal_conv1d(x, w, b), F.conv1d(x, w, b))
+
+
+def test_auto_routes_big_cpu_convs_to_torch():
+    """Past CPU_MAX_REDUCTION (C_in/groups * K) or CPU_MAX_OUT channels oneDNN wins: `auto`
+    takes the reference there; a backend named explicitly is kept."""
+    small, wide = torch.empty(64, 32, 2), torch.empty(64, 512, 3)
+    assert C.route("auto:cpu", small) == "auto:cpu"
+    assert C.route("auto:cpu", wide) == "auto:reference"
+    assert C.route("auto:cpu", torch.empty(2048, 1, 4)) == "auto:reference"
+    assert C.route("cpu", wide) == "cpu"
+    x, w, b = _case(1, 520, 4, 9, 2, 1, torch.float32)
+    torch.testing.assert_close(genfast.causal_conv1d(x, w, b), torch_causal(x, w, b, 1, 1),
+                               rtol=1e-4, atol=1e-5)

@@ -68,6 +68,11 @@ from ._eager import eager_op
 SPEC = backends.register_op(backends.OpSpec(name="causal_conv", dtypes=standard_dtypes()))
 ACTIVATIONS = {None: 0, "none": 0, "silu": 1, "swish": 1, "relu": 2, "tanh": 3}
 MAX_HISTORY = 2**31 - 1  # (K-1)*dilation must fit the kernels' int32 tile arithmetic
+# `auto` on the CPU sends dense convs with more than this many (input channel, tap) pairs per
+# output, or more output channels, to the reference (torch's oneDNN convolution): measured at 2
+# threads, genfast's one-level register tiles are 1.6x oneDNN's forward at (4, 256->256, 4000,
+# K=3) but 0.96x at (2, 1024->1024, 1000, K=3), and its weight gradient falls behind first.
+CPU_MAX_REDUCTION, CPU_MAX_OUT = 1024, 1024
 _FWD, _BWD_IN, _BWD_W, _UPDATE = range(4)
 
 
@@ -416,6 +421,15 @@ def _same(name: str, t: Tensor, x: Tensor, x_name: str) -> None:
         raise ValueError(f"{name} must be on {x_name}'s device {x.device}, got {t.device}")
 
 
+def route(name: str, weight: Tensor) -> str:
+    """`auto`'s choice, or the reference for CPU convs too big for genfast's CPU tiles."""
+    C_out, Cg, K = weight.shape
+    if name == backends.AUTO_PREFIX + "cpu" and (Cg * K > CPU_MAX_REDUCTION
+                                                 or C_out > CPU_MAX_OUT):
+        return backends.AUTO_PREFIX + "reference"
+    return name
+
+
 def autocast_args(*tensors: Tensor | None) -> list[Tensor | None]:
     """Under CUDA autocast a convolution runs in the autocast dtype (conv1d is on autocast's
     lower-precision list): the same cast here keeps genfast a drop-in under AMP."""
@@ -462,7 +476,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, dila
                              f"got {tuple(h.shape)}")
         _same("initial_state", h, x, "x")
     x, weight, bias, h = autocast_args(x, weight, bias, h)
-    name = backends.resolve("causal_conv", x, backend)
+    name = route(backends.resolve("causal_conv", x, backend), weight)
     if torch.compiler.is_compiling():
         y = causal_conv1d_fwd(x, h, weight, bias, dilation, groups, act, name)
     else:
