@@ -50,7 +50,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import backends
@@ -61,91 +60,28 @@ from ._boundary import (
     native,
     standard_dtypes,
     triton_kernels,
-    work_dtype,
+)
+from ._causal_conv_checks import ACTIVATIONS as ACTIVATIONS
+from ._causal_conv_checks import activation_code, autocast_args, check_conv, route, same
+from ._causal_conv_ref import (
+    history,
+    ref_bwd_input,
+    ref_bwd_weight,
+    ref_fwd,
+    ref_update,
+)
+from ._causal_conv_ref import (
+    ref_activation as ref_activation,
 )
 from ._eager import eager_op
 
 SPEC = backends.register_op(backends.OpSpec(name="causal_conv", dtypes=standard_dtypes()))
-ACTIVATIONS = {None: 0, "none": 0, "silu": 1, "swish": 1, "relu": 2, "tanh": 3}
-MAX_HISTORY = 2**31 - 1  # (K-1)*dilation must fit the kernels' int32 tile arithmetic
-# `auto` on the CPU sends dense convs with more than this many (input channel, tap) pairs per
-# output, or more output channels, to the reference (torch's oneDNN convolution): measured at 2
-# threads, genfast's one-level register tiles are 1.6x oneDNN's forward at (4, 256->256, 4000,
-# K=3) but 0.96x at (2, 1024->1024, 1000, K=3), and its weight gradient falls behind first.
-CPU_MAX_REDUCTION, CPU_MAX_OUT = 1024, 1024
 _FWD, _BWD_IN, _BWD_W, _UPDATE = range(4)
 
 
 def _opt(t: Tensor | None):
     """An optional tensor as a kernel argument: its pointer, or 0 (absent)."""
     return 0 if t is None else t
-
-
-def _history(x: Tensor, P: int) -> Tensor:
-    return x.new_zeros(x.shape[0], x.shape[1], P)
-
-
-# --------------------------------------------------------------------------- reference (oracle)
-def ref_activation(u: Tensor, act: int) -> Tensor:
-    if act == 1:
-        return F.silu(u)
-    if act == 2:
-        return torch.relu(u)
-    if act == 3:
-        return torch.tanh(u)
-    return u
-
-
-def _ref_fwd(x, h, w, b, dilation, groups, act):
-    if x.shape[-1] == 0:
-        return x.new_empty(x.shape[0], w.shape[0], 0)
-    wd = work_dtype(x.dtype)
-    P = (w.shape[-1] - 1) * dilation
-    xt = torch.cat([h.to(wd) if h is not None else _history(x, P).to(wd), x.to(wd)], -1)
-    u = F.conv1d(xt, w.to(wd), None if b is None else b.to(wd), dilation=dilation, groups=groups)
-    return ref_activation(u, act).to(x.dtype)
-
-
-def _ref_bwd_input(g, w, dilation, groups, with_state):
-    wd = work_dtype(g.dtype)
-    P = (w.shape[-1] - 1) * dilation
-    B, _, T = g.shape
-    if T == 0:
-        return g.new_zeros(B, w.shape[1] * groups, P if with_state else 0)
-    dxt = F.conv_transpose1d(g.to(wd), w.to(wd), dilation=dilation, groups=groups)  # P+T long
-    return (dxt if with_state else dxt[..., P:]).to(g.dtype).contiguous()
-
-
-def _ref_bwd_weight(g, x, h, K, dilation, groups):
-    wd = work_dtype(g.dtype)
-    P = (K - 1) * dilation
-    xt = torch.cat([h.to(wd) if h is not None else _history(x, P).to(wd), x.to(wd)], -1)
-    shape = (g.shape[1], x.shape[1] // groups, K)
-    if g.shape[-1] == 0:
-        return g.new_zeros(shape)
-    dw = torch.nn.grad.conv1d_weight(xt, shape, g.to(wd), dilation=dilation, groups=groups)
-    return dw.to(g.dtype)
-
-
-def _ref_update(x_new, state, w, b, seqlens, dilation, groups, act):
-    P = (w.shape[-1] - 1) * dilation
-    B, C, L = x_new.shape
-    S = state.shape[-1]
-    if seqlens is None:
-        h = state[..., S - P:].clone()
-        y = _ref_fwd(x_new, h, w, b, dilation, groups, act)
-        state.copy_(torch.cat([state, x_new], -1)[..., -S:])
-        return y
-    n = seqlens.to(torch.int64).view(B, 1)
-    # The P positions before each stream's first new step, gathered from their ring slots.
-    hist = torch.remainder(n - P + torch.arange(P, device=state.device), S) if S else n[:, :0]
-    h = state.gather(2, hist.view(B, 1, P).expand(B, C, P))
-    y = _ref_fwd(x_new, h, w, b, dilation, groups, act)
-    first = max(0, L - S)
-    if L - first > 0:
-        slots = torch.remainder(n + torch.arange(first, L, device=state.device), S)
-        state.scatter_(2, slots.view(B, 1, -1).expand(B, C, L - first), x_new[..., first:])
-    return y
 
 
 # --------------------------------------------------------------------------- compiled backends
@@ -214,7 +150,7 @@ def _triton_update(x_new, state, w, b, seqlens, dilation, groups, act):
 
 implementations(
     "causal_conv",
-    reference=(_ref_fwd, _ref_bwd_input, _ref_bwd_weight, _ref_update),
+    reference=(ref_fwd, ref_bwd_input, ref_bwd_weight, ref_update),
     native=(_native_fwd, _native_bwd_input, _native_bwd_weight, _native_update),
     triton=(_triton_fwd, _triton_bwd_input, _triton_bwd_weight, _triton_update),
 )
@@ -378,72 +314,6 @@ conv_bwd_weight = eager_op(causal_conv1d_bwd_weight, _bwd_weight_impl, _bwd_weig
                            _bwd_weight_grad)
 
 
-# --------------------------------------------------------------------------- argument checks
-def activation_code(activation: str | None) -> int:
-    if activation not in ACTIVATIONS:
-        names = ", ".join(repr(a) for a in ACTIVATIONS)
-        raise ValueError(f"activation must be one of {names}, got {activation!r}")
-    return ACTIVATIONS[activation]
-
-
-def check_conv(x: Tensor, weight: Tensor, bias: Tensor | None, dilation: int, groups: int,
-               x_name: str = "x") -> int:
-    """Validate a causal conv call; returns P = (K-1)*dilation."""
-    _checks.tensor(x_name, x)
-    _checks.tensor("weight", weight)
-    if x.dim() != 3:
-        raise ValueError(f"{x_name} must be 3-D (B, C_in, T), got shape {tuple(x.shape)}")
-    if weight.dim() != 3:
-        raise ValueError(f"weight must be 3-D (C_out, C_in/groups, K), got shape "
-                         f"{tuple(weight.shape)}")
-    groups = _checks.integer("groups", groups, 1)
-    dilation = _checks.integer("dilation", dilation, 1)
-    C_in, (C_out, Cg, K) = x.shape[1], weight.shape
-    if K < 1:
-        raise ValueError("weight: kernel size (last dim) must be >= 1, got 0")
-    if C_in % groups or C_out % groups:
-        raise ValueError(f"groups={groups} must divide C_in={C_in} and C_out={C_out}")
-    if Cg != C_in // groups:
-        raise ValueError(f"weight: expected (C_out, C_in/groups={C_in // groups}, K), got "
-                         f"{tuple(weight.shape)}")
-    if (K - 1) * dilation > MAX_HISTORY:
-        raise ValueError(f"kernel_size-1 times dilation ({K - 1} * {dilation}) overflows the "
-                         f"history length limit {MAX_HISTORY}")
-    _same("weight", weight, x, x_name)
-    if bias is not None:
-        _checks.tensor("bias", bias)
-        if tuple(bias.shape) != (C_out,):
-            raise ValueError(f"bias must have shape ({C_out},), got {tuple(bias.shape)}")
-        _same("bias", bias, x, x_name)
-    return (K - 1) * dilation
-
-
-def _same(name: str, t: Tensor, x: Tensor, x_name: str) -> None:
-    if t.dtype != x.dtype:
-        raise TypeError(f"{name} must have {x_name}'s dtype {x.dtype}, got {t.dtype}")
-    if t.device != x.device:
-        raise ValueError(f"{name} must be on {x_name}'s device {x.device}, got {t.device}")
-
-
-def route(name: str, weight: Tensor) -> str:
-    """`auto`'s choice, or the reference for CPU convs too big for genfast's CPU tiles."""
-    C_out, Cg, K = weight.shape
-    if name == backends.AUTO_PREFIX + "cpu" and (Cg * K > CPU_MAX_REDUCTION
-                                                 or C_out > CPU_MAX_OUT):
-        return backends.AUTO_PREFIX + "reference"
-    return name
-
-
-def autocast_args(*tensors: Tensor | None) -> list[Tensor | None]:
-    """Under CUDA autocast a convolution runs in the autocast dtype (conv1d is on autocast's
-    lower-precision list): the same cast here keeps genfast a drop-in under AMP."""
-    x = tensors[0]
-    if x.device.type != "cuda" or not torch.is_autocast_enabled("cuda"):
-        return list(tensors)
-    dt = torch.get_autocast_dtype("cuda")
-    return [None if t is None else t.to(dt) for t in tensors]
-
-
 # --------------------------------------------------------------------------- public API
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, dilation: int = 1,
                   groups: int = 1, activation: str | None = None,
@@ -478,7 +348,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, dila
         if tuple(h.shape) != want:
             raise ValueError(f"initial_state must have shape (B, C_in, (K-1)*dilation) = {want}, "
                              f"got {tuple(h.shape)}")
-        _same("initial_state", h, x, "x")
+        same("initial_state", h, x, "x")
     x, weight, bias, h = autocast_args(x, weight, bias, h)
     name = route(backends.resolve("causal_conv", x, backend), weight)
     if torch.compiler.is_compiling():
@@ -487,7 +357,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, dila
         y = conv_fwd(x, h, weight, bias, dilation, groups, act, name)
     if not return_final_state:
         return y
-    hist = h if h is not None else _history(x, P)
+    hist = h if h is not None else history(x, P)
     return y, torch.cat([hist, x], -1)[..., x.shape[-1]:].contiguous()
 
 
@@ -517,7 +387,7 @@ def causal_conv1d_update(x_new: Tensor, state: Tensor, weight: Tensor, bias: Ten
     if state.dim() != 3 or state.shape[:2] != (B, C) or state.shape[2] < P:
         raise ValueError(f"state must have shape (B, C_in, S) = ({B}, {C}, S) with S >= "
                          f"(K-1)*dilation = {P}, got {tuple(state.shape)}")
-    _same("state", state, x_new, "x_new")
+    same("state", state, x_new, "x_new")
     if not state.is_contiguous():
         raise ValueError("state must be contiguous (it is updated in place)")
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad

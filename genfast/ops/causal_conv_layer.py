@@ -47,13 +47,13 @@ from ._eager import eager_op
 from .causal_conv import (
     _c,
     _opt,
-    _ref_fwd,
-    _same,
     autocast_args,
     check_conv,
     conv_bwd_input,
     conv_bwd_weight,
     conv_fwd,
+    ref_fwd,
+    same,
 )
 
 SPEC = backends.register_op(backends.OpSpec(name="causal_conv_layer", dtypes=standard_dtypes()))
@@ -63,7 +63,7 @@ _FWD, _BWD = 0, 1
 # --------------------------------------------------------------------------- reference (oracle)
 def _gate(x, h, cond, w_dil, b_dil, dilation, conv=None):
     """a, and z = tanh(f) sigmoid(q), in x's dtype math (the callers pick it)."""
-    a = (conv or _ref_fwd)(x, h, w_dil, b_dil, dilation, 1, 0)
+    a = (conv or ref_fwd)(x, h, w_dil, b_dil, dilation, 1, 0)
     if cond is not None:
         a = a + cond
     H = a.shape[1] // 2
@@ -87,7 +87,7 @@ def _ref_layer_fwd(x, h, cond, skip, w_dil, b_dil, w_res, b_res, w_skip, b_skip,
     return xo, so
 
 
-def _ref_fwd_cast(x, *rest):
+def ref_fwd_cast(x, *rest):
     xo, so = _ref_layer_fwd(x, *rest)
     return xo.to(x.dtype), so.to(x.dtype)
 
@@ -160,7 +160,7 @@ def _triton_bwd(x, h, cond, w_dil, b_dil, w_res, w_skip, gx, gs, dilation):
     return da, dw_res, dw_skip
 
 
-implementations("causal_conv_layer", reference=(_ref_fwd_cast, _ref_layer_bwd),
+implementations("causal_conv_layer", reference=(ref_fwd_cast, _ref_layer_bwd),
                 native=(_native_fwd, _native_bwd), triton=(_triton_fwd, _triton_bwd))
 
 
@@ -271,7 +271,7 @@ def _vector(name: str, b: Tensor | None, n: int, x: Tensor) -> None:
     _checks.tensor(name, b)
     if tuple(b.shape) != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {tuple(b.shape)}")
-    _same(name, b, x, "x")
+    same(name, b, x, "x")
 
 
 def wavenet_layer(x: Tensor, w_dil: Tensor, w_res: Tensor, w_skip: Tensor,
@@ -303,7 +303,7 @@ def wavenet_layer(x: Tensor, w_dil: Tensor, w_res: Tensor, w_skip: Tensor,
     w_skip = _matrix("w_skip", w_skip, None, H)
     S = w_skip.shape[0]
     for name, t in (("w_res", w_res), ("w_skip", w_skip)):
-        _same(name, t, x, "x")
+        same(name, t, x, "x")
     _vector("b_res", b_res, R, x)
     _vector("b_skip", b_skip, S, x)
     if cond is not None:
@@ -311,12 +311,12 @@ def wavenet_layer(x: Tensor, w_dil: Tensor, w_res: Tensor, w_skip: Tensor,
         if cond.dim() != 3 or cond.shape[:2] != (B, G) or cond.shape[2] not in (1, T):
             raise ValueError(f"cond must have shape ({B}, {G}, {T}) (local) or ({B}, {G}, 1) "
                              f"(global), got {tuple(cond.shape)}")
-        _same("cond", cond, x, "x")
+        same("cond", cond, x, "x")
     if skip is not None:
         _checks.tensor("skip", skip)
         if tuple(skip.shape) != (B, S, T):
             raise ValueError(f"skip must have shape ({B}, {S}, {T}), got {tuple(skip.shape)}")
-        _same("skip", skip, x, "x")
+        same("skip", skip, x, "x")
     P = (w_dil.shape[-1] - 1) * dilation
     h = initial_state
     if h is not None:
@@ -324,7 +324,7 @@ def wavenet_layer(x: Tensor, w_dil: Tensor, w_res: Tensor, w_skip: Tensor,
         if tuple(h.shape) != (B, R, P):
             raise ValueError(f"initial_state must have shape ({B}, {R}, {P}), got "
                              f"{tuple(h.shape)}")
-        _same("initial_state", h, x, "x")
+        same("initial_state", h, x, "x")
     _checks.boolean("return_final_state", return_final_state)
     args = autocast_args(x, h, cond, skip, w_dil, b_dil, w_res, b_res, w_skip, b_skip)
     name = backends.resolve("causal_conv_layer", args[0], backend)
