@@ -250,9 +250,10 @@ def test_compile_fullgraph_and_export():
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(w.detach().clone())
+            self.register_buffer("b", b.clone())  # torch 2.7's export refuses closed-over tensors
 
         def forward(self, x):
-            return genfast.causal_conv1d(x, self.w, b, dilation=2)
+            return genfast.causal_conv1d(x, self.w, self.b, dilation=2)
 
     m = M()
     ep = torch.export.export(m, (x,))
