@@ -36,6 +36,8 @@ STEP = (4, 8000)  # the training target: (B, T) of mu-law tokens
 QUICK_STEP = (2, 300)
 GEN_STEPS, QUICK_GEN_STEPS, NAIVE_STEPS = 256, 16, 8
 GEN = "wavenet_generate"
+# nv-wavenet's benchmark model: 20 layers (dilations 1..512 twice), R=64, 2R gate, S=A=256.
+NV_WAVENET = dict(residual=64, gate=128, skip=256, head=256, layers=10, stacks=2)
 QUEUE, NAIVE = "torch queue loop", "naive full forward"
 
 
@@ -195,9 +197,9 @@ def saved_bytes(fn) -> int:
 
 # ------------------------------------------------------------------ generation
 def _gen_provider(kind: str, backend: str | None, n: int, batch: int, threads_: int | None,
-                  dtype, device) -> Factory:
+                  dtype, device, config: dict | None = None) -> Factory:
     def factory(inp: Inputs):
-        model = default_wavenet(dtype, device)
+        model = default_wavenet(dtype, device, **(config or {}))
         if kind == "naive":
             net, rf = TorchWaveNet(model), model.receptive_field
 
@@ -222,15 +224,16 @@ def _gen_provider(kind: str, backend: str | None, n: int, batch: int, threads_: 
     return factory
 
 
-def gen_case(n, batch, threads_, dtype, device, backends, naive=True) -> Case:
+def gen_case(n, batch, threads_, dtype, device, backends, naive=True,
+             config: dict | None = None, label: str = "") -> Case:
+    args = (batch, threads_, dtype, device, config)
     providers: dict[str, Factory] = {
-        f"genfast:{be}": _gen_provider("genfast", be, n, batch, threads_, dtype, device)
+        f"genfast:{be}": _gen_provider("genfast", be, n, *args)
         for be in backends if be != "reference"}
-    providers[QUEUE] = _gen_provider("queue", "reference", n, batch, threads_, dtype, device)
+    providers[QUEUE] = _gen_provider("queue", "reference", n, *args)
     if naive:
-        providers[NAIVE] = _gen_provider("naive", None, NAIVE_STEPS, batch, threads_, dtype,
-                                         device)
-    return Case(op=GEN, name=f"batch={batch} threads={threads_ or 'all'} n={n}",
+        providers[NAIVE] = _gen_provider("naive", None, NAIVE_STEPS, *args)
+    return Case(op=GEN, name=f"{label}batch={batch} threads={threads_ or 'all'} n={n}",
                 shape=(batch, n), dtype=dtype, device=device, mode="sample",
                 inputs=dict, providers=providers, bytes=0, eager=QUEUE, floor=QUEUE,
                 table=False)
@@ -267,6 +270,10 @@ def cases(device: str = "cpu", scope: str = "default",
                                 backends, naive=False))
             if not cuda and not quick:
                 out.append(gen_case(n, 16, 2, dtype, device, backends, naive=False))
+            if cuda:  # nv-wavenet's published configuration, batch 1 and 64
+                for batch in (1, 64):
+                    out.append(gen_case(n, batch, None, dtype, device, backends, naive=False,
+                                        config=NV_WAVENET, label="nv-wavenet R64 S256 "))
     return out
 
 
