@@ -39,6 +39,7 @@
 #include "cpu/causal_conv.h"
 #include "cpu/causal_conv_layer.h"
 #include "cpu/causal_conv_generate.h"
+#include "cpu/masked_conv.h"
 // [include:cpu]
 #include "common/fastmath.h"  // the ISA switch and the Philox path of the CPU kernels
 #include "common/openmp.h"
@@ -412,6 +413,10 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("lcond"), py::arg("rings"), py::arg("pos"), py::arg("tokens"), py::arg("B"),
       py::arg("n"), py::arg("seed"), py::arg("inv_temperature"), py::arg("top_k"),
       py::arg("top_p"), py::arg("dtype"), GENFAST_TAIL_NAME);
+
+  // [bind:masked_conv]
+  // [bind:masked_conv_layer]
+  // [bind:masked_conv_generate]
 
 #ifndef GENFAST_WITH_CUDA
   // [bind:cpu:isa] Which copy of the multiversioned loops runs (common/isa.h). GENFAST_ISA is

@@ -8,9 +8,10 @@ from . import (
     causal_conv_layer,
     gradient_penalty,
     gumbel,
+    masked_conv,
     sample,
     spectral_norm,
 )
 
 __all__ = ["causal_conv", "causal_conv_generate", "causal_conv_layer", "gradient_penalty",
-           "gumbel", "sample", "spectral_norm"]
+           "gumbel", "masked_conv", "sample", "spectral_norm"]
