@@ -17,16 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..ops import _checks
 from ..ops.causal_conv import activation_code, causal_conv1d, causal_conv1d_update
 from ..ops.causal_conv_layer import wavenet_layer
 
 INPUTS = ("embedding", "scalar")
-
-
-def _positive(name: str, v: Any, low: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
-    return v
 
 
 class CausalConv1d(nn.Conv1d):
@@ -91,7 +86,7 @@ class CausalConv1d(nn.Conv1d):
 
     def init_state(self, batch: int) -> Tensor:
         """Zero history (batch, C_in, P): the causal padding, as a state for forward or step."""
-        _positive("batch", batch)
+        _checks.integer("batch", batch, 1)
         return self.weight.new_zeros(batch, self.in_channels, self.history)
 
     def extra_repr(self) -> str:
@@ -118,9 +113,9 @@ class WaveNetLayer(nn.Module):
         super().__init__()
         for name, v in (("residual", residual), ("gate", gate), ("skip", skip),
                         ("kernel_size", kernel_size), ("dilation", dilation)):
-            _positive(name, v)
-        _positive("cond_channels", cond_channels, 0)
-        _positive("gc_channels", gc_channels, 0)
+            _checks.integer(name, v, 1)
+        _checks.integer("cond_channels", cond_channels, 0)
+        _checks.integer("gc_channels", gc_channels, 0)
         if gate % 2:
             raise ValueError(f"gate must be even (filter and gate halves), got {gate}")
         self.backend = backend
@@ -172,11 +167,11 @@ class WaveNet(nn.Module):
                  input: str = "embedding", cond_channels: int = 0, gc_classes: int = 0,
                  gc_dim: int = 16, backend: str | None = None) -> None:
         super().__init__()
-        _positive("classes", classes, 2)
+        _checks.integer("classes", classes, 2)
         for name, v in (("head", head), ("layers", layers), ("stacks", stacks),
                         ("gc_dim", gc_dim)):
-            _positive(name, v)
-        _positive("gc_classes", gc_classes, 0)
+            _checks.integer(name, v, 1)
+        _checks.integer("gc_classes", gc_classes, 0)
         if input not in INPUTS:
             raise ValueError(f"input must be one of {INPUTS}, got {input!r}")
         self.classes, self.input_kind, self.backend = classes, input, backend
@@ -298,8 +293,8 @@ class WaveNet(nn.Module):
         """
         from ..ops.causal_conv_generate import wavenet_generate
 
-        _positive("n", n)
-        _positive("batch", batch)
+        _checks.integer("n", n, 1)
+        _checks.integer("batch", batch, 1)
         gcond, lcond = self.conditioning(n, batch, cond, gc)
         tokens, _ = wavenet_generate(self.pack(), n, batch=batch, gcond=gcond, lcond=lcond,
                                      temperature=temperature, top_k=top_k, top_p=top_p,
