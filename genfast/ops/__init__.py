@@ -9,9 +9,10 @@ from . import (
     gradient_penalty,
     gumbel,
     masked_conv,
+    masked_conv_generate,
     sample,
     spectral_norm,
 )
 
 __all__ = ["causal_conv", "causal_conv_generate", "causal_conv_layer", "gradient_penalty",
-           "gumbel", "masked_conv", "sample", "spectral_norm"]
+           "gumbel", "masked_conv", "masked_conv_generate", "sample", "spectral_norm"]
