@@ -26,10 +26,10 @@ import triton
 import triton.language as tl
 
 from ._launch import check_like, check_positive, check_seed, device_guard
-from ._philox import gumbel_tile, seed_key
+from ._philox import seed_key
 from .causal_conv import DTYPES, _pow2
-from .gumbel import first_argmax_step, max_nan
-from .sample import _mass_target, _scaled, _threshold_regs, _weights, mass_scale, ukey
+from .gumbel import first_argmax_step
+from .sample import draw_tile, mass_scale
 
 META_HEAD = 8  # meta entries before the dilations
 INPUT_KINDS = {0: "embedding", 1: "scalar"}
@@ -62,19 +62,8 @@ def _sample_row(logits, amask, row, k0, k1, inv_temp, top_k, top_p, scale,
         best, idx = first_argmax_step(x, 0, best, idx)
     else:
         rows = tl.zeros((1,), tl.int64) + row
-        live = (rows >= 0)[:, None]
-        s = _scaled(x, cmask, max_nan(x), inv_temp)
-        u = ukey(s)
-        t = tl.zeros((1, 1), tl.uint32)
-        if TOP_K:
-            t = _threshold_regs(u, _weights(s, u, cmask, t, scale, False), top_k, live)
-        if TOP_P:
-            w = _weights(s, u, cmask, t, scale, True)
-            z = tl.sum(w, 1, keep_dims=True)
-            target = _mass_target(z, top_p)
-            t = tl.maximum(t, _threshold_regs(u, w, target, (z >= target) & (z > 0)))
-        z = tl.where(u >= t, s + gumbel_tile(k0, k1, rows, 0, AP), float("-inf"))
-        best, idx = first_argmax_step(z, 0, best, idx)
+        idx = draw_tile(x, cmask, rows, (rows >= 0)[:, None], k0, k1, inv_temp, top_k, top_p,
+                        scale, TOP_K, TOP_P, AP)
     return tl.sum(idx, 1)  # the (1, 1) index as a (1,) tensor
 
 

@@ -202,6 +202,31 @@ def _mass_target(z, top_p):
 
 
 @triton.jit
+def draw_tile(x, cmask, rows, live, k0, k1, inv_temp, top_k, top_p, scale,
+              TOP_K: tl.constexpr, TOP_P: tl.constexpr, BLOCK: tl.constexpr):
+    """The draw of every row of one register tile x (ROWS, BLOCK) (cmask: real columns; rows:
+    the Philox row of each; live: rows that exist): temperature, the top_k / top_p thresholds,
+    then the first argmax of s + Gumbel noise. Returns the (ROWS, 1) int32 column. The
+    single-tile path of the sampler, and the in-loop sampler of the generators
+    (kernels/causal_conv_generate.py, kernels/masked_conv_generate.py): one code for each draw.
+    Python guarantees top_k < n: every live row reaches its target."""
+    t = tl.zeros((x.shape[0], 1), tl.uint32)  # the kept set {key >= t}: 0 keeps every column
+    s = _scaled(x, cmask, max_nan(x), inv_temp)
+    u = ukey(s)
+    if TOP_K:
+        t = _threshold_regs(u, _weights(s, u, cmask, t, scale, False), top_k, live)
+    if TOP_P:
+        w = _weights(s, u, cmask, t, scale, True)
+        z = tl.sum(w, 1, keep_dims=True)
+        target = _mass_target(z, top_p)
+        t = tl.maximum(t, _threshold_regs(u, w, target, (z >= target) & (z > 0)))
+    z = tl.where(u >= t, s + gumbel_tile(k0, k1, rows, 0, BLOCK), float("-inf"))
+    best = tl.full(t.shape, float("-inf"), tl.float32)
+    _, idx = first_argmax_step(z, 0, best, tl.zeros(t.shape, tl.int32))
+    return idx
+
+
+@triton.jit
 def _sample_categorical_kernel(
     x_ptr,  # logits (R, n), unit column stride
     stride_x,  # elements between rows of x
@@ -234,19 +259,8 @@ def _sample_categorical_kernel(
         t = tl.zeros((ROWS, 1), tl.uint32)  # kept set {key >= t}: 0 keeps every column
         if SINGLE:
             x, _, cmask = load_tile(x_ptrs, rmask, 0, n, BLOCK)
-            s = _scaled(x, cmask, max_nan(x), inv_temp)
-            u = ukey(s)
-            if TOP_K:
-                # Python guarantees top_k < n: every row (but padding) reaches its target.
-                w = _weights(s, u, cmask, t, scale, False)
-                t = _threshold_regs(u, w, top_k, rmask[:, None])
-            if TOP_P:
-                w = _weights(s, u, cmask, t, scale, True)
-                z = tl.sum(w, 1, keep_dims=True)
-                target = _mass_target(z, top_p)
-                t = tl.maximum(t, _threshold_regs(u, w, target, (z >= target) & (z > 0)))
-            z = tl.where(u >= t, s + gumbel_tile(k0, k1, rows, 0, BLOCK), float("-inf"))
-            best, idx = first_argmax_step(z, 0, best, idx)
+            idx = draw_tile(x, cmask, rows, rmask[:, None], k0, k1, inv_temp, top_k, top_p,
+                            scale, TOP_K, TOP_P, BLOCK)
         else:
             m = row_max(x_ptrs, rmask, n, ROWS, BLOCK)
             if TOP_K:
