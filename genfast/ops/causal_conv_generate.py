@@ -67,18 +67,28 @@ _KINDS = {"embedding": 0, "scalar": 1}
 @dataclass(frozen=True)
 class WaveNetPack:
     """A WaveNet packed for generation: `weights` (1-D, the model dtype and device) and `meta`
-    (int64, CPU) in the layout of the module docstring, plus its sizes."""
+    (int64, CPU) in the layout of the module docstring; its sizes are read from meta."""
 
     weights: Tensor
     meta: Tensor
-    classes: int  # A
-    residual: int  # R
-    gate: int  # G (H = G // 2)
-    skip: int  # S
-    hidden: int  # E
-    kernel_size: int  # K
-    input_kind: str  # "embedding" or "scalar"
-    dilations: tuple[int, ...]
+
+    def _m(self, i: int) -> int:
+        return int(self.meta[i])
+
+    classes = property(lambda self: self._m(1))  # A
+    residual = property(lambda self: self._m(2))  # R
+    gate = property(lambda self: self._m(3))  # G (H = G // 2)
+    skip = property(lambda self: self._m(4))  # S
+    hidden = property(lambda self: self._m(5))  # E
+    kernel_size = property(lambda self: self._m(6))  # K
+
+    @property
+    def input_kind(self) -> str:  # "embedding" or "scalar"
+        return list(_KINDS)[self._m(7)]
+
+    @property
+    def dilations(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.meta[8:])
 
     @property
     def ring_size(self) -> int:
@@ -169,7 +179,7 @@ def pack_wavenet(*, input_weight: Tensor, input_bias: Tensor | None = None,
     weights = torch.cat([p.detach().reshape(-1) for p in parts])
     meta = torch.tensor([len(layers), A, R, G, S, E, K, _KINDS[input_kind], *dil],
                         dtype=torch.int64)
-    return WaveNetPack(weights, meta, A, R, G, S, E, K, input_kind, tuple(dil))
+    return WaveNetPack(weights, meta)
 
 
 def new_state(pack: WaveNetPack, batch: int) -> GenerateState:
