@@ -295,6 +295,21 @@ def _generator(model_dtype: bool) -> Callable[[list[Tensor], str], Step]:
         return step
     return prepare
 
+# ------------------------------------------------------------- masked_conv (+ layer, generation)
+def _masked_inputs(shape, device):
+    B, cin, cout, H, W, k, mask_b, G, stride = shape
+    return [randn((B, cin, H, W), device, 1), randn((cout, cin, k, k), device, 2,
+                                                    (cin * k * k) ** -0.5),
+            randn(cout, device, 3, 0.1), _carrier(mask_b, G, stride, device=device)]
+
+
+def _masked(xs, b):
+    x, w, bias, cfg = xs
+    mask_b, G, stride = _settings(cfg)
+    return genfast.masked_conv2d(x, w, bias, mask_type="AB"[mask_b], stride=stride,
+                                 color_groups=G, backend=b)
+
+
 ROWS: list[Row] = [
     _gumbel(False),
     _gumbel(True),
@@ -385,4 +400,11 @@ ROWS: list[Row] = [
     Row("causal_conv_generate", "generate_fp32", _generate_inputs, _generator(True),
         ((256, 32, 64, 128, 64, 2, 6, 2, 100, 0, 1, 0, 100),),
         (16, 4, 6, 5, 7, 2, 2, 2, 12, 0, 1, 5, 90), compile=False),
+    # Shapes (B, C_in, C_out, H, W, k, mask B, colour groups, stride): the 7x7 mask B
+    # at 64 channels, odd sizes, mask A with RGB groups on a 3-channel input, stride 2, 1x1.
+    Row("masked_conv", "masked_conv2d", _masked_inputs, _fn(_masked),
+        ((4, 64, 64, 28, 28, 7, 1, 1, 1), (2, 3, 48, 13, 9, 7, 0, 3, 1),
+         (3, 16, 24, 33, 17, 5, 1, 3, 2), (2, 8, 8, 5, 7, 3, 0, 1, 1),
+         (2, 32, 16, 9, 11, 1, 1, 1, 1)),
+        (2, 3, 6, 5, 7, 3, 0, 3, 1), diff=(0, 1, 2), gradgradcheck=True, inductor=True),
 ]
