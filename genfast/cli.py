@@ -145,6 +145,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", default="auto",
                    choices=("auto", "reference", "cpu", "triton", "cuda"))
     t.add_argument("--device", default="cpu")
+    t.add_argument("--levels", type=int, help="pixelcnn, gated-pixelcnn: values per channel "
+                   "(2: binarised; default 16)")
     t.add_argument("--threads", type=int,
                    help="torch CPU threads (small models train fastest with 1 on a busy box)")
     t.add_argument("--no-progress", action="store_true")
@@ -165,9 +167,15 @@ def parser() -> argparse.ArgumentParser:
                    help="resample components with |z| > PSI (BigGAN), or scale z by PSI")
     s.add_argument("--seconds", type=float, help="wavenet: seconds of audio to generate "
                    "(default 2)")
-    s.add_argument("--temperature", type=float, help="wavenet: sampling temperature (0: greedy)")
-    s.add_argument("--top-k", type=int, help="wavenet: sample among the k most likely classes")
-    s.add_argument("--top-p", type=float, help="wavenet: nucleus (top-p) sampling mass")
+    s.add_argument("--temperature", type=float, help="wavenet, pixelcnn, gated-pixelcnn: sampling "
+                   "temperature (0: greedy)")
+    s.add_argument("--top-k", type=int, help="wavenet, pixelcnn, gated-pixelcnn: sample "
+                   "among the k most likely values")
+    s.add_argument("--top-p", type=float, help="wavenet, pixelcnn, gated-pixelcnn: nucleus "
+                   "(top-p) sampling mass")
+    s.add_argument("--class", dest="cls", type=int, metavar="K",
+                   help="gated-pixelcnn: draw every image of class K (default: one row per "
+                        "class)")
     s.add_argument("--speaker", type=int,
                    help="wavenet: global-conditioning id (one per --data file)")
     return p
