@@ -40,6 +40,7 @@
 #include "cpu/causal_conv_layer.h"
 #include "cpu/causal_conv_generate.h"
 #include "cpu/masked_conv.h"
+#include "cpu/masked_conv_layer.h"
 // [include:cpu]
 #include "common/fastmath.h"  // the ISA switch and the Philox path of the CPU kernels
 #include "common/openmp.h"
@@ -416,6 +417,46 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
 
   // [bind:masked_conv]
   // [bind:masked_conv_layer]
+#ifndef GENFAST_WITH_CUDA
+  {
+    const auto check_gate = [](int64_t B, int64_t C, int64_t N, Ptr u, Ptr dout_or_out) {
+      if (B < 0 || C < 0 || N < 0) throw std::invalid_argument("pixelcnn gate: negative size");
+      if (B * C * N > 0 && (u == 0 || dout_or_out == 0))
+        throw std::invalid_argument("pixelcnn gate: null data pointer");
+    };
+    m.def(
+        "pixelcnn_gate_fwd",
+        [=](Ptr u, Ptr cond, Ptr out, int64_t B, int64_t C, int64_t N, int dtype,
+            GENFAST_TAIL) {
+          check_dtype(dtype, GENFAST_HALF);
+          check_gate(B, C, N, u, out);
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::pixelcnn_gate_fwd(reinterpret_cast<const void*>(u),
+                                            reinterpret_cast<const void*>(cond),
+                                            reinterpret_cast<void*>(out), B, C, N, dtype,
+                                            GENFAST_TAIL_ARG));
+        },
+        py::arg("u"), py::arg("cond"), py::arg("out"), py::arg("B"), py::arg("C"), py::arg("N"),
+        py::arg("dtype"), GENFAST_TAIL_NAME);
+    m.def(
+        "pixelcnn_gate_bwd",
+        [=](Ptr u, Ptr cond, Ptr dout, Ptr du, Ptr dcond, int64_t B, int64_t C, int64_t N,
+            bool accumulate, int dtype, GENFAST_TAIL) {
+          check_dtype(dtype, GENFAST_HALF);
+          check_gate(B, C, N, u, dout);
+          if (B * C * N > 0 && du == 0)
+            throw std::invalid_argument("pixelcnn gate: du: null data pointer");
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::pixelcnn_gate_bwd(
+              reinterpret_cast<const void*>(u), reinterpret_cast<const void*>(cond),
+              reinterpret_cast<const void*>(dout), reinterpret_cast<void*>(du),
+              reinterpret_cast<void*>(dcond), B, C, N, accumulate, dtype, GENFAST_TAIL_ARG));
+        },
+        py::arg("u"), py::arg("cond"), py::arg("dout"), py::arg("du"), py::arg("dcond"),
+        py::arg("B"), py::arg("C"), py::arg("N"), py::arg("accumulate"), py::arg("dtype"),
+        GENFAST_TAIL_NAME);
+  }
+#endif  // GENFAST_WITH_CUDA: until csrc/cuda/masked_conv_layer.cu defines the gate kernels
   // [bind:masked_conv_generate]
 
 #ifndef GENFAST_WITH_CUDA
