@@ -15,6 +15,7 @@ from .dcgan import DCGAN, DCGANConfig
 from .gmm import GaussianMixture, GMMConfig
 from .gumbel_vae import GumbelVAE, GumbelVAEConfig
 from .lda import LatentDirichletAllocation, LDAConfig
+from .pixelcnn import GatedPixelCNNConfig, GatedPixelCNNModel, PixelCNNConfig, PixelCNNModel
 from .sngan import SNGAN, SNGANConfig
 from .vae import VAE, VAEConfig
 from .wavenet import WaveNetConfig, WaveNetModel
@@ -33,6 +34,8 @@ REGISTRY: dict[str, type[nn.Module]] = {
     "gmm": GaussianMixture,
     "lda": LatentDirichletAllocation,
     "wavenet": WaveNetModel,
+    "pixelcnn": PixelCNNModel,
+    "gated-pixelcnn": GatedPixelCNNModel,
 }
 
 
@@ -50,4 +53,5 @@ __all__ = ["AAE", "VAE", "AAEConfig", "Autoencoder", "AutoencoderConfig", "ConvA
            "DCGAN", "REGISTRY", "SNGAN", "WGANGP", "DCGANConfig", "GumbelVAE",
            "GumbelVAEConfig", "SNGANConfig", "WGANGPConfig", "get",
            "GMMConfig", "GaussianMixture", "LDAConfig", "LatentDirichletAllocation",
-           "WaveNetConfig", "WaveNetModel"]
+           "WaveNetConfig", "WaveNetModel", "GatedPixelCNNConfig", "GatedPixelCNNModel",
+           "PixelCNNConfig", "PixelCNNModel"]
