@@ -1,0 +1,126 @@
+// Device helpers of the region-convolution CUDA kernels (csrc/cuda/masked_conv.cu: fwd and
+// bwd_input; masked_conv_weight.cu: bwd_weight): the geometry, the shared-memory tile and its
+// register-tile product. Contract: genfast/ops/masked_conv.py. Include only from .cu files.
+//
+// The read taps of a region are a prefix of the raster order: every pair (co, ci) reads taps
+// [0, nf) (the rows above the anchor, then the anchor row's left part), and the anchor tap nf
+// = rows * kw + cols is read by the pairs the centre rule allows. So each conv is an implicit
+// GEMM whose reduction runs over (channel, tap < nt) only, nt = nf (+1 with an anchor): the
+// masked taps are never loaded or multiplied, and the anchor's per-pair mask is applied once,
+// when the weight tile is staged. Blocks of 256 threads own a 64 x 64 tile, 4 x 4 a thread,
+// the reduction staged in shared memory 16 at a time.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/common.cuh"
+
+namespace genfast::cuda::mc {
+
+using dev::acc_t;
+
+// Loads and stores in the math type, callable from the host too, like every index helper and
+// per-thread phase below: a host program can run the tiling (each tid between the barriers) on
+// the CPU and check it against the contract where no GPU is at hand.
+#define GENFAST_MC_HD __host__ __device__ __forceinline__
+GENFAST_MC_HD float ld(const float* p) { return *p; }
+GENFAST_MC_HD double ld(const double* p) { return *p; }
+GENFAST_MC_HD float ld(const __half* p) { return __half2float(*p); }
+GENFAST_MC_HD float ld(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+GENFAST_MC_HD void st(float* p, float v) { *p = v; }
+GENFAST_MC_HD void st(double* p, double v) { *p = v; }
+GENFAST_MC_HD void st(__half* p, float v) { *p = __float2half_rn(v); }
+GENFAST_MC_HD void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+constexpr int kThreads = 256;
+constexpr int BM = 64, BN = 64, BK = 16;  // block tile; each thread owns 4 x 4 of BM x BN
+constexpr int kPad = 2;  // row stride 66: the transposed tile stores hit 32 distinct banks
+static_assert(kThreads == (BM / 4) * (BN / 4), "one 4 x 4 register tile per thread");
+static_assert(kThreads % BN == 0 && BK * BN == 4 * kThreads, "gather tile: 4 loads a thread");
+static_assert(kThreads % BK == 0 && BK * BM == 4 * kThreads, "weight tile: 4 loads a thread");
+
+// Sizes fit in 32 bits for all but the largest batches: the 32-bit quotient is several times
+// cheaper than the 64-bit one, and the branch is uniform across a warp in practice.
+GENFAST_MC_HD int64_t qdiv(int64_t a, int64_t b) {
+  if (((a | b) >> 31) == 0)
+    return static_cast<int64_t>(static_cast<uint32_t>(a) / static_cast<uint32_t>(b));
+  return a / b;
+}
+
+// The geometry every kernel reads; the tap counts follow from the region (file comment).
+struct Geo {
+  int64_t B, Cin, Cout, H, W, Ho, Wo;
+  int kh, kw, KK;  // KK = kh * kw
+  int64_t sh, sw, pt, pl;
+  int nf, nt;      // taps every pair reads; read taps (nf + 1 with an anchor)
+  int center;
+  int64_t G;
+
+  // Whether (co, ci) reads the anchor tap (only asked when there is one, so center != 0).
+  GENFAST_MC_HD bool centre(int64_t co, int64_t ci) const {
+    const int64_t go = co * G / Cout, gi = ci * G / Cin;
+    return center == 1 ? gi < go : gi <= go;
+  }
+  // w[co, ci, t] for a read tap index t < nt, 0 where the pair does not read the anchor.
+  template <typename T>
+  GENFAST_MC_HD acc_t<T> weight(const T* w, int64_t co, int64_t ci, int t) const {
+    if (t >= nf && !centre(co, ci)) return acc_t<T>(0);
+    return ld(w + (co * Cin + ci) * KK + t);
+  }
+};
+
+template <typename A>
+struct Smem {
+  A a[BK][BM + kPad];  // the M operand, a[k][m]
+  A b[BK][BN + kPad];  // the N operand, b[k][n]
+};
+
+// acc[i][j] += sum_k a[k][tm + 16 i] * b[k][tn + 16 j]: strided register tiles, so a warp's
+// b reads are 16 consecutive words and its a reads two broadcasts.
+template <typename A>
+GENFAST_MC_HD void mma(const Smem<A>& s, A (&acc)[4][4], int tm, int tn) {
+#pragma unroll
+  for (int k = 0; k < BK; ++k) {
+    A av[4], bv[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) av[i] = s.a[k][tm + 16 * i];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) bv[j] = s.b[k][tn + 16 * j];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+  }
+}
+
+// ---- host side ------------------------------------------------------------------------------
+constexpr int kInvalid = static_cast<int>(cudaErrorInvalidValue);
+constexpr int64_t kLim = int64_t{1} << 31;
+
+inline unsigned grid_dim(int64_t n) {
+  return static_cast<unsigned>(n < 1 ? 1 : n < kMaxBlocks ? n : kMaxBlocks);
+}
+
+// The sizes every entry point shares. Channel x tap counts and strides / paddings stay below
+// 2^31 (tap and window arithmetic); image planes are bounded by Python (check_sizes).
+inline bool make_geo(int64_t B, int64_t Cin, int64_t Cout, int64_t H, int64_t W, int64_t Ho,
+                     int64_t Wo, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt,
+                     int64_t pl, int64_t rows, int64_t cols, int center, int64_t G, Geo* g) {
+  if (B < 0 || Cin < 0 || Cout < 0 || H < 0 || W < 0 || Ho < 0 || Wo < 0) return false;
+  if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || pt < 0 || pl < 0 || G < 1) return false;
+  if (rows < 0 || rows > kh || cols < 0 || cols > kw || center < 0 || center > 2) return false;
+  if (kh >= kLim || kw >= kLim || kh * kw >= kLim || sh >= kLim || sw >= kLim || pt >= kLim ||
+      pl >= kLim || G >= kLim)
+    return false;
+  const int64_t KK = kh * kw;
+  if (Cin * KK >= kLim || Cout * KK >= kLim) return false;
+  const int64_t nf = rows * kw + (rows < kh ? cols : 0);
+  const bool anchor = rows < kh && cols < kw && (center == 2 || (center == 1 && G > 1));
+  *g = Geo{B, Cin, Cout, H, W, Ho, Wo, static_cast<int>(kh), static_cast<int>(kw),
+           static_cast<int>(KK), sh, sw, pt, pl, static_cast<int>(nf),
+           static_cast<int>(nf + (anchor ? 1 : 0)), center, G};
+  return true;
+}
+
+}  // namespace genfast::cuda::mc
