@@ -40,6 +40,7 @@
 #include "cpu/causal_conv_layer.h"
 #include "cpu/causal_conv_generate.h"
 #include "cpu/masked_conv.h"
+#include "cpu/masked_conv_generate.h"
 #include "cpu/masked_conv_layer.h"
 // [include:cpu]
 #include "common/fastmath.h"  // the ISA switch and the Philox path of the CPU kernels
@@ -458,6 +459,33 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
   }
 #endif  // GENFAST_WITH_CUDA: until csrc/cuda/masked_conv_layer.cu defines the gate kernels
   // [bind:masked_conv_generate]
+#ifndef GENFAST_WITH_CUDA
+  m.def(
+      "pixelcnn_generate",
+      [](Ptr weights, Ptr meta, int64_t meta_len, Ptr cond, Ptr tokens, int64_t B, int64_t H,
+         int64_t W, int64_t start, GENFAST_SEED_T seed, double inv_temperature, int64_t top_k,
+         double top_p, int dtype, GENFAST_TAIL) {
+        check_dtype(dtype, GENFAST_HALF);
+        if (B < 0 || H < 0 || W < 0)
+          throw std::invalid_argument("pixelcnn_generate: negative B, H or W");
+        if (start < 0 || start > H * W)
+          throw std::invalid_argument("pixelcnn_generate: start must be in [0, H*W]");
+        if (meta == 0 || meta_len != 5)
+          throw std::invalid_argument("pixelcnn_generate: meta must hold 5 entries");
+        if (B > 0 && start < H * W && (weights == 0 || tokens == 0))
+          throw std::invalid_argument("pixelcnn_generate: null data pointer");
+        py::gil_scoped_release nogil;
+        GENFAST_CALL(K::pixelcnn_generate(
+            reinterpret_cast<const void*>(weights), reinterpret_cast<const int64_t*>(meta),
+            meta_len, reinterpret_cast<const void*>(cond), reinterpret_cast<int64_t*>(tokens), B,
+            H, W, start, GENFAST_SEED_ARG(seed), inv_temperature, top_k, top_p, dtype,
+            GENFAST_TAIL_ARG));
+      },
+      py::arg("weights"), py::arg("meta"), py::arg("meta_len"), py::arg("cond"),
+      py::arg("tokens"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("start"),
+      py::arg("seed"), py::arg("inv_temperature"), py::arg("top_k"), py::arg("top_p"),
+      py::arg("dtype"), GENFAST_TAIL_NAME);
+#endif
 
 #ifndef GENFAST_WITH_CUDA
   // [bind:cpu:isa] Which copy of the multiversioned loops runs (common/isa.h). GENFAST_ISA is
