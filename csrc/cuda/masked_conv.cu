@@ -131,30 +131,31 @@ struct BwdInputOp {
 // the points where the kernels synchronise).
 // Stage the K step at k0: weights a[k][m] (consecutive threads on consecutive taps) and the
 // gathered columns b[k][n] (consecutive threads on consecutive pixels).
-template <class Op, typename A>
-GENFAST_MC_HD void gemm_stage(const Op& op, Smem<A>& s, int tid,
+template <int TM, class Op, typename A>
+GENFAST_MC_HD void gemm_stage(const Op& op, Smem<A, TM>& s, int tid,
                               const typename Op::Col& col, int64_t m0, int64_t k0) {
+  constexpr int kN = 16 * TM;  // tile columns
   const int tm = tid / 16;
   const auto r = op.row(k0 + tid % BK);
 #pragma unroll
-  for (int u = 0; u < 4; ++u) s.a[tid % BK][tm + 16 * u] = op.weight(r, m0 + tm + 16 * u);
+  for (int u = 0; u < TM; ++u) s.a[tid % BK][tm + 16 * u] = op.weight(r, m0 + tm + 16 * u);
 #pragma unroll
-  for (int u = 0; u < 4; ++u) {
-    const int kk = tid / BN + (kThreads / BN) * u;
-    s.b[kk][tid % BN] = op.gather(col, k0 + kk);
+  for (int u = 0; u < TM; ++u) {
+    const int kk = tid / kN + (kThreads / kN) * u;
+    s.b[kk][tid % kN] = op.gather(col, k0 + kk);
   }
 }
 
-template <class Op, typename A>
-GENFAST_MC_HD void gemm_store(const Op& op, const A (&acc)[4][4], int tid, int64_t m0,
+template <int TM, class Op, typename A>
+GENFAST_MC_HD void gemm_store(const Op& op, const A (&acc)[TM][TM], int tid, int64_t m0,
                               int64_t n0) {
   const int tm = tid / 16, tn = tid % 16;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < TM; ++i) {
     const int64_t m = m0 + tm + 16 * i;
     if (m >= op.M()) continue;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < TM; ++j) {
       const int64_t n = n0 + tn + 16 * j;
       if (n < op.N()) op.store(m, n, acc[i][j]);
     }
@@ -162,31 +163,41 @@ GENFAST_MC_HD void gemm_store(const Op& op, const A (&acc)[4][4], int tid, int64
 }
 
 // out[m, n] = sum_k weight(k, m) * gather(n, k), over (m tile, n tile) blocks, grid-stride.
-template <typename T, class Op>
+template <typename T, int TM, class Op>
 __global__ void __launch_bounds__(kThreads) conv_gemm(Op op) {
   using A = acc_t<T>;
-  __shared__ Smem<A> s;
+  constexpr int kT = 16 * TM;  // tile side
+  __shared__ Smem<A, TM> s;
   const int tid = static_cast<int>(threadIdx.x);
-  const int64_t K = op.K(), mtiles = (op.M() + BM - 1) / BM, ntiles = (op.N() + BN - 1) / BN;
+  const int64_t K = op.K(), mtiles = (op.M() + kT - 1) / kT, ntiles = (op.N() + kT - 1) / kT;
   for (int64_t mt = blockIdx.y; mt < mtiles; mt += gridDim.y) {
     for (int64_t nt = blockIdx.x; nt < ntiles; nt += gridDim.x) {
-      const auto col = op.column(nt * BN + tid % BN);  // this thread's gather column
-      A acc[4][4] = {};
+      const auto col = op.column(nt * kT + tid % kT);  // this thread's gather column
+      A acc[TM][TM] = {};
       for (int64_t k0 = 0; k0 < K; k0 += BK) {
-        gemm_stage(op, s, tid, col, mt * BM, k0);
+        gemm_stage<TM>(op, s, tid, col, mt * kT, k0);
         __syncthreads();
         mma(s, acc, tid / 16, tid % 16);
         __syncthreads();  // the tiles are refilled by the next step
       }
-      gemm_store(op, acc, tid, mt * BM, nt * BN);
+      gemm_store<TM>(op, acc, tid, mt * kT, nt * kT);
     }
   }
 }
 
+// Below this many 64 x 64 tiles (a few per SM of a large GPU) the 32 x 32 tiles run instead.
+constexpr int64_t kSmallTiles = 512;
+
 template <typename T, class Op>
 int launch_gemm(const Op& op, int64_t M, int64_t N, cudaStream_t st) {
-  const dim3 grid(grid_dim((N + BN - 1) / BN), grid_dim((M + BM - 1) / BM));
-  conv_gemm<T, Op><<<grid, kThreads, 0, st>>>(op);
+  // Every output is summed in ascending K whatever the tile, so the choice changes no bits.
+  if (((M + 63) / 64) * ((N + 63) / 64) < kSmallTiles) {
+    const dim3 grid(grid_dim((N + 31) / 32), grid_dim((M + 31) / 32));
+    conv_gemm<T, 2, Op><<<grid, kThreads, 0, st>>>(op);
+  } else {
+    const dim3 grid(grid_dim((N + 63) / 64), grid_dim((M + 63) / 64));
+    conv_gemm<T, 4, Op><<<grid, kThreads, 0, st>>>(op);
+  }
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -33,12 +33,17 @@ GENFAST_MC_HD void st(double* p, double v) { *p = v; }
 GENFAST_MC_HD void st(__half* p, float v) { *p = __float2half_rn(v); }
 GENFAST_MC_HD void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
+// Blocks of 16 x 16 threads own a (16 TM) x (16 TM) output tile, TM x TM registers a thread,
+// and stage the reduction BK at a time: each thread loads TM weights and TM gathered values a
+// step. TM = 4 (64 x 64) by default; TM = 2 (32 x 32, four times the blocks) for problems too
+// small to fill a GPU with 64 x 64 tiles.
 constexpr int kThreads = 256;
-constexpr int BM = 64, BN = 64, BK = 16;  // block tile; each thread owns 4 x 4 of BM x BN
-constexpr int kPad = 2;  // row stride 66: the transposed tile stores hit 32 distinct banks
-static_assert(kThreads == (BM / 4) * (BN / 4), "one 4 x 4 register tile per thread");
-static_assert(kThreads % BN == 0 && BK * BN == 4 * kThreads, "gather tile: 4 loads a thread");
-static_assert(kThreads % BK == 0 && BK * BM == 4 * kThreads, "weight tile: 4 loads a thread");
+constexpr int BK = 16;
+constexpr int BM = 64, BN = 64;  // the TM = 4 tile (bwd_weight's)
+// Row stride 16 TM + 2 (= 2 mod 32 words): the transposed tile stores, 16 consecutive k by two
+// rows a warp, hit 32 distinct banks.
+constexpr int kPad = 2;
+static_assert(kThreads == 16 * 16 && kThreads % BK == 0, "16 x 16 threads, BK divides them");
 
 // Sizes fit in 32 bits for all but the largest batches: the 32-bit quotient is several times
 // cheaper than the 64-bit one, and the branch is uniform across a warp in practice.
@@ -70,27 +75,27 @@ struct Geo {
   }
 };
 
-template <typename A>
+template <typename A, int TM = 4>
 struct Smem {
-  A a[BK][BM + kPad];  // the M operand, a[k][m]
-  A b[BK][BN + kPad];  // the N operand, b[k][n]
+  A a[BK][16 * TM + kPad];  // the M operand, a[k][m]
+  A b[BK][16 * TM + kPad];  // the N operand, b[k][n]
 };
 
 // acc[i][j] += sum_k a[k][tm + 16 i] * b[k][tn + 16 j]: strided register tiles, so a warp's
 // b reads are 16 consecutive words and its a reads two broadcasts.
-template <typename A>
-GENFAST_MC_HD void mma(const Smem<A>& s, A (&acc)[4][4], int tm, int tn) {
+template <typename A, int TM>
+GENFAST_MC_HD void mma(const Smem<A, TM>& s, A (&acc)[TM][TM], int tm, int tn) {
 #pragma unroll
   for (int k = 0; k < BK; ++k) {
-    A av[4], bv[4];
+    A av[TM], bv[TM];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) av[i] = s.a[k][tm + 16 * i];
+    for (int i = 0; i < TM; ++i) av[i] = s.a[k][tm + 16 * i];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) bv[j] = s.b[k][tn + 16 * j];
+    for (int j = 0; j < TM; ++j) bv[j] = s.b[k][tn + 16 * j];
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < TM; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+      for (int j = 0; j < TM; ++j) acc[i][j] += av[i] * bv[j];
   }
 }
 
