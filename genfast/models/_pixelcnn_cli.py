@@ -186,11 +186,11 @@ def sample(cls: type, args: Any) -> int:
     model = cls(cls.config_cls(**ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
-    n = args.n or 64
-    if n < 1:
-        raise SystemExit(f"genfast: --n must be >= 1, got {n}")
     k = getattr(args, "cls", None)
     classes = getattr(model.config, "num_classes", 0)
+    n = args.n or (8 * classes if classes and k is None else 64)  # a full row per class
+    if n < 1:
+        raise SystemExit(f"genfast: --n must be >= 1, got {n}")
     if k is not None and classes and not 0 <= k < classes:
         raise SystemExit(f"genfast: --class must be in [0, {classes}), got {k}")
     temperature = getattr(args, "temperature", None)

@@ -73,10 +73,10 @@ class GatedPixelCNNConfig:
     colors: int = 1  # the gated model is grey only
     height: int = 8
     width: int = 8
-    channels: int = 32  # C of both stacks
-    layers: int = 8
+    channels: int = 16  # C of both stacks
+    layers: int = 6
     kernel_size: int = 5
-    hidden: int = 128  # the 1x1 head's hidden channels
+    hidden: int = 64  # the 1x1 head's hidden channels
     num_classes: int = 10  # class-conditional (0: unconditional)
 
     def __post_init__(self) -> None:
@@ -100,9 +100,6 @@ class _TokenImageModel(nn.Module):
     """What both models share: tokens (B, K, H, W), bits/dim, the train step, evaluation."""
 
     config: Any
-    train_defaults: ClassVar[dict[str, Any]] = {
-        "steps": 1500, "batch_size": 64, "lr": 2e-3, "checkpoint_every": 500,
-        "sample_every": 500, "log_every": 50, "n_samples": 40}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -162,6 +159,11 @@ class PixelCNNModel(_TokenImageModel):
     config_cls: ClassVar[type] = PixelCNNConfig
     description: ClassVar[str] = "PixelCNN, masked convs, colour masking (van den Oord 2016a)"
     conditional: ClassVar[bool] = False
+    # 1,438 training digits overfit: at 16 levels the held-out NLL was 1.81 / 1.79 / 1.84
+    # bits/dim after 500 / 1000 / 1500 steps (training 1.6 at 1500).
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "steps": 1000, "batch_size": 64, "lr": 2e-3, "checkpoint_every": 250,
+        "sample_every": 250, "log_every": 50, "n_samples": 40}
 
     def __init__(self, config: PixelCNNConfig | None = None) -> None:
         super().__init__()
@@ -192,6 +194,12 @@ class GatedPixelCNNModel(_TokenImageModel):
     config_cls: ClassVar[type] = GatedPixelCNNConfig
     description: ClassVar[str] = "Gated PixelCNN, class-conditional, native generation (2016b)"
     conditional: ClassVar[bool] = True
+    # Held-out 1.80 / 1.72 / 1.72 / 1.78 bits/dim after 250 / 500 / 750 / 1000 steps at 16
+    # levels (training 1.44 at 1000): the digits overfit a bigger net sooner (C=32, 8 layers:
+    # 1.92 at 500).
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "steps": 600, "batch_size": 64, "lr": 2e-3, "checkpoint_every": 200,
+        "sample_every": 200, "log_every": 50, "n_samples": 40}
 
     def __init__(self, config: GatedPixelCNNConfig | None = None) -> None:
         super().__init__()
