@@ -7,8 +7,8 @@
 // = rows * kw + cols is read by the pairs the centre rule allows. So each conv is an implicit
 // GEMM whose reduction runs over (channel, tap < nt) only, nt = nf (+1 with an anchor): the
 // masked taps are never loaded or multiplied, and the anchor's per-pair mask is applied once,
-// when the weight tile is staged. Blocks of 256 threads own a 64 x 64 tile, 4 x 4 a thread,
-// the reduction staged in shared memory 16 at a time.
+// when the weight tile is staged. Output tiles live in registers, the reduction is staged in
+// shared memory BK at a time (the tile constants below).
 #pragma once
 #include <cuda_runtime.h>
 
