@@ -417,6 +417,86 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("top_p"), py::arg("dtype"), GENFAST_TAIL_NAME);
 
   // [bind:masked_conv]
+#ifndef GENFAST_WITH_CUDA
+  {
+    // Refuses a geometry that would index out of bounds (the kernels check it again).
+    const auto region_sizes = [](int64_t B, int64_t Cin, int64_t Cout, int64_t H, int64_t W,
+                                 int64_t Ho, int64_t Wo, int64_t kh, int64_t kw, int64_t sh,
+                                 int64_t sw, int64_t pt, int64_t pl, int64_t rows, int64_t cols,
+                                 int center, int64_t G) {
+      if (B < 0 || Cin < 0 || Cout < 0 || H < 0 || W < 0 || Ho < 0 || Wo < 0 || kh < 0 || kw < 0)
+        throw std::invalid_argument("masked_conv2d: negative size");
+      if (sh < 1 || sw < 1) throw std::invalid_argument("masked_conv2d: stride must be >= 1");
+      if (pt < 0 || pl < 0) throw std::invalid_argument("masked_conv2d: padding must be >= 0");
+      if (rows < 0 || rows > kh || cols < 0 || cols > kw)
+        throw std::invalid_argument("masked_conv2d: rows must be in [0, kh], cols in [0, kw]");
+      if (center < 0 || center > 2 || G < 1)
+        throw std::invalid_argument("masked_conv2d: center must be 0, 1 or 2 and groups >= 1");
+    };
+    const auto need = [](const char* name, Ptr p, int64_t n) {
+      if (n > 0 && p == 0) throw std::invalid_argument(std::string(name) + ": null data pointer");
+    };
+    const auto v = [](Ptr p) { return reinterpret_cast<void*>(p); };
+    m.def(
+        "masked_conv2d_fwd",
+        [=](Ptr x, Ptr w, Ptr b, Ptr y, int64_t B, int64_t Cin, int64_t Cout, int64_t H,
+            int64_t W, int64_t Ho, int64_t Wo, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+            int64_t pt, int64_t pl, int64_t rows, int64_t cols, int center, int64_t G,
+            bool accumulate, int dtype, GENFAST_TAIL) {
+          check_dtype(dtype, GENFAST_HALF);
+          region_sizes(B, Cin, Cout, H, W, Ho, Wo, kh, kw, sh, sw, pt, pl, rows, cols, center, G);
+          need("x", x, B * Cin * H * W), need("w", w, Cout * Cin * kh * kw);
+          need("y", y, B * Cout * Ho * Wo);
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::masked_conv2d_fwd(v(x), v(w), v(b), v(y), B, Cin, Cout, H, W, Ho, Wo,
+                                            kh, kw, sh, sw, pt, pl, rows, cols, center, G,
+                                            accumulate, dtype, GENFAST_TAIL_ARG));
+        },
+        py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("B"), py::arg("Cin"),
+        py::arg("Cout"), py::arg("H"), py::arg("W"), py::arg("Ho"), py::arg("Wo"), py::arg("kh"),
+        py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("pt"), py::arg("pl"),
+        py::arg("rows"), py::arg("cols"), py::arg("center"), py::arg("G"),
+        py::arg("accumulate"), py::arg("dtype"), GENFAST_TAIL_NAME);
+    m.def(
+        "masked_conv2d_bwd_input",
+        [=](Ptr g, Ptr w, Ptr dx, int64_t B, int64_t Cin, int64_t Cout, int64_t H, int64_t W,
+            int64_t Ho, int64_t Wo, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt,
+            int64_t pl, int64_t rows, int64_t cols, int center, int64_t G, int dtype,
+            GENFAST_TAIL) {
+          check_dtype(dtype, GENFAST_HALF);
+          region_sizes(B, Cin, Cout, H, W, Ho, Wo, kh, kw, sh, sw, pt, pl, rows, cols, center, G);
+          need("g", g, B * Cout * Ho * Wo), need("w", w, Cout * Cin * kh * kw);
+          need("dx", dx, B * Cin * H * W);
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::masked_conv2d_bwd_input(v(g), v(w), v(dx), B, Cin, Cout, H, W, Ho, Wo,
+                                                  kh, kw, sh, sw, pt, pl, rows, cols, center, G,
+                                                  dtype, GENFAST_TAIL_ARG));
+        },
+        py::arg("g"), py::arg("w"), py::arg("dx"), py::arg("B"), py::arg("Cin"), py::arg("Cout"),
+        py::arg("H"), py::arg("W"), py::arg("Ho"), py::arg("Wo"), py::arg("kh"), py::arg("kw"),
+        py::arg("sh"), py::arg("sw"), py::arg("pt"), py::arg("pl"), py::arg("rows"),
+        py::arg("cols"), py::arg("center"), py::arg("G"), py::arg("dtype"), GENFAST_TAIL_NAME);
+    m.def(
+        "masked_conv2d_bwd_weight",
+        [=](Ptr g, Ptr x, Ptr dw, int64_t B, int64_t Cin, int64_t Cout, int64_t H, int64_t W,
+            int64_t Ho, int64_t Wo, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt,
+            int64_t pl, int64_t rows, int64_t cols, int center, int64_t G, int dtype,
+            GENFAST_TAIL) {
+          check_dtype(dtype, GENFAST_HALF);
+          region_sizes(B, Cin, Cout, H, W, Ho, Wo, kh, kw, sh, sw, pt, pl, rows, cols, center, G);
+          need("g", g, B * Cout * Ho * Wo), need("x", x, B * Cin * H * W);
+          need("dw", dw, Cout * Cin * kh * kw);
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::masked_conv2d_bwd_weight(v(g), v(x), v(dw), B, Cin, Cout, H, W, Ho, Wo,
+                                                   kh, kw, sh, sw, pt, pl, rows, cols, center, G,
+                                                   dtype, GENFAST_TAIL_ARG));
+        },
+        py::arg("g"), py::arg("x"), py::arg("dw"), py::arg("B"), py::arg("Cin"), py::arg("Cout"),
+        py::arg("H"), py::arg("W"), py::arg("Ho"), py::arg("Wo"), py::arg("kh"), py::arg("kw"),
+        py::arg("sh"), py::arg("sw"), py::arg("pt"), py::arg("pl"), py::arg("rows"),
+        py::arg("cols"), py::arg("center"), py::arg("G"), py::arg("dtype"), GENFAST_TAIL_NAME);
+  }
+#endif
   // [bind:masked_conv_layer]
 #ifndef GENFAST_WITH_CUDA
   {
