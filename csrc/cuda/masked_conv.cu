@@ -213,7 +213,9 @@ int masked_conv2d_fwd(const void* x, const void* w, const void* b, void* y, int6
     return kInvalid;
   const int64_t N = B * Ho * Wo;
   if (N * Cout == 0) return static_cast<int>(cudaSuccess);
-  if (y == nullptr || w == nullptr || (Cin * H * W > 0 && x == nullptr)) return kInvalid;
+  // Pointers to tensors with no elements may be null (empty tensors have no storage).
+  if (y == nullptr || (Cin > 0 && w == nullptr) || (Cin * H * W > 0 && x == nullptr))
+    return kInvalid;
   const auto st = static_cast<cudaStream_t>(stream);
   return with_dtype(dtype, [&](auto tag) {
     using Ty = typename decltype(tag)::type;
@@ -233,7 +235,8 @@ int masked_conv2d_bwd_input(const void* g, const void* w, void* dx, int64_t B, i
     return kInvalid;
   const int64_t N = B * H * W;
   if (N * Cin == 0) return static_cast<int>(cudaSuccess);
-  if (dx == nullptr || w == nullptr || (Cout * Ho * Wo > 0 && g == nullptr)) return kInvalid;
+  if (dx == nullptr || (Cout > 0 && w == nullptr) || (Cout * Ho * Wo > 0 && g == nullptr))
+    return kInvalid;
   const auto st = static_cast<cudaStream_t>(stream);
   return with_dtype(dtype, [&](auto tag) {
     using Ty = typename decltype(tag)::type;
