@@ -108,7 +108,7 @@ def test_non_contiguous_inputs(backend):
 def test_receptive_field_is_exactly_causal(backend):
     """Perturbing pixel (i, j) changes no output at an earlier raster position, and, for mask A,
     not at (i, j) itself; with colour groups, the centre sees only earlier colours."""
-    x, w, b = _case(1, 3, 6, 7, 6, 5, 5, torch.float64)
+    x, w, b = _case(1, 3, 6, 7, 6, 5, 5, _dtypes(backend)[-1])
     for mask in "AB":
         for G in (1, 3):
             y0 = genfast.masked_conv2d(x, w, b, mask_type=mask, color_groups=G, backend=backend)
