@@ -30,6 +30,7 @@ OPS = {
     "spectral_norm": "genfast.benchmarks.spectral_norm",
     "gradient_penalty": "genfast.benchmarks.gradient_penalty",
     "causal_conv": "genfast.benchmarks.causal_conv",
+    "masked_conv": "genfast.benchmarks.masked_conv",
 }
 
 
