@@ -174,14 +174,13 @@ GENFAST_INLINE void gemm(const T* w, int64_t K, int64_t q0, int64_t nq, int64_t 
       for (int64_t g = 0; g < r.G; ++g) {
         const T* x = r.x + g * r.xg + c0;
         T* y = r.y + g * r.yg + b * W;
+        // Every row gets the same arithmetic in a tile of any height, so the split of the rows
+        // (images per thread) does not change a bit.
         int64_t m = 0;
-        for (; m + kMR <= r.M; m += kMR) tile<T, kMR>(wc, len, x + m * r.xs, r.xs, y + m * r.ys, r.ys);
-        switch (r.M - m) {
-          case 3: tile<T, 3>(wc, len, x + m * r.xs, r.xs, y + m * r.ys, r.ys); break;
-          case 2: tile<T, 2>(wc, len, x + m * r.xs, r.xs, y + m * r.ys, r.ys); break;
-          case 1: tile<T, 1>(wc, len, x + m * r.xs, r.xs, y + m * r.ys, r.ys); break;
-          default: break;
-        }
+        for (; m + kMR <= r.M; m += kMR)
+          tile<T, kMR>(wc, len, x + m * r.xs, r.xs, y + m * r.ys, r.ys);
+        for (; m + 2 <= r.M; m += 2) tile<T, 2>(wc, len, x + m * r.xs, r.xs, y + m * r.ys, r.ys);
+        if (m < r.M) tile<T, 1>(wc, len, x + m * r.xs, r.xs, y + m * r.ys, r.ys);
       }
     }
 }
