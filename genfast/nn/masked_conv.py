@@ -22,14 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops import _checks
 from ..ops._masked_conv_checks import MASK_TYPES, pair
 from ..ops.masked_conv import masked_conv2d, region_mask
-
-
-def _positive(name: str, v: Any, low: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
-    return v
 
 
 def _mask_type(v: Any) -> str:
@@ -76,7 +71,7 @@ class MaskedConv2d(nn.Conv2d):
             pad = (kh // 2, kw // 2)
         else:
             pad = pair("padding", padding, 0)
-        _positive("color_groups", color_groups)
+        _checks.integer("color_groups", color_groups, 1)
         if color_groups > min(in_channels, out_channels):
             raise ValueError(f"color_groups={color_groups} needs at least that many input and "
                              f"output channels, got {in_channels} -> {out_channels}")
@@ -161,14 +156,14 @@ class GatedPixelCNNLayer(nn.Module):
                  residual: bool | None = None, num_classes: int | None = None,
                  backend: str | None = None) -> None:
         super().__init__()
-        C = _positive("channels", channels)
-        k = _positive("kernel_size", kernel_size)
+        C = _checks.integer("channels", channels, 1)
+        k = _checks.integer("kernel_size", kernel_size, 1)
         if k % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {k}")
         self.mask_type = _mask_type(mask_type)
         self.residual = mask_type == "B" if residual is None else bool(residual)
         if num_classes is not None:
-            _positive("num_classes", num_classes)
+            _checks.integer("num_classes", num_classes, 1)
         self.channels, self.kernel_size, self.backend = C, k, backend
         c = k // 2
         self.vert_stack = nn.Conv2d(C, 2 * C, (c + 1, k), padding=(c, c))
@@ -223,9 +218,9 @@ class PixelCNN(nn.Module):
                  num_classes: int | None = None, image_size: int | tuple[int, int] = (28, 28),
                  backend: str | None = None) -> None:
         super().__init__()
-        _positive("levels", levels, 2)
+        _checks.integer("levels", levels, 2)
         for name, v in (("channels", channels), ("layers", layers), ("hidden", hidden)):
-            _positive(name, v)
+            _checks.integer(name, v, 1)
         ks = [kernel_size] * layers if isinstance(kernel_size, int) else list(kernel_size)
         if len(ks) != layers:
             raise ValueError(f"kernel_size: expected one int or {layers} (one per layer), got "
@@ -328,7 +323,7 @@ class PixelCNN(nn.Module):
         """
         from ..ops.masked_conv_generate import pixelcnn_generate
 
-        _positive("n", n)
+        _checks.integer("n", n, 1)
         H, W = self.image_size if size is None else pair("size", size, 1)
         if tokens is not None:
             self._check_tokens(tokens)
