@@ -26,14 +26,21 @@ using fastmath::kLanes;
 // e1 = e^{-2f}, e2 = e^{-q}, tanh f = (1 - e1) / (1 + e1), sigmoid q = 1 / (1 + e2). The
 // exponents are capped (40 in float, 350 in double) so (1 + e1)(1 + e2) stays finite: no
 // inf/inf NaN for large |a|, where tanh and sigmoid are saturated to the last bit anyway.
-GENFAST_INLINE float gate_exp(float u) {
+GENFAST_INLINE float gate_exp(float u, int32_t cap) {
   // min(u, 40) on the signed bits: a float select would become a branch and stop the loop
   // from vectorising (see fastmath::log).
   const int32_t ub = static_cast<int32_t>(fastmath::bits(u));
-  const int32_t cap = static_cast<int32_t>(fastmath::bits(40.0f));
   return fastmath::exp(fastmath::from_bits(static_cast<uint32_t>(ub < cap ? ub : cap)));
 }
-GENFAST_INLINE double gate_exp(double u) { return std::exp(std::min(u, 350.0)); }
+GENFAST_INLINE double gate_exp(double u, int32_t) { return std::exp(std::min(u, 350.0)); }
+
+// The bits of the float cap 40, hidden from the optimiser: with a known constant GCC folds the
+// capped path to exp(40) and branches on it, which kept the avx2 and sse2 copies scalar.
+GENFAST_INLINE int32_t exp_cap() {
+  int32_t cap = static_cast<int32_t>(fastmath::bits(40.0f));
+  asm("" : "+r"(cap));
+  return cap;
+}
 
 // (1 + e1) tanh f, i.e. 1 - e1, without its cancellation near f = 0: below |f| = 0.625
 // Cephes' tanhf polynomial (~1 ulp) times (1 + e1), chosen by a bit mask (no float select).
@@ -62,9 +69,10 @@ struct Gate {
 
 template <typename T>
 GENFAST_INLINE void fwd_row(const T* f, const T* q, T cf, T cq, T* out, int64_t n) {
+  const int32_t cap = exp_cap();
   for (int64_t j = 0; j < n; ++j) {
     const T a = f[j] + cf, b = q[j] + cq;
-    const T e1 = gate_exp(T(-2) * a), e2 = gate_exp(-b);
+    const T e1 = gate_exp(T(-2) * a, cap), e2 = gate_exp(-b, cap);
     out[j] = tanh_num(a, e1) / ((T(1) + e1) * (T(1) + e2));
   }
 }
@@ -72,10 +80,11 @@ GENFAST_INLINE void fwd_row(const T* f, const T* q, T cf, T cq, T* out, int64_t 
 // The backward of kLanes pixels into gf, gq: a loop of its own, so the stores to du and the
 // lane sums do not keep it from vectorising (avx512 does; GCC 12 leaves the avx2 copy scalar).
 template <typename T>
-GENFAST_INLINE void bwd_lanes(const T* f, const T* q, T cf, T cq, const T* d, T* gf, T* gq) {
+GENFAST_INLINE void bwd_lanes(const T* f, const T* q, T cf, T cq, const T* d, T* gf, T* gq,
+                              int32_t cap) {
   for (int j = 0; j < kLanes; ++j) {
     const T a = f[j] + cf, b = q[j] + cq;
-    const T e1 = gate_exp(T(-2) * a), e2 = gate_exp(-b);
+    const T e1 = gate_exp(T(-2) * a, cap), e2 = gate_exp(-b, cap);
     const T p1 = T(1) + e1, p2 = T(1) + e2;
     const T r = T(1) / (p1 * p2);
     const T t = tanh_num(a, e1) * p2 * r, s = p1 * r;
@@ -88,14 +97,15 @@ template <typename T, bool kAcc>
 GENFAST_INLINE void bwd_row(const T* f, const T* q, T cf, T cq, const T* d, T* df, T* dq,
                             int64_t n, T* dcf, T* dcq) {
   T sf[kLanes] = {}, sq[kLanes] = {}, gf[kLanes], gq[kLanes];
+  const int32_t cap = exp_cap();
   for (int64_t i = 0; i < n; i += kLanes) {
     const int64_t m = std::min<int64_t>(kLanes, n - i);
     if (m == kLanes) {
-      bwd_lanes(f + i, q + i, cf, cq, d + i, gf, gq);
+      bwd_lanes(f + i, q + i, cf, cq, d + i, gf, gq, cap);
     } else {  // the tail through zero-padded copies (a zero dout gives zero gradients)
       T ft[kLanes] = {}, qt[kLanes] = {}, dt[kLanes] = {};
       for (int64_t j = 0; j < m; ++j) ft[j] = f[i + j], qt[j] = q[i + j], dt[j] = d[i + j];
-      bwd_lanes(ft, qt, cf, cq, dt, gf, gq);
+      bwd_lanes(ft, qt, cf, cq, dt, gf, gq, cap);
     }
     for (int64_t j = 0; j < m; ++j) {
       df[i + j] = kAcc ? df[i + j] + gf[j] : gf[j];

@@ -10,9 +10,11 @@ from . import (
     gumbel,
     masked_conv,
     masked_conv_generate,
+    masked_conv_layer,
     sample,
     spectral_norm,
 )
 
 __all__ = ["causal_conv", "causal_conv_generate", "causal_conv_layer", "gradient_penalty",
-           "gumbel", "masked_conv", "masked_conv_generate", "sample", "spectral_norm"]
+           "gumbel", "masked_conv", "masked_conv_generate",
+           "masked_conv_layer", "sample", "spectral_norm"]
