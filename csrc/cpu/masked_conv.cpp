@@ -8,10 +8,10 @@
 // i*sh, columns j*sw of its source plane; bwd_weight does the same to g. That costs sh*sw times
 // the work of a direct strided kernel; stride 1 (every PixelCNN conv) pays nothing for it.
 // fwd / bwd_input items are (image, run of flat positions); each thread copies the image it
-// works on into its own zero-padded buffer once. bwd_weight is dot products over flat
-// positions: dw[co][ci, tap] = <g_wide[co], x_padded[ci] shifted by the tap>, in fixed chunks of
-// (image, position) whose partials are summed in chunk order: the bits do not depend on the
-// thread count.
+// works on into its own zero-padded buffer once. bwd_weight is the same shifted GEMM reduced
+// over positions instead: dw[co][ci, tap] = sum_p g[co][p] * x_padded[ci][p + shift(tap)], an
+// outer-product tile over (ci, tap) x co with g transposed once, each value summed by one
+// thread in position order: the bits do not depend on the thread count.
 #include "cpu/masked_conv.h"
 
 #include <algorithm>
@@ -33,61 +33,14 @@ namespace {
 using namespace conv_tile;
 using namespace masked_tile;
 
-struct Geometry {
-  int64_t B, Cin, Cout, H, W, Ho, Wo, kh, kw, sh, sw, pt, pl, rows, cols;
-  int center;
-  int64_t G;
-  // The stride-1 plane of a strided conv's outputs: rows (Ho-1)*sh + 1, columns (Wo-1)*sw + 1.
-  int64_t ho1() const { return (Ho - 1) * sh + 1; }
-  int64_t wo1() const { return (Wo - 1) * sw + 1; }
-  int64_t grp(int64_t c, int64_t C) const { return c * G / C; }
-  // Whether the pair (co, ci) reads the anchor tap (rows, cols).
-  bool anchor_read(int64_t co, int64_t ci) const {
-    const int64_t gi = grp(ci, Cin), go = grp(co, Cout);
-    return center == 1 ? gi < go : center == 2 && gi <= go;
-  }
-};
-
-void check_geometry(const char* who, const Geometry& g) {
-  const std::string w(who);
-  if (g.B < 0 || g.Cin < 0 || g.Cout < 0 || g.H < 0 || g.W < 0 || g.Ho < 0 || g.Wo < 0 ||
-      g.kh < 0 || g.kw < 0)
-    throw std::invalid_argument(w + ": negative size");
-  if (g.sh < 1 || g.sw < 1) throw std::invalid_argument(w + ": stride must be >= 1");
-  if (g.pt < 0 || g.pl < 0) throw std::invalid_argument(w + ": padding must be >= 0");
-  if (g.rows < 0 || g.rows > g.kh || g.cols < 0 || g.cols > g.kw)
-    throw std::invalid_argument(w + ": rows must be in [0, kh] and cols in [0, kw]");
-  if (g.center < 0 || g.center > 2) throw std::invalid_argument(w + ": center must be 0, 1 or 2");
-  if (g.G < 1) throw std::invalid_argument(w + ": colour groups must be >= 1");
-}
-
-struct Tap {
-  int64_t r, s;
-  bool anchor;
-};
-
-// The read taps in the order every sum runs: rows above, the anchor row's left part, the
-// anchor (only where some pair reads it).
-std::vector<Tap> read_taps(const Geometry& g) {
-  std::vector<Tap> taps;
-  for (int64_t r = 0; r < g.rows; ++r)
-    for (int64_t s = 0; s < g.kw; ++s) taps.push_back({r, s, false});
-  if (g.rows < g.kh) {
-    for (int64_t s = 0; s < g.cols; ++s) taps.push_back({g.rows, s, false});
-    const bool any = g.Cin > 0 && g.Cout > 0 &&
-                     (g.center == 2 || (g.center == 1 && g.grp(g.Cout - 1, g.Cout) > 0));
-    if (g.cols < g.kw && any) taps.push_back({g.rows, g.cols, true});
-  }
-  return taps;
-}
-
-// Weights packed per block of MR output rows: for each tap, the block's channel range [lo, lo +
-// nc) of MR weights each; pairs outside the region get an explicit 0 (the weight there is never
-// read, whatever it holds).
+// Weights packed per block of MR output rows, in region_tile's order: for each reduction
+// channel c, the full taps, then the anchor tap where c is in the block's anchor range [alo,
+// ahi), MR weights each. Pairs outside the region get an explicit 0 (the weight there is
+// never read, whatever it holds). The anchor is read_taps' last tap when present.
 template <typename T>
 struct Packed {
   std::vector<T> w;
-  std::vector<int64_t> woff, lo, nc;  // per block; per (block, tap); per (block, tap)
+  std::vector<int64_t> woff, alo, ahi;  // per block
 };
 
 template <typename T>
@@ -95,35 +48,33 @@ Packed<T> pack_region(const T* w, const Geometry& g, const std::vector<Tap>& tap
                       int mr) {
   const int64_t mout = trans ? g.Cin : g.Cout, cred = trans ? g.Cout : g.Cin;
   const int64_t nmb = (mout + mr - 1) / mr, ntap = static_cast<int64_t>(taps.size());
+  const bool anchor = ntap > 0 && taps.back().anchor;
+  const int64_t nfull = anchor ? ntap - 1 : ntap;
   const auto read = [&](int64_t m, int64_t c) {
     return trans ? g.anchor_read(c, m) : g.anchor_read(m, c);
   };
   Packed<T> p;
   p.woff.resize(static_cast<size_t>(nmb));
-  p.lo.resize(static_cast<size_t>(nmb * ntap));
-  p.nc.resize(static_cast<size_t>(nmb * ntap));
+  p.alo.resize(static_cast<size_t>(nmb));
+  p.ahi.resize(static_cast<size_t>(nmb));
   for (int64_t mb = 0; mb < nmb; ++mb) {
     p.woff[mb] = static_cast<int64_t>(p.w.size());
     const int64_t m1 = std::min(mout, (mb + 1) * mr);
-    for (int64_t t = 0; t < ntap; ++t) {
-      const Tap& tp = taps[t];
-      int64_t lo = 0, hi = cred;
-      if (tp.anchor) {
-        lo = cred, hi = 0;
-        for (int64_t m = mb * mr; m < m1; ++m)
-          for (int64_t c = 0; c < cred; ++c)
-            if (read(m, c)) lo = std::min(lo, c), hi = std::max(hi, c + 1);
-        if (hi <= lo) lo = hi = 0;
-      }
-      p.lo[mb * ntap + t] = lo;
-      p.nc[mb * ntap + t] = hi - lo;
-      for (int64_t c = lo; c < hi; ++c)
+    int64_t lo = cred, hi = 0;
+    if (anchor)
+      for (int64_t m = mb * mr; m < m1; ++m)
+        for (int64_t c = 0; c < cred; ++c)
+          if (read(m, c)) lo = std::min(lo, c), hi = std::max(hi, c + 1);
+    if (hi <= lo) lo = hi = 0;
+    p.alo[mb] = lo, p.ahi[mb] = hi;
+    for (int64_t c = 0; c < cred; ++c)
+      for (int64_t t = 0; t < (c >= lo && c < hi ? ntap : nfull); ++t)
         for (int m = 0; m < mr; ++m) {
+          const Tap& tp = taps[t];
           const int64_t row = mb * mr + m, co = trans ? c : row, ci = trans ? row : c;
           const bool in = row < mout && (!tp.anchor || read(row, c));
           p.w.push_back(in ? w[((co * g.Cin + ci) * g.kh + tp.r) * g.kw + tp.s] : T(0));
         }
-    }
   }
   return p;
 }
@@ -140,18 +91,17 @@ struct Corr {
   void* out;
   int64_t B, cred, mout, hs, ws, ssh, ssw, wo, osh, osw, hy, wy;
   Wide lay;
-  int64_t ntap;
+  int64_t nfull;          // taps read by every pair (the anchor, if any, follows them)
   const int64_t* shift;  // per tap: dr*L + dc
   const void* wp;
-  const int64_t *woff, *lo, *nc;
+  const int64_t *woff, *alo, *ahi;
   int64_t tt, nchunk;  // flat positions per item, items per image
   bool accumulate;
 };
 
 template <typename T, int Isa>
 GENFAST_INLINE void corr_items(const Corr& a, int64_t i0, int64_t i1) {
-  using S = Shape<T, Isa>;
-  constexpr int MR = S::MR, NR = S::NR;
+  constexpr int MR = Shape<T, Isa>::MR, NR = Shape<T, Isa>::NR;
   const T* src = static_cast<const T*>(a.src);
   const T* bias = static_cast<const T*>(a.bias);
   const T* wp = static_cast<const T*>(a.wp);
@@ -160,7 +110,6 @@ GENFAST_INLINE void corr_items(const Corr& a, int64_t i0, int64_t i1) {
   const int64_t nmb = (a.mout + MR - 1) / MR;
   std::vector<T> buf(static_cast<size_t>(a.cred * w.P), T(0));
   std::vector<T> sc(static_cast<size_t>(MR * a.tt));
-  std::vector<const T*> tap(static_cast<size_t>(a.ntap));
   int64_t placed = -1;
   for (int64_t item = i0; item < i1; ++item) {
     const int64_t n = item / a.nchunk, p0 = (item % a.nchunk) * a.tt;
@@ -172,13 +121,11 @@ GENFAST_INLINE void corr_items(const Corr& a, int64_t i0, int64_t i1) {
       placed = n;
     }
     for (int64_t mb = 0; mb < nmb; ++mb) {
-      const int64_t* lo = a.lo + mb * a.ntap;
-      for (int64_t t = 0; t < a.ntap; ++t)
-        tap[t] = buf.data() + lo[t] * w.P + w.off + a.shift[t];
       const T* wb = wp + a.woff[mb];
       for (int64_t q = 0; q < len; q += NR)
-        region_tile<T, Isa>(wb, a.ntap, tap.data(), a.nc + mb * a.ntap, w.P, p0 + q,
-                            sc.data() + q, a.tt);
+        region_tile_n<T, Isa>(std::min<int64_t>(NR, len - q), wb, a.cred, a.nfull, a.shift,
+                              a.alo[mb], a.ahi[mb], buf.data() + w.off + p0 + q, w.P,
+                              sc.data() + q, a.tt);
       // The rows of O this run covers, kept where they land on the output lattice.
       const int rows = static_cast<int>(std::min<int64_t>(MR, a.mout - mb * MR));
       const int64_t u0 = p0 / w.L, u1 = (p0 + len - 1) / w.L;
@@ -213,26 +160,6 @@ GENFAST_CONV_ISA_COPIES(corr_f32, (const Corr& a, int64_t i0, int64_t i1), (a, i
 GENFAST_CONV_ISA_COPIES(corr_f64, (const Corr& a, int64_t i0, int64_t i1), (a, i0, i1),
                         corr_items<double, kIsa>(a, i0, i1))
 
-// The shifts of the taps on a layout; `flip` gives the adjoint's (pt - r, pl - s).
-std::vector<int64_t> tap_shifts(const std::vector<Tap>& taps, const Geometry& g, int64_t L,
-                                bool flip) {
-  std::vector<int64_t> sh;
-  for (const Tap& t : taps) {
-    const int64_t dr = t.r - g.pt, dc = t.s - g.pl;
-    sh.push_back(flip ? -dr * L - dc : dr * L + dc);
-  }
-  return sh;
-}
-
-// The extreme tap offsets (dr, dc) of fwd; the adjoint's are their negatives.
-void tap_bounds(const std::vector<Tap>& taps, const Geometry& g, int64_t* b) {
-  b[0] = b[2] = INT64_MAX, b[1] = b[3] = INT64_MIN;
-  for (const Tap& t : taps) {
-    b[0] = std::min(b[0], t.r - g.pt), b[1] = std::max(b[1], t.r - g.pt);
-    b[2] = std::min(b[2], t.s - g.pl), b[3] = std::max(b[3], t.s - g.pl);
-  }
-}
-
 template <typename T>
 void run_corr(const Geometry& g, const T* w, const T* src, const T* bias, T* out, bool adjoint,
               bool accumulate, int num_threads) {
@@ -241,7 +168,8 @@ void run_corr(const Geometry& g, const T* w, const T* src, const T* bias, T* out
   const int mr = tile_mr<T>(isa), nr = tile_nr<T>(isa);
   Corr a{};
   a.src = src, a.bias = bias, a.out = out, a.B = g.B, a.accumulate = accumulate;
-  a.ntap = static_cast<int64_t>(taps.size());
+  const int64_t ntap = static_cast<int64_t>(taps.size());
+  a.nfull = ntap > 0 && taps.back().anchor ? ntap - 1 : ntap;
   int64_t b[4];
   tap_bounds(taps, g, b);
   if (!adjoint) {
@@ -254,7 +182,7 @@ void run_corr(const Geometry& g, const T* w, const T* src, const T* bias, T* out
     a.lay = wide_layout(g.ho1(), g.wo1(), g.H, g.W, -b[1], -b[0], -b[3], -b[2], nr);
   }
   const int64_t yplane = a.hy * a.wy;
-  if (a.ntap == 0 || a.cred == 0) {  // nothing is read: the output is the bias (or 0)
+  if (ntap == 0 || a.cred == 0) {  // nothing is read: the output is the bias (or 0)
     parallel_for(g.B * a.mout, yplane, num_threads, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const T v = bias != nullptr ? bias[r % a.mout] : T(0);
@@ -266,8 +194,8 @@ void run_corr(const Geometry& g, const T* w, const T* src, const T* bias, T* out
   }
   const std::vector<int64_t> shift = tap_shifts(taps, g, a.lay.L, adjoint);
   const Packed<T> p = pack_region(w, g, taps, adjoint, mr);
-  a.shift = shift.data(), a.wp = p.w.data(), a.woff = p.woff.data(), a.lo = p.lo.data();
-  a.nc = p.nc.data();
+  a.shift = shift.data(), a.wp = p.w.data(), a.woff = p.woff.data(), a.alo = p.alo.data();
+  a.ahi = p.ahi.data();
   // About 256 KB of source columns per run: they stay in L2 while every output block of the
   // run passes over them. Runs get shorter when there are too few images to feed the threads.
   const int64_t n_out = a.lay.n_out;
@@ -276,146 +204,122 @@ void run_corr(const Geometry& g, const T* w, const T* src, const T* bias, T* out
   tt = std::min(tt, (n_out + want - 1) / want);
   a.tt = std::clamp<int64_t>((tt + nr - 1) / nr * nr, nr, (n_out + nr - 1) / nr * nr);
   a.nchunk = (n_out + a.tt - 1) / a.tt;
-  const int64_t work = a.tt * a.ntap * a.cred * a.mout;
+  const int64_t work = a.tt * ntap * a.cred * a.mout;
   parallel_for(g.B * a.nchunk, work, num_threads, [&](int64_t i0, int64_t i1) {
     sizeof(T) == 4 ? corr_f32(isa, a, i0, i1) : corr_f64(isa, a, i0, i1);
   });
 }
 
-// dW partials: item = (chunk of the flattened (image, flat position) range, slice of mrows
-// output channels); it writes part[chunk][co][ci*ntap + tap] for its slice.
+// bwd_weight: dw[co][ci, tap] = sum over (image, flat position p) of g^T[n][p][co] *
+// x_padded[n][ci][p + shift(tap)]. Items are tiles of MW columns (ci, tap); each runs the
+// whole reduction for its columns, in position blocks (one image's plane, cut to kBlock) in
+// the same order for every tile, keeping its accumulators in `acc` between blocks. Each dw
+// value is summed by one item in a fixed order: no partials, the same bits for any split.
 struct Wgrad {
-  const void* gw;  // g placed on the wide output plane: (B, Cout, n_out), zero off the lattice
+  const void* gt;  // g^T on the wide output plane: (B, n_out, ldg), zero off the lattice
   const void* xp;  // x in its padded copy: (B, Cin, P)
-  void* part;
-  int64_t B, Cin, Cout, ntap;
+  void* dw;
+  int64_t B, Cin, Cout, kh, kw, ntap, ldg;
   const int64_t* shift;
+  const Tap* taps;
+  const Geometry* geo;
   Wide lay;
-  int64_t chunk, msplit, mrows;
 };
 
-struct Range {
-  int64_t n, p0, len;
-};
-
-template <typename T, int Isa, int MW, int NW>
-GENFAST_INLINE void wgrad_items(const Wgrad& a, int64_t i0, int64_t i1) {
-  using V = typename Shape<T, Isa>::V;
-  const T* gw = static_cast<const T*>(a.gw);
-  const T* xp = static_cast<const T*>(a.xp);
-  const Wide& w = a.lay;
-  const int64_t ncol = a.Cin * a.ntap, total = a.B * w.n_out;
-  std::vector<Range> ranges;
-  for (int64_t it = i0; it < i1; ++it) {
-    const int64_t chunk = it / a.msplit, mlo = (it % a.msplit) * a.mrows;
-    const int64_t mhi = std::min(a.Cout, mlo + a.mrows);
-    ranges.clear();
-    for (int64_t f = chunk * a.chunk, f1 = std::min(total, f + a.chunk); f < f1;) {
-      const int64_t n = f / w.n_out, p0 = f % w.n_out, len = std::min(w.n_out - p0, f1 - f);
-      ranges.push_back({n, p0, len});
-      f += len;
-    }
-    T* part = static_cast<T*>(a.part) + chunk * a.Cout * ncol;
-    for (int64_t m0 = mlo; m0 < mhi; m0 += MW)
-      for (int64_t n0 = 0; n0 < ncol; n0 += NW) {
-        V acc[MW][NW];
-        for (int m = 0; m < MW; ++m)
-          for (int k = 0; k < NW; ++k) acc[m][k] = V{};
-        const T* am[MW];
-        const T* bn[NW];
-        for (const Range& q : ranges) {
-          // Rows past the block's edge repeat the last row; their sums are never stored.
-          for (int m = 0; m < MW; ++m)
-            am[m] = gw + (q.n * a.Cout + std::min(m0 + m, a.Cout - 1)) * w.n_out + q.p0;
-          for (int k = 0; k < NW; ++k) {
-            const int64_t col = std::min(n0 + k, ncol - 1), ci = col / a.ntap;
-            bn[k] = xp + (q.n * a.Cin + ci) * w.P + w.off + a.shift[col % a.ntap] + q.p0;
-          }
-          dot_tile<T, Isa, MW, NW>(am, bn, q.len, acc);
-        }
-        for (int m = 0; m < MW && m0 + m < mhi; ++m)
-          for (int k = 0; k < NW && n0 + k < ncol; ++k)
-            part[(m0 + m) * ncol + n0 + k] = lane_total<T>(acc[m][k]);
-      }
-  }
-}
+// Positions per block: g^T's block (kBlock x ldg) stays in L2 while every tile passes over it.
+constexpr int64_t kBlock = 1024;
 
 template <typename T, int Isa>
-GENFAST_INLINE void wgrad_dispatch(const Wgrad& a, int64_t i0, int64_t i1) {
-  using S = Shape<T, Isa>;
-  wgrad_items<T, Isa, S::MW, S::NW>(a, i0, i1);
+GENFAST_INLINE void wgrad_items(const Wgrad& a, int64_t i0, int64_t i1) {
+  using W = WShape<T, Isa>;
+  constexpr int MW = W::MW, NW = W::NW;
+  const T* gt = static_cast<const T*>(a.gt);
+  const T* xp = static_cast<const T*>(a.xp);
+  T* dw = static_cast<T*>(a.dw);
+  const Wide& w = a.lay;
+  const int64_t ncol = a.Cin * a.ntap, ncb = a.ldg / NW;
+  std::vector<T> acc(static_cast<size_t>((i1 - i0) * ncb * MW * NW));
+  const T* xr[MW];
+  bool first = true;
+  for (int64_t n = 0; n < a.B; ++n)
+    for (int64_t p0 = 0; p0 < w.n_out; p0 += kBlock, first = false) {
+      const int64_t len = std::min(kBlock, w.n_out - p0);
+      for (int64_t it = i0; it < i1; ++it) {
+        for (int m = 0; m < MW; ++m) {
+          // Columns past the last repeat it; their sums are never stored.
+          const int64_t col = std::min(it * MW + m, ncol - 1), ci = col / a.ntap;
+          xr[m] = xp + (n * a.Cin + ci) * w.P + w.off + a.shift[col % a.ntap] + p0;
+        }
+        for (int64_t cb = 0; cb < ncb; ++cb)
+          wgrad_tile<T, Isa>(xr, gt + (n * w.n_out + p0) * a.ldg + cb * NW, a.ldg, len,
+                             acc.data() + ((it - i0) * ncb + cb) * MW * NW, first);
+      }
+    }
+  const Geometry& g = *a.geo;
+  for (int64_t it = i0; it < i1; ++it)
+    for (int m = 0; m < MW && it * MW + m < ncol; ++m) {
+      const int64_t col = it * MW + m, ci = col / a.ntap;
+      const Tap& tp = a.taps[col % a.ntap];
+      for (int64_t co = 0; co < a.Cout; ++co) {
+        if (tp.anchor && !g.anchor_read(co, ci)) continue;  // stays exactly 0
+        const int64_t cb = co / NW;
+        dw[((co * a.Cin + ci) * a.kh + tp.r) * a.kw + tp.s] =
+            acc[static_cast<size_t>((((it - i0) * ncb + cb) * MW + m) * NW + co % NW)];
+      }
+    }
 }
 
 GENFAST_CONV_ISA_COPIES(wgrad_f32, (const Wgrad& a, int64_t i0, int64_t i1), (a, i0, i1),
-                        wgrad_dispatch<float, kIsa>(a, i0, i1))
+                        wgrad_items<float, kIsa>(a, i0, i1))
 GENFAST_CONV_ISA_COPIES(wgrad_f64, (const Wgrad& a, int64_t i0, int64_t i1), (a, i0, i1),
-                        wgrad_dispatch<double, kIsa>(a, i0, i1))
+                        wgrad_items<double, kIsa>(a, i0, i1))
 
 #pragma GCC diagnostic pop
 
 template <typename T>
 void run_wgrad(const Geometry& g, const T* gy, const T* x, T* dw, int num_threads) {
-  const int64_t wsize = g.Cout * g.Cin * g.kh * g.kw;
-  std::fill(dw, dw + wsize, T(0));
+  std::fill(dw, dw + g.Cout * g.Cin * g.kh * g.kw, T(0));
   const std::vector<Tap> taps = read_taps(g);
-  const int64_t ntap = static_cast<int64_t>(taps.size()), ncol = g.Cin * ntap;
+  const int64_t ntap = static_cast<int64_t>(taps.size());
   if (ntap == 0 || g.B == 0 || g.Cout == 0 || g.Cin == 0) return;
   const int isa = isa::active();
+  const int64_t nw = wtile_nw<T>(isa), mw = wtile_mw<T>(isa);
   int64_t b[4];
   tap_bounds(taps, g, b);
   Wgrad a{};
-  a.B = g.B, a.Cin = g.Cin, a.Cout = g.Cout, a.ntap = ntap;
-  a.lay = wide_layout(g.H, g.W, g.ho1(), g.wo1(), b[0], b[1], b[2], b[3], tile_nr<T>(isa));
+  a.B = g.B, a.Cin = g.Cin, a.Cout = g.Cout, a.kh = g.kh, a.kw = g.kw, a.ntap = ntap;
+  a.ldg = (g.Cout + nw - 1) / nw * nw, a.taps = taps.data(), a.geo = &g, a.dw = dw;
+  a.lay = wide_layout(g.H, g.W, g.ho1(), g.wo1(), b[0], b[1], b[2], b[3], 1);
   const std::vector<int64_t> shift = tap_shifts(taps, g, a.lay.L, false);
   a.shift = shift.data();
   const Wide& w = a.lay;
-  // Both operands in their wide layouts, for every image (a pass over memory; the dot
-  // products then read contiguous runs). Each plane is zeroed and placed by one thread.
-  std::unique_ptr<T[]> gw(new T[static_cast<size_t>(g.B * g.Cout * w.n_out)]);
+  // Both operands in their layouts, for every image (one pass over memory; the tiles then
+  // read contiguous runs): g transposed onto the wide plane, x into its padded copy.
+  std::unique_ptr<T[]> gt(new T[static_cast<size_t>(g.B * w.n_out * a.ldg)]);
   std::unique_ptr<T[]> xp(new T[static_cast<size_t>(g.B * g.Cin * w.P)]);
-  parallel_for(g.B * (g.Cout + g.Cin), w.P, num_threads, [&](int64_t r0, int64_t r1) {
+  parallel_for(g.B * (1 + g.Cin), w.P, num_threads, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = r / (g.Cout + g.Cin), c = r % (g.Cout + g.Cin);
-      if (c < g.Cout) {
-        T* d = gw.get() + (n * g.Cout + c) * w.n_out;
-        std::fill(d, d + w.n_out, T(0));
-        place_plane(gy + (n * g.Cout + c) * g.Ho * g.Wo, g.Ho, g.Wo, g.sh, g.sw, w.L, d);
+      const int64_t n = r / (1 + g.Cin), c = r % (1 + g.Cin);
+      if (c == 0) {
+        T* d = gt.get() + n * w.n_out * a.ldg;
+        std::fill(d, d + w.n_out * a.ldg, T(0));
+        for (int64_t i = 0; i < g.Ho; ++i)
+          for (int64_t j = 0; j < g.Wo; ++j) {
+            T* o = d + (i * g.sh * w.L + j * g.sw) * a.ldg;
+            const T* s = gy + (n * g.Cout * g.Ho + i) * g.Wo + j;
+            for (int64_t co = 0; co < g.Cout; ++co) o[co] = s[co * g.Ho * g.Wo];
+          }
       } else {
-        T* d = xp.get() + (n * g.Cin + c - g.Cout) * w.P;
+        T* d = xp.get() + (n * g.Cin + c - 1) * w.P;
         std::fill(d, d + w.P, T(0));
-        place_plane(x + (n * g.Cin + c - g.Cout) * g.H * g.W, g.H, g.W, 1, 1, w.L, d + w.off);
+        place_plane(x + (n * g.Cin + c - 1) * g.H * g.W, g.H, g.W, 1, 1, w.L, d + w.off);
       }
     }
   });
-  a.gw = gw.get(), a.xp = xp.get();
-  // The chunking depends on the shapes only. Partials are capped at 2^22 values in all.
-  const int64_t psize = g.Cout * ncol, total = g.B * w.n_out;
-  const int64_t cap = std::max<int64_t>(1, (int64_t{1} << 22) / psize);
-  const int64_t nchunks = std::min((total + 8191) / 8192, cap);
-  a.chunk = (total + nchunks - 1) / nchunks;
-  const int64_t items = (total + a.chunk - 1) / a.chunk;
-  // With few chunks the output channels are split too (whole MW-row tiles), so big weights
-  // still spread over threads; each dW value is summed by one item whatever the split.
-  const int64_t mw = tile_mw<T>(isa), mtiles = (g.Cout + mw - 1) / mw;
-  a.msplit = std::min(mtiles, (16 + items - 1) / items);
-  a.mrows = (mtiles + a.msplit - 1) / a.msplit * mw;
-  std::vector<T> part(static_cast<size_t>(items * psize));
-  a.part = part.data();
-  parallel_for(items * a.msplit, a.chunk * psize / a.msplit, num_threads,
-               [&](int64_t i0, int64_t i1) {
-                 sizeof(T) == 4 ? wgrad_f32(isa, a, i0, i1) : wgrad_f64(isa, a, i0, i1);
-               });
-  parallel_for(g.Cout, ncol * items, num_threads, [&](int64_t c0, int64_t c1) {
-    for (int64_t co = c0; co < c1; ++co)
-      for (int64_t ci = 0; ci < g.Cin; ++ci)
-        for (int64_t t = 0; t < ntap; ++t) {
-          const Tap& tp = taps[t];
-          if (tp.anchor && !g.anchor_read(co, ci)) continue;  // stays exactly 0
-          const int64_t e = co * ncol + ci * ntap + t;
-          T s = part[e];
-          for (int64_t i = 1; i < items; ++i) s += part[i * psize + e];
-          dw[((co * g.Cin + ci) * g.kh + tp.r) * g.kw + tp.s] = s;
-        }
+  a.gt = gt.get(), a.xp = xp.get();
+  const int64_t tiles = (g.Cin * ntap + mw - 1) / mw;
+  parallel_for(tiles, g.B * w.n_out * mw * a.ldg, num_threads, [&](int64_t i0, int64_t i1) {
+    sizeof(T) == 4 ? wgrad_f32(isa, a, i0, i1) : wgrad_f64(isa, a, i0, i1);
   });
 }
 
