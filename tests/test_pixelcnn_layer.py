@@ -86,6 +86,26 @@ def test_forward_and_backward_match_oracle(backend):
             _check_against_oracle(backend, dtype, case, seed=10 * i)
 
 
+@pytest.mark.skipif("triton" not in FAST, reason="triton is not installed")
+@pytest.mark.parametrize(("dtype", "mask_type"), [(torch.float16, "A"), (torch.bfloat16, "B")])
+def test_triton_low_precision(dtype, mask_type):
+    """fp16 / bf16 data, fp32 math: outputs and gradients within a few units of the dtype's
+    rounding of the float64 oracle (relative to each tensor's largest value)."""
+    bound = 4 * torch.finfo(dtype).eps
+    t = {k: None if v is None else v.to(dtype).requires_grad_() for k, v in _layer(seed=3).items()}
+    got = call(t, "triton", mask_type=mask_type)
+    r = {k: None if v is None else v.detach().double().requires_grad_() for k, v in t.items()}
+    want = oracle(*(r[k] for k in NAMES), mask_type=mask_type)
+    seeds = [_randn(*o.shape, seed=5 + i).to(dtype) for i, o in enumerate(got)]
+    keys = [k for k in NAMES if t[k] is not None]
+    g1 = torch.autograd.grad(got, [t[k] for k in keys], seeds)
+    g2 = torch.autograd.grad(want, [r[k] for k in keys], [x.double() for x in seeds])
+    for name, a, b in zip(["v_out", "h_out", *keys], [*got, *g1], [*want, *g2], strict=True):
+        assert a.dtype == dtype
+        err = ((a.double() - b).abs().max() / b.abs().max()).item()
+        assert err < bound, (name, err)
+
+
 def _perturb(t, keys, i, j):
     u = {k: (v.clone() if v is not None else None) for k, v in t.items()}
     for k in keys:
@@ -155,6 +175,21 @@ def test_unread_taps_get_zero_gradient(backend):
         r = 3 if m == "B" else 2
         assert torch.count_nonzero(gv[:, :, r:]) == 0 and torch.count_nonzero(gh[:, :, :, r:]) == 0
         assert torch.count_nonzero(gv[:, :, :r]) > 0 and torch.count_nonzero(gh[:, :, :, :r]) > 0
+
+
+@pytest.mark.parametrize("backend", ALL[:2])
+def test_gradient_of_one_output(backend):
+    """A loss on one output only: the other's gradient arrives as None (zeros)."""
+    t = _layer(c=2, H=4, W=5)
+    ins = {k: v.clone().requires_grad_() for k, v in t.items()}
+    ref = {k: v.clone().requires_grad_() for k, v in t.items()}
+    for i in (0, 1):
+        got = call(ins, backend, mask_type="B")[i].square().sum()
+        want = oracle(*(ref[k] for k in NAMES), mask_type="B")[i].square().sum()
+        g1 = torch.autograd.grad(got, list(ins.values()))
+        g2 = torch.autograd.grad(want, list(ref.values()), materialize_grads=True)
+        for k, a, b in zip(ins, g1, g2, strict=True):
+            torch.testing.assert_close(a, b, **LOW_TOL[torch.float64], msg=f"{i} d{k}")
 
 
 @pytest.mark.parametrize("backend", FAST)
