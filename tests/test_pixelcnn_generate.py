@@ -65,6 +65,8 @@ CASES = {  # name: (model kwargs, batch, height, width, cond, sampler filters)
     "greedy-b3": ({}, 3, 3, 5, True, {"temperature": 0.0}),
     "no-biases-top_k-top_p": ({"biases": False}, 2, 5, 5, False, {"top_k": 4, "top_p": 0.9}),
     "wide-C20-E40-A70": ({"C": 20, "E": 40, "A": 70, "L": 2}, 3, 3, 5, True, {}),
+    "one-column-k5": ({"k": 5}, 2, 6, 1, True, {}),
+    "one-row-k5": ({"k": 5}, 2, 1, 9, False, {}),
     "k1-no-context-hot": ({"k": 1, "L": 2}, 2, 3, 3, False, {"temperature": 3.0}),
 }
 

@@ -240,7 +240,8 @@ GENFAST_INLINE void row_phase(const Net<T>& net, const Call& c, State<T>& st, in
   const int64_t C = m.C, C2p = net.C2p, W = c.W, k = m.k, n = st.n, cc = m.c;
   const T* w = net.w.data();
   const T* cond = static_cast<const T*>(c.cond);
-  for (int64_t l = 0; l < m.L; ++l) {
+  // The last layer's vertical stack feeds only its link: rows of given tokens skip it.
+  for (int64_t l = 0; l < (need_link ? m.L : m.L - 1); ++l) {
     const LayerOff& o = net.lay[size_t(l)];
     const int64_t K = o.rows * k * C;
     for (int64_t s = 0; s < n; ++s)
