@@ -310,6 +310,73 @@ def _masked(xs, b):
                                  color_groups=G, backend=b)
 
 
+def _gated_inputs(shape, device):
+    B, C, H, W, k, mask_b, cond = shape
+    c = k // 2
+    return [randn((B, C, H, W), device, 1), randn((B, C, H, W), device, 2),
+            randn((2 * C, C, c + 1, k), device, 3, (C * (c + 1) * k) ** -0.5),
+            randn(2 * C, device, 4, 0.1), randn((2 * C, C, 1, c + 1), device, 5,
+                                                (C * (c + 1)) ** -0.5),
+            randn(2 * C, device, 6, 0.1), randn((2 * C, 2 * C, 1, 1), device, 7, (2 * C) ** -0.5),
+            randn(2 * C, device, 8, 0.1), randn((C, C, 1, 1), device, 9, C ** -0.5),
+            randn(C, device, 10, 0.1), randn((B, 2 * C), device, 11, 0.5),
+            _carrier(mask_b, cond, device=device)]
+
+
+def _gated(xs, b):
+    *ws, cond, cfg = xs
+    mask_b, with_cond = _settings(cfg)
+    return genfast.gated_pixelcnn_layer(*ws, cond if with_cond else None,
+                                        mask_type="AB"[mask_b], backend=b)
+
+
+def _pixelcnn_inputs(shape, device):
+    A, C, E, k, L, B, H, W, cond, top_k, p100 = shape
+    c = k // 2
+    ts = [randn((A, C), device, 1)]
+    for i in range(L):
+        s = 10 * (i + 1)
+        ts += [randn((2 * C, C, c + 1, k), device, s, (C * (c + 1) * k) ** -0.5),
+               randn(2 * C, device, s + 1, 0.1),
+               randn((2 * C, C, 1, c + 1), device, s + 2, (C * (c + 1)) ** -0.5),
+               randn(2 * C, device, s + 3, 0.1), randn((2 * C, 2 * C, 1, 1), device, s + 4,
+                                                       (2 * C) ** -0.5),
+               randn(2 * C, device, s + 5, 0.1), randn((C, C, 1, 1), device, s + 6, C ** -0.5),
+               randn(C, device, s + 7, 0.1)]
+    ts += [randn((E, C, 1, 1), device, 2, C ** -0.5), randn(E, device, 3, 0.1),
+           randn((A, E, 1, 1), device, 4, 3 * E ** -0.5), randn(A, device, 5, 0.1),
+           randn((B, L, 2 * C), device, 6, 0.3)]
+    return ts + [_carrier(B, H, W, cond, top_k, p100, device=device)]
+
+
+def _pixelcnn_generator(model_dtype: bool) -> Callable[[list[Tensor], str], Step]:
+    """As _generator: float64 where the backend takes it (every index must then match the
+    reference's), else float32; model_dtype: float32 always."""
+    keys = ("v_weight", "v_bias", "h_weight", "h_bias", "link_weight", "link_bias",
+            "res_weight", "res_bias")
+
+    def prepare(xs, b):
+        *ws, cond_bias, cfg = xs
+        B, H, W, cond, top_k, p100 = _settings(cfg)
+        takes64 = torch.float64 in backends.registered_ops()["masked_conv_generate"].dtypes[b]
+        dt = torch.float64 if takes64 and not model_dtype else torch.float32
+        ws = [w.to(dt) for w in ws]
+        L = (len(ws) - 5) // 8
+        layers = [dict(zip(keys, ws[1 + 8 * i:9 + 8 * i], strict=True)) for i in range(L)]
+        pack = genfast.pack_pixelcnn(embedding=ws[0], layers=layers, out1_weight=ws[-4],
+                                     out1_bias=ws[-3], out2_weight=ws[-2], out2_bias=ws[-1])
+        cb = cond_bias.to(dt) if cond else None
+
+        def step():
+            tokens = genfast.pixelcnn_generate(
+                pack, B, height=H, width=W, cond_bias=cb, temperature=0.8,
+                top_k=top_k or None, top_p=p100 / 100 if p100 < 100 else None, seed=11,
+                backend=b)
+            return (tokens,), ()
+        return step
+    return prepare
+
+
 ROWS: list[Row] = [
     _gumbel(False),
     _gumbel(True),
@@ -407,4 +474,20 @@ ROWS: list[Row] = [
          (3, 16, 24, 33, 17, 5, 1, 3, 2), (2, 8, 8, 5, 7, 3, 0, 1, 1),
          (2, 32, 16, 9, 11, 1, 1, 1, 1)),
         (2, 3, 6, 5, 7, 3, 0, 3, 1), diff=(0, 1, 2), gradgradcheck=True, inductor=True),
+    # Shapes (B, C, H, W, k, mask B, cond): the issue's 64-channel 7x7 layer on 28x28, mask A
+    # (first layer: last row / column unread, no residual), odd sizes, k=3 and 5.
+    Row("masked_conv_layer", "gated_pixelcnn_layer", _gated_inputs, _fn(_gated),
+        ((4, 64, 28, 28, 7, 1, 1), (2, 64, 28, 28, 7, 0, 0), (3, 16, 13, 9, 3, 1, 1),
+         (2, 8, 5, 17, 5, 0, 1)),
+        (2, 4, 5, 6, 3, 1, 1), diff=tuple(range(11)), gradgradcheck=True),
+    # Shapes (A, C, E, k, L, B, H, W, cond, top_k, top_p * 100; 100 = off): the issue's
+    # 10-layer 64-channel net on 28x28 (batch 1 and 16), odd sizes, top_k, top_p, no cond.
+    # CUDA: one CTA per image; Triton: one program per image. The draw is compared by index.
+    Row("masked_conv_generate", "generate", _pixelcnn_inputs, _pixelcnn_generator(False),
+        ((256, 64, 256, 7, 10, 16, 28, 28, 1, 0, 100), (256, 64, 256, 7, 10, 1, 28, 28, 1, 0, 100),
+         (16, 16, 32, 3, 3, 3, 7, 9, 0, 5, 100), (16, 8, 24, 5, 2, 2, 9, 5, 1, 0, 90)),
+        (4, 4, 6, 3, 2, 2, 4, 5, 1, 2, 90), compile=False),
+    Row("masked_conv_generate", "generate_fp32", _pixelcnn_inputs, _pixelcnn_generator(True),
+        ((256, 64, 256, 7, 10, 4, 28, 28, 1, 0, 100),),
+        (4, 4, 6, 3, 2, 2, 4, 5, 1, 2, 90), compile=False),
 ]
