@@ -29,6 +29,7 @@
 #include "cuda/causal_conv.h"
 #include "cuda/causal_conv_layer.h"
 #include "cuda/causal_conv_generate.h"
+#include "cuda/masked_conv_generate.h"
 // [include:cuda]
 #define GENFAST_MODULE _cuda
 #else
@@ -539,7 +540,6 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
   }
 #endif  // GENFAST_WITH_CUDA: until csrc/cuda/masked_conv_layer.cu defines the gate kernels
   // [bind:masked_conv_generate]
-#ifndef GENFAST_WITH_CUDA
   m.def(
       "pixelcnn_generate",
       [](Ptr weights, Ptr meta, int64_t meta_len, Ptr cond, Ptr tokens, int64_t B, int64_t H,
@@ -565,7 +565,6 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("tokens"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("start"),
       py::arg("seed"), py::arg("inv_temperature"), py::arg("top_k"), py::arg("top_p"),
       py::arg("dtype"), GENFAST_TAIL_NAME);
-#endif
 
 #ifndef GENFAST_WITH_CUDA
   // [bind:cpu:isa] Which copy of the multiversioned loops runs (common/isa.h). GENFAST_ISA is
