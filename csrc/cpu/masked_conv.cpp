@@ -219,7 +219,7 @@ struct Wgrad {
   const void* gt;  // g^T on the wide output plane: (B, n_out, ldg), zero off the lattice
   const void* xp;  // x in its padded copy: (B, Cin, P)
   void* dw;
-  int64_t B, Cin, Cout, kh, kw, ntap, ldg;
+  int64_t B, Cin, Cout, kh, kw, ntap, ldg, nv;  // nv: vectors of output channels per tile
   const int64_t* shift;
   const Tap* taps;
   const Geometry* geo;
@@ -229,10 +229,9 @@ struct Wgrad {
 // Positions per block: g^T's block (kBlock x ldg) stays in L2 while every tile passes over it.
 constexpr int64_t kBlock = 1024;
 
-template <typename T, int Isa>
+template <typename T, int Isa, int NV>
 GENFAST_INLINE void wgrad_items(const Wgrad& a, int64_t i0, int64_t i1) {
-  using W = WShape<T, Isa>;
-  constexpr int MW = W::MW, NW = W::NW;
+  constexpr int MW = WShape<T, Isa>::MW, NW = NV * WShape<T, Isa>::VL;
   const T* gt = static_cast<const T*>(a.gt);
   const T* xp = static_cast<const T*>(a.xp);
   T* dw = static_cast<T*>(a.dw);
@@ -251,7 +250,7 @@ GENFAST_INLINE void wgrad_items(const Wgrad& a, int64_t i0, int64_t i1) {
           xr[m] = xp + (n * a.Cin + ci) * w.P + w.off + a.shift[col % a.ntap] + p0;
         }
         for (int64_t cb = 0; cb < ncb; ++cb)
-          wgrad_tile<T, Isa>(xr, gt + (n * w.n_out + p0) * a.ldg + cb * NW, a.ldg, len,
+          wgrad_tile<T, Isa, NV>(xr, gt + (n * w.n_out + p0) * a.ldg + cb * NW, a.ldg, len,
                              acc.data() + ((it - i0) * ncb + cb) * MW * NW, first);
       }
     }
@@ -269,10 +268,22 @@ GENFAST_INLINE void wgrad_items(const Wgrad& a, int64_t i0, int64_t i1) {
     }
 }
 
+template <typename T, int Isa>
+GENFAST_INLINE void wgrad_dispatch(const Wgrad& a, int64_t i0, int64_t i1) {
+  constexpr int NV = WShape<T, Isa>::NV;
+  if constexpr (NV > 1)
+    if (a.nv == 1) return wgrad_items<T, Isa, 1>(a, i0, i1);
+  if constexpr (NV > 2)
+    if (a.nv == 2) return wgrad_items<T, Isa, 2>(a, i0, i1);
+  if constexpr (NV > 3)
+    if (a.nv == 3) return wgrad_items<T, Isa, 3>(a, i0, i1);
+  wgrad_items<T, Isa, NV>(a, i0, i1);
+}
+
 GENFAST_CONV_ISA_COPIES(wgrad_f32, (const Wgrad& a, int64_t i0, int64_t i1), (a, i0, i1),
-                        wgrad_items<float, kIsa>(a, i0, i1))
+                        wgrad_dispatch<float, kIsa>(a, i0, i1))
 GENFAST_CONV_ISA_COPIES(wgrad_f64, (const Wgrad& a, int64_t i0, int64_t i1), (a, i0, i1),
-                        wgrad_items<double, kIsa>(a, i0, i1))
+                        wgrad_dispatch<double, kIsa>(a, i0, i1))
 
 #pragma GCC diagnostic pop
 
@@ -283,12 +294,13 @@ void run_wgrad(const Geometry& g, const T* gy, const T* x, T* dw, int num_thread
   const int64_t ntap = static_cast<int64_t>(taps.size());
   if (ntap == 0 || g.B == 0 || g.Cout == 0 || g.Cin == 0) return;
   const int isa = isa::active();
-  const int64_t nw = wtile_nw<T>(isa), mw = wtile_mw<T>(isa);
+  const int64_t vl = wtile_vl<T>(isa), mw = wtile_mw<T>(isa);
   int64_t b[4];
   tap_bounds(taps, g, b);
   Wgrad a{};
   a.B = g.B, a.Cin = g.Cin, a.Cout = g.Cout, a.kh = g.kh, a.kw = g.kw, a.ntap = ntap;
-  a.ldg = (g.Cout + nw - 1) / nw * nw, a.taps = taps.data(), a.geo = &g, a.dw = dw;
+  a.nv = std::min<int64_t>(wtile_nv<T>(isa), (g.Cout + vl - 1) / vl);
+  a.ldg = (g.Cout + a.nv * vl - 1) / (a.nv * vl) * (a.nv * vl), a.taps = taps.data(), a.geo = &g, a.dw = dw;
   a.lay = wide_layout(g.H, g.W, g.ho1(), g.wo1(), b[0], b[1], b[2], b[3], 1);
   const std::vector<int64_t> shift = tap_shifts(taps, g, a.lay.L, false);
   a.shift = shift.data();

@@ -212,12 +212,21 @@ struct WShape {
   static constexpr int NW = VL * NV;
 };
 template <typename T>
-inline int wtile_nw(int isa) {
+inline int wtile_vl(int isa) {
   switch (isa) {
-    case isa::kAvx512: return WShape<T, isa::kAvx512>::NW;
-    case isa::kAvx2: return WShape<T, isa::kAvx2>::NW;
-    case isa::kScalar: return WShape<T, isa::kScalar>::NW;
-    default: return WShape<T, isa::kBase>::NW;
+    case isa::kAvx512: return WShape<T, isa::kAvx512>::VL;
+    case isa::kAvx2: return WShape<T, isa::kAvx2>::VL;
+    case isa::kScalar: return WShape<T, isa::kScalar>::VL;
+    default: return WShape<T, isa::kBase>::VL;
+  }
+}
+template <typename T>
+inline int wtile_nv(int isa) {
+  switch (isa) {
+    case isa::kAvx512: return WShape<T, isa::kAvx512>::NV;
+    case isa::kAvx2: return WShape<T, isa::kAvx2>::NV;
+    case isa::kScalar: return WShape<T, isa::kScalar>::NV;
+    default: return WShape<T, isa::kBase>::NV;
   }
 }
 template <typename T>
@@ -230,14 +239,15 @@ inline int wtile_mw(int isa) {
   }
 }
 
-// acc[m*NW + n] (+)= sum_{p < len} x[m][p] * gt[p*ldg + n], m < MW, n < NW; `first` starts
-// from 0. p runs in order, so each sum's order depends on the shapes only.
-template <typename T, int Isa>
+// acc[m*NW + n] (+)= sum_{p < len} x[m][p] * gt[p*ldg + n], m < MW, n < NW = NV*VL; `first`
+// starts from 0. p runs in order, so each sum's order depends on the shapes only. NV is at
+// most WShape's, fewer when C_out needs fewer vectors (a 16-channel conv takes one).
+template <typename T, int Isa, int NV>
 GENFAST_INLINE void wgrad_tile(const T* const* x, const T* gt, int64_t ldg, int64_t len,
                                T* acc_mem, bool first) {
   using W = WShape<T, Isa>;
   using V = typename Shape<T, Isa>::V;
-  constexpr int MW = W::MW, NV = W::NV, VL = W::VL, NW = W::NW;
+  constexpr int MW = W::MW, VL = W::VL, NW = NV * VL;
   V acc[MW][NV];
 #pragma GCC unroll 8
   for (int m = 0; m < MW; ++m)
