@@ -12,18 +12,23 @@ genfast/ops/masked_conv_generate.py; in short:
 
 One program per image runs every row, pixel and layer (fast-pixel-cnn's cached algorithm). Its
 caches live in a zero-initialised float32 workspace the launcher allocates, per image
-    WORKSPACE(L, C, W, k) = W * C * (L * (c + 4) - 1) elements:
+    WORKSPACE(L, C, E, W, k) = W * C * (L * (c + 4) + 1) + C + E elements:
   rings  L x (c+1, W, C): layer l's vertical input, image row q in slot q mod (c+1) (rows < 0
          are the zeros never written; layer 0's ring is x0 = emb[tokens], filled pixel by pixel)
   hrows  (L-1) x (W, C): row i of the horizontal input of layers 1 .. L-1 (layer 0's is row i
          of its ring, the same x0)
-  links  L x (W, 2C): wl V + bl + bh + cond of row i, computed in the row phase.
-Row phase of row i, layer by layer: V = bv + vconv over the ring (a tl.dot per tap of the
-(columns x C) input block and the (C x C) weight tap, in "ieee" fp32), v' = gate(V + cond) into
-the next layer's ring, and the link row. Pixel phase of (i, j): per layer the horizontal taps as
+  links  L x (W, 2C): wl V + bl + bh + cond of row i, computed in the row phase
+  vscr   (W, 2C): V of the layer the row phase is at
+  vec    C + E: the head's inputs h_L and relu(w1 h_L + b1) of the current pixel.
+Row phase of row i, layer by layer: V = bv + vconv over the ring (a tl.dot per tap and chunk of
+16 input channels, (columns x 16) x (16 x C), in "ieee" fp32), v' = gate(V + cond) into the next
+layer's ring, and the link row (dots over 16-channel chunks of V, read back from memory).
+Pixel phase of (i, j): per layer the horizontal taps as
 GEMVs (tl.sum of weight tile * vector; weights are re-read from L2 every pixel), the gate, wr,
-the residual, the head, the draw, and emb[token] into x0. Barriers order every cache write
-before the reads of other threads.
+the residual, the head, the draw, and emb[token] into x0. GEMVs whose vector is in memory (the
+taps, the head) walk it in column chunks, so a (rows x chunk) tile of at most ~4096 weights is
+in registers whatever E and A are. Barriers order every cache write before the reads of other
+threads.
 """
 
 from __future__ import annotations
@@ -54,6 +59,21 @@ def _gemv(w_ptr, rows, cols, row_stride, col_stride, v, rmask, cmask):
 
 
 @triton.jit
+def _gemv_mem(w_ptr, rows, rmask, row_stride, col_stride, v_ptr, n, KB: tl.constexpr):
+    """W[rows, :n] @ v[:n] in fp32 with v read from memory KB columns at a time."""
+    kk = tl.arange(0, KB)
+    acc = tl.zeros(rows.shape, tl.float32)
+    for k0 in range(0, n, KB):
+        cols = k0 + kk
+        cm = cols < n
+        v = tl.load(v_ptr + cols, mask=cm, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + rows[:, None] * row_stride + cols[None, :] * col_stride,
+                    mask=rmask[:, None] & cm[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(w * v[None, :], 1)
+    return acc
+
+
+@triton.jit
 def _gate(u, CP: tl.constexpr):
     """tanh(first half) * sigmoid(second half) of a (2CP,) vector [half 0 | half 1]; tanh as
     2 sigmoid(2x) - 1."""
@@ -62,21 +82,17 @@ def _gate(u, CP: tl.constexpr):
 
 
 @triton.jit
-def _wt(w_ptr, ci, co, in_stride, out_stride, cm):
-    """The (C_in, C_out) B operand of a tl.dot: [ci, co] = W[co, ci], zero past C."""
-    return tl.load(w_ptr + co[None, :] * out_stride + ci[:, None] * in_stride,
-                   mask=cm[:, None] & cm[None, :], other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _row_phase(w_ptr, cond_ptr, ring_ptr, link_ptr, i, Wimg, L, C, c, k, layer_size,
-               HAS_COND: tl.constexpr, CP: tl.constexpr, WB: tl.constexpr,
+def _row_phase(w_ptr, cond_ptr, ring_ptr, link_ptr, v_ptr, i, Wimg, L, C, c, k, layer_size,
+               HAS_COND: tl.constexpr, CP: tl.constexpr, WB: tl.constexpr, KC: tl.constexpr,
                PREC: tl.constexpr):
     """V, v' = gate(V + cond) and the link row wl V + bl + bh + cond of row i for every layer,
-    WB columns at a time. The gate halves are separate (WB, CP) tiles: every tl.dot operand
-    stays (WB or CP) x CP, which bounds the shared memory the dots stage through."""
+    WB columns at a time. Every tl.dot takes KC input channels, (WB, KC) x (KC, CP): the fp32
+    ("ieee") dot keeps its whole K extent in registers per thread, so K is kept small; the
+    gate halves are separate (WB, CP) accumulators. V goes through v_ptr (W, 2C) so that the
+    link's dots can take their K chunks from memory."""
     ch = tl.arange(0, CP)
     cm = ch < C
+    kc = tl.arange(0, KC)
     jb = tl.arange(0, WB)
     wv_in = (c + 1) * k  # wv's stride between input channels
     for layer in range(L):
@@ -91,20 +107,17 @@ def _row_phase(w_ptr, cond_ptr, ring_ptr, link_ptr, i, Wimg, L, C, c, k, layer_s
         if HAS_COND:
             cf = tl.load(cond_ptr + layer * 2 * C + ch, mask=cm, other=0.0).to(tl.float32)
             cg = tl.load(cond_ptr + layer * 2 * C + C + ch, mask=cm, other=0.0).to(tl.float32)
-        bvf = tl.load(bv + ch, mask=cm, other=0.0).to(tl.float32)
-        bvg = tl.load(bv + C + ch, mask=cm, other=0.0).to(tl.float32)
-        lbf = (tl.load(bl + ch, mask=cm, other=0.0).to(tl.float32)
-               + tl.load(bh + ch, mask=cm, other=0.0).to(tl.float32) + cf)
-        lbg = (tl.load(bl + C + ch, mask=cm, other=0.0).to(tl.float32)
-               + tl.load(bh + C + ch, mask=cm, other=0.0).to(tl.float32) + cg)
         if layer == 0:
             taps = c  # mask A skips the current row
         else:
             taps = c + 1
         for j0 in range(0, Wimg, WB):
             cols = j0 + jb
-            vf = tl.zeros((WB, CP), tl.float32) + bvf[None, :]
-            vg = tl.zeros((WB, CP), tl.float32) + bvg[None, :]
+            om = (cols < Wimg)[:, None] & cm[None, :]
+            vf = tl.zeros((WB, CP), tl.float32) + tl.load(bv + ch, mask=cm, other=0.0).to(
+                tl.float32)[None, :]
+            vg = tl.zeros((WB, CP), tl.float32) + tl.load(bv + C + ch, mask=cm, other=0.0).to(
+                tl.float32)[None, :]
             for r in range(taps):
                 q = i - c + r
                 slot = (q + c + 1) % (c + 1)
@@ -113,30 +126,51 @@ def _row_phase(w_ptr, cond_ptr, ring_ptr, link_ptr, i, Wimg, L, C, c, k, layer_s
                     # q broadcast to a tensor first: the interpreter's load rejects a mask
                     # built from a scalar comparison.
                     xm = (src >= 0) & (src < Wimg) & ((src * 0 + q) >= 0)
-                    x = tl.load(ring + (slot * Wimg + src[:, None]) * C + ch[None, :],
-                                mask=xm[:, None] & cm[None, :], other=0.0)
-                    tap = wv + r * k + s
-                    vf = tl.dot(x, _wt(tap, ch, ch, wv_in, C * wv_in, cm), vf,
-                                input_precision=PREC)
-                    vg = tl.dot(x, _wt(tap + C * C * wv_in, ch, ch, wv_in, C * wv_in, cm), vg,
-                                input_precision=PREC)
-            lf = tl.dot(vf, _wt(wl, ch, ch, 1, 2 * C, cm), tl.zeros_like(vf) + lbf[None, :],
-                        input_precision=PREC)
-            lf = tl.dot(vg, _wt(wl + C, ch, ch, 1, 2 * C, cm), lf, input_precision=PREC)
-            lg = tl.dot(vf, _wt(wl + 2 * C * C, ch, ch, 1, 2 * C, cm),
-                        tl.zeros_like(vg) + lbg[None, :], input_precision=PREC)
-            lg = tl.dot(vg, _wt(wl + 2 * C * C + C, ch, ch, 1, 2 * C, cm), lg,
-                        input_precision=PREC)
-            om = (cols < Wimg)[:, None] & cm[None, :]
-            link = link_ptr + (layer * Wimg + cols[:, None]) * 2 * C + ch[None, :]
-            tl.store(link, lf, mask=om)
-            tl.store(link + C, lg, mask=om)
+                    for c0 in range(0, C, KC):
+                        ci = c0 + kc
+                        km = ci < C
+                        x = tl.load(ring + (slot * Wimg + src[:, None]) * C + ci[None, :],
+                                    mask=xm[:, None] & km[None, :], other=0.0)
+                        # B[ci, co] = wv[co, ci, r, s] (and co + C for the second half)
+                        w = wv + ch[None, :] * C * wv_in + ci[:, None] * wv_in + r * k + s
+                        wm = km[:, None] & cm[None, :]
+                        vf = tl.dot(x, tl.load(w, mask=wm, other=0.0).to(tl.float32), vf,
+                                    input_precision=PREC)
+                        vg = tl.dot(x, tl.load(w + C * C * wv_in, mask=wm, other=0.0).to(
+                            tl.float32), vg, input_precision=PREC)
+            vrow = v_ptr + cols[:, None] * 2 * C + ch[None, :]
+            tl.store(vrow, vf, mask=om)
+            tl.store(vrow + C, vg, mask=om)
             if layer + 1 < L:
                 gate = (2.0 * tl.sigmoid(2.0 * (vf + cf[None, :])) - 1.0) * tl.sigmoid(
                     vg + cg[None, :])
                 nxt = ring_ptr + ((layer + 1) * (c + 1) + i % (c + 1)) * Wimg * C
                 tl.store(nxt + cols[:, None] * C + ch[None, :], gate, mask=om)
-        # The next layer's conv reads the slot just written by other threads.
+        tl.debug_barrier()  # V of every column is in v_ptr
+        for j0 in range(0, Wimg, WB):
+            cols = j0 + jb
+            om = (cols < Wimg)[:, None] & cm[None, :]
+            lf = tl.zeros((WB, CP), tl.float32) + (
+                tl.load(bl + ch, mask=cm, other=0.0).to(tl.float32)
+                + tl.load(bh + ch, mask=cm, other=0.0).to(tl.float32) + cf)[None, :]
+            lg = tl.zeros((WB, CP), tl.float32) + (
+                tl.load(bl + C + ch, mask=cm, other=0.0).to(tl.float32)
+                + tl.load(bh + C + ch, mask=cm, other=0.0).to(tl.float32) + cg)[None, :]
+            for c0 in range(0, 2 * C, KC):
+                ci = c0 + kc
+                km = ci < 2 * C
+                x = tl.load(v_ptr + cols[:, None] * 2 * C + ci[None, :],
+                            mask=(cols < Wimg)[:, None] & km[None, :], other=0.0)
+                w = wl + ch[None, :] * 2 * C + ci[:, None]  # B[ci, co] = wl[co, ci]
+                wm = km[:, None] & cm[None, :]
+                lf = tl.dot(x, tl.load(w, mask=wm, other=0.0).to(tl.float32), lf,
+                            input_precision=PREC)
+                lg = tl.dot(x, tl.load(w + 2 * C * C, mask=wm, other=0.0).to(tl.float32), lg,
+                            input_precision=PREC)
+            link = link_ptr + (layer * Wimg + cols[:, None]) * 2 * C + ch[None, :]
+            tl.store(link, lf, mask=om)
+            tl.store(link + C, lg, mask=om)
+        # The next layer's conv reads the ring slot just written; v_ptr is rewritten.
         tl.debug_barrier()
 
 
@@ -152,6 +186,8 @@ def _generate_kernel(
     HAS_COND: tl.constexpr,
     GREEDY: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr,
     CP: tl.constexpr, EP: tl.constexpr, AP: tl.constexpr, WB: tl.constexpr,
+    KC: tl.constexpr,  # input channels per row-phase dot
+    KT: tl.constexpr, KH: tl.constexpr, KA: tl.constexpr,  # column chunks of the GEMVs
     PREC: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
@@ -175,11 +211,13 @@ def _generate_kernel(
     rings = ws
     hrows = rings + L * (c + 1) * Wimg * C  # (L-1) rows, for layers 1 .. L-1
     links = hrows + (L - 1) * Wimg * C
+    vscr = links + L * Wimg * 2 * C
+    vec = vscr + Wimg * 2 * C
     cond = cond_ptr + b * L * 2 * C
     toks = tok_ptr + b * Himg * Wimg
     for i in range(Himg):
-        _row_phase(layers, cond, rings, links, i, Wimg, L, C, c, k, layer_size,
-                   HAS_COND, CP, WB, PREC)
+        _row_phase(layers, cond, rings, links, vscr, i, Wimg, L, C, c, k, layer_size,
+                   HAS_COND, CP, WB, KC, PREC)
         x0_row = rings + (i % (c + 1)) * Wimg * C  # layer 0's horizontal input: row i of x0
         for j in range(Wimg):
             p = i * Wimg + j
@@ -197,8 +235,8 @@ def _generate_kernel(
                 for s in range(taps):
                     src = j - c + s
                     if src >= 0:
-                        x = tl.load(src_row + src * C + ch, mask=cm, other=0.0)
-                        u += _gemv(wh + s, grow, ch, C * (c + 1), c + 1, x, gm, cm)
+                        u += _gemv_mem(wh + s, grow, gm, C * (c + 1), c + 1, src_row + src * C,
+                                       C, KT)
                 out = (_gemv(wr, ch, ch, C, 1, _gate(u, CP), cm, cm)
                        + tl.load(wr + C * C + ch, mask=cm, other=0.0).to(tl.float32))
                 if layer > 0:
@@ -208,9 +246,13 @@ def _generate_kernel(
                     tl.store(hrows + (layer * Wimg + j) * C + ch, h, mask=cm)
                     tl.debug_barrier()  # the next layer's taps read this column
             if p >= start:
-                e = _gemv(head, ee, ch, C, 1, h, em, cm) + tl.load(head + E * C + ee, mask=em,
-                                                                  other=0.0).to(tl.float32)
-                logits = (_gemv(w2, aa, ee, E, 1, tl.maximum(e, 0.0), am, em)
+                tl.store(vec + ch, h, mask=cm)
+                tl.debug_barrier()
+                e = _gemv_mem(head, ee, em, C, 1, vec, C, KH) + tl.load(
+                    head + E * C + ee, mask=em, other=0.0).to(tl.float32)
+                tl.store(vec + C + ee, tl.maximum(e, 0.0), mask=em)
+                tl.debug_barrier()
+                logits = (_gemv_mem(w2, aa, am, E, 1, vec + C, E, KA)
                           + tl.load(w2 + A * E + aa, mask=am, other=0.0).to(tl.float32))
                 new = _sample_row(logits, am, p * Bsz + b, k0, k1, inv_temp, top_k, top_p,
                                   scale, GREEDY, TOP_K, TOP_P, AP)
@@ -245,15 +287,17 @@ def packed_size(meta: list[int]) -> int:
 
 def workspace_size(meta: list[int], width: int) -> int:
     """float32 cache elements one image needs (the module docstring's WORKSPACE)."""
-    L, _, C, _, k = _sizes(meta)
-    return width * C * (L * (k // 2 + 4) - 1)
+    L, _, C, E, k = _sizes(meta)
+    return width * C * (L * (k // 2 + 4) + 1) + C + E
 
 
 def generate(weights: torch.Tensor, meta: list[int], cond: torch.Tensor | None,
              tokens: torch.Tensor, start: int, seed: torch.Tensor, inv_temperature: float,
-             top_k: int, top_p: float) -> torch.Tensor:
+             top_k: int, top_p: float, *, chunk: int | None = None) -> torch.Tensor:
     """Sample the pixels p >= start of every image of tokens (B, H, W), in place, in one launch.
-    inv_temperature = inf samples greedily; top_k 0 and top_p >= 1: off."""
+    inv_temperature = inf samples greedily; top_k 0 and top_p >= 1: off. `chunk` forces every
+    column chunk (row-phase columns, GEMV columns) to one power of two (tests walk the chunked
+    loops with it)."""
     L, A, C, E, k = _sizes(meta)
     if not isinstance(weights, torch.Tensor) or weights.dtype not in DTYPES:
         raise ValueError("weights must be a float32/float16/bfloat16 tensor")
@@ -283,10 +327,18 @@ def generate(weights: torch.Tensor, meta: list[int], cond: torch.Tensor | None,
     ws_len = workspace_size(meta, W)
     ws = torch.zeros(B, ws_len, dtype=torch.float32, device=dev)
     greedy = math.isinf(inv_temperature)
-    wb = _pow2(W, 16, max(16, ROW_TILE // widths["CP"]))
+    cp, ep, ap = widths["CP"], widths["EP"], widths["AP"]
+    chunks = dict(WB=_pow2(W, 16, max(16, ROW_TILE // cp)), KC=16,
+                  KT=_pow2(C, 16, max(16, ROW_TILE // (2 * cp))),
+                  KH=_pow2(C, 16, max(16, ROW_TILE // ep)),
+                  KA=_pow2(E, 16, max(16, ROW_TILE // ap)))
+    if chunk is not None:
+        if chunk < 16 or chunk & (chunk - 1):
+            raise ValueError(f"chunk must be a power of two >= 16, got {chunk}")
+        chunks = dict.fromkeys(chunks, chunk)
     # num_stages=1: software pipelining would double-buffer the row phase's dot operands in
-    # shared memory (80 KB instead of 32 KB at C = 64, compiled for sm_80) for a loop whose
-    # trip count is a handful of taps.
+    # shared memory for loops of a handful of taps. 8 warps from C = 64: compiled for sm_80 at
+    # C = 64, E = A = 256, 4 warps spill 1.5 KB a thread (the pixel phase's tiles), 8 warps 0.3.
     with device_guard(weights):
         _generate_kernel[(B,)](
             weights, cond if cond is not None else weights, tokens, ws, seed,
@@ -294,6 +346,6 @@ def generate(weights: torch.Tensor, meta: list[int], cond: torch.Tensor | None,
             1.0 if greedy else float(inv_temperature), min(top_k, A), min(float(top_p), 1.0),
             mass_scale(A), HAS_COND=cond is not None, GREEDY=greedy,
             TOP_K=not greedy and 0 < top_k < A, TOP_P=not greedy and top_p < 1.0,
-            WB=wb, PREC="ieee", num_warps=4, num_stages=1, **widths,
+            PREC="ieee", num_warps=8 if cp >= 64 else 4, num_stages=1, **widths, **chunks,
         )
     return tokens

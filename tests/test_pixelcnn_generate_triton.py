@@ -93,27 +93,31 @@ def check(pack, tokens, cond, seed, inv_temp, top_k, top_p, start=0):
     assert torch.equal(tokens[safe], want[safe])
 
 
-def run(pack, tokens, cond, seed, inv_temp=1.0, top_k=0, top_p=1.0, start=0):
+def run(pack, tokens, cond, seed, inv_temp=1.0, top_k=0, top_p=1.0, start=0, chunk=None):
     seed_t = grandom.make_seed(torch.device("cpu"), seed=seed)
     return K.generate(pack.weights, pack.meta.tolist(), cond, tokens, start, seed_t, inv_temp,
-                      top_k, top_p)
+                      top_k, top_p, chunk=chunk)
 
 
-CASES = {  # name: (model kwargs, (B, H, W), conditioned, (inv_temp, top_k, top_p))
-    "k3-cond": ({}, (2, 3, 4), True, (1.0, 0, 1.0)),
+CASES = {  # name: (model kwargs, (B, H, W), conditioned, (inv_temp, top_k, top_p), chunk)
+    "k3-cond": ({}, (2, 3, 4), True, (1.0, 0, 1.0), None),
     "k5-C6-top_k-top_p": ({"C": 6, "k": 5, "A": 12, "seed": 1}, (1, 4, 5), False,
-                          (1 / 0.8, 5, 0.9)),
-    "k1-L3-greedy": ({"k": 1, "L": 3, "seed": 2}, (2, 2, 3), True, (math.inf, 0, 1.0)),
+                          (1 / 0.8, 5, 0.9), None),
+    "k1-L3-greedy": ({"k": 1, "L": 3, "seed": 2}, (2, 2, 3), True, (math.inf, 0, 1.0), None),
+    # C = 20 and E = 36 in chunks of 16: the GEMVs' column loops take 2 and 3 steps.
+    "C20-E36-chunked": ({"C": 20, "E": 36, "A": 10, "seed": 9, "scale": 0.4}, (1, 2, 3), True,
+                        (1.0, 0, 1.0), 16),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_tokens_equal_teacher_forced_draws(name):
-    kw, (B, H, W), conditioned, (inv_temp, top_k, top_p) = CASES[name]
+    kw, (B, H, W), conditioned, (inv_temp, top_k, top_p), chunk = CASES[name]
     pack = model(**kw)
     cond = (torch.randn(B, pack.layers, 2 * pack.channels,
                         generator=torch.Generator().manual_seed(5)) if conditioned else None)
-    tokens = run(pack, torch.zeros(B, H, W, dtype=torch.int64), cond, 17, inv_temp, top_k, top_p)
+    tokens = run(pack, torch.zeros(B, H, W, dtype=torch.int64), cond, 17, inv_temp, top_k, top_p,
+                 chunk=chunk)
     assert tokens.min() >= 0 and tokens.max() < pack.classes
     if not math.isinf(inv_temp):
         assert len(set(tokens.flatten().tolist())) > 2  # the draws are not stuck on one class
@@ -160,8 +164,9 @@ def test_workspace_formula_and_packed_size_match_the_contract():
     pack = model(L=3, C=6, k=5, A=9, E=7)
     meta = pack.meta.tolist()
     assert K.packed_size(meta) == pack.weights.numel()
-    # rings L (c+1) rows, hrows L-1 rows, links L rows of 2C, per image row of W columns.
-    assert K.workspace_size(meta, 11) == 11 * 6 * (3 * 3 + 2 + 3 * 2)
+    # rings L (c+1) rows, hrows L-1 rows, links L rows of 2C and V's row of 2C, of W columns;
+    # the head's C + E.
+    assert K.workspace_size(meta, 11) == 11 * 6 * (3 * 3 + 2 + 3 * 2 + 2) + 6 + 7
 
 
 def test_bad_arguments_raise_clear_errors():
