@@ -83,13 +83,15 @@ def _gate(u, CP: tl.constexpr):
 
 @triton.jit
 def _row_phase(w_ptr, cond_ptr, ring_ptr, link_ptr, v_ptr, i, Wimg, L, C, c, k, layer_size,
-               HAS_COND: tl.constexpr, CP: tl.constexpr, WB: tl.constexpr, KC: tl.constexpr,
-               PREC: tl.constexpr):
+               link_cols, HAS_COND: tl.constexpr, CP: tl.constexpr, WB: tl.constexpr,
+               KC: tl.constexpr, PREC: tl.constexpr):
     """V, v' = gate(V + cond) and the link row wl V + bl + bh + cond of row i for every layer,
     WB columns at a time. Every tl.dot takes KC input channels, (WB, KC) x (KC, CP): the fp32
     ("ieee") dot keeps its whole K extent in registers per thread, so K is kept small; the
     gate halves are separate (WB, CP) accumulators. V goes through v_ptr (W, 2C) so that the
-    link's dots can take their K chunks from memory."""
+    link's dots can take their K chunks from memory. Links of the first link_cols columns
+    (0 in a row of given tokens: links feed only the horizontal stacks, which feed only the
+    draws of their own row)."""
     ch = tl.arange(0, CP)
     cm = ch < C
     kc = tl.arange(0, KC)
@@ -147,7 +149,7 @@ def _row_phase(w_ptr, cond_ptr, ring_ptr, link_ptr, v_ptr, i, Wimg, L, C, c, k, 
                 nxt = ring_ptr + ((layer + 1) * (c + 1) + i % (c + 1)) * Wimg * C
                 tl.store(nxt + cols[:, None] * C + ch[None, :], gate, mask=om)
         tl.debug_barrier()  # V of every column is in v_ptr
-        for j0 in range(0, Wimg, WB):
+        for j0 in range(0, link_cols, WB):
             cols = j0 + jb
             om = (cols < Wimg)[:, None] & cm[None, :]
             lf = tl.zeros((WB, CP), tl.float32) + (
@@ -216,13 +218,15 @@ def _generate_kernel(
     cond = cond_ptr + b * L * 2 * C
     toks = tok_ptr + b * Himg * Wimg
     for i in range(Himg):
+        given = (i + 1) * Wimg <= start  # the row needs only its embedding (x0)
         _row_phase(layers, cond, rings, links, vscr, i, Wimg, L, C, c, k, layer_size,
+                   tl.where(given, 0, Wimg),
                    HAS_COND, CP, WB, KC, PREC)
         x0_row = rings + (i % (c + 1)) * Wimg * C  # layer 0's horizontal input: row i of x0
         for j in range(Wimg):
             p = i * Wimg + j
             h = tl.zeros((CP,), tl.float32)
-            for layer in range(L):
+            for layer in range(0, tl.where(given, 0, L)):  # no stacks in a row of given tokens
                 wh = layers + layer * layer_size + 2 * C * C * (c + 1) * k + 2 * C
                 wr = wh + 2 * C * C * (c + 1) + 2 * C + 4 * C * C + 2 * C
                 u = tl.load(links + (layer * Wimg + j) * 2 * C + grow, mask=gm, other=0.0)

@@ -90,10 +90,12 @@ __device__ __forceinline__ void gemv(const T* W, int64_t outs, int64_t ins, cons
   }
 }
 
-// Row i of every layer: V, the link row, and v' into the next layer's ring.
+// Row i of every layer: V, the link row (unless the row is all given tokens: links feed only the
+// horizontal stacks, which feed only the draws of their own row), and v' into the next layer's
+// ring.
 template <typename T, typename A>
 __device__ void row_phase(const Net& net, const T* layers, const T* cond, A* rings, A* links,
-                          A* V, int64_t i, int64_t W) {
+                          A* V, int64_t i, int64_t W, bool need_links) {
   const int64_t C = net.C, c = net.c, k = net.k, WP = W + 2 * c, tid = threadIdx.x;
   const int64_t first = c - i > 0 ? c - i : 0;  // rows r with image row i - c + r >= 0
   for (int64_t l = 0; l < net.L; ++l) {
@@ -119,7 +121,7 @@ __device__ void row_phase(const Net& net, const T* layers, const T* cond, A* rin
       V[co * W + j] = acc;
     }
     __syncthreads();
-    for (int64_t e = tid; e < 2 * C * W; e += kThreads) {
+    for (int64_t e = tid; need_links && e < 2 * C * W; e += kThreads) {
       const int64_t co = e / W, j = e % W;
       A acc = ldw(bl + co) + ldw(bh + co);
       if (cond != nullptr) acc += ld(cond + l * 2 * C + co);
@@ -179,8 +181,19 @@ __global__ void __launch_bounds__(kThreads)
     const T* cb = cond == nullptr ? nullptr : cond + b * L * 2 * C;
     int64_t* tok_b = tokens + b * H * W;
     for (int64_t i = 0; i < H; ++i) {
-      row_phase(net, layers, cb, rings, links, V, i, W);
+      const bool given = (i + 1) * W <= start;
+      row_phase(net, layers, cb, rings, links, V, i, W, !given);
       A* x0 = rings + (i % (c + 1)) * C * WP;  // row i of layer 0's input, column j at c + j
+      if (given) {  // only the embedding: row i+1's vertical stacks read it
+        for (int64_t e = tid; e < C * W; e += kThreads) {
+          const int64_t ci = e / W, j = e % W;
+          int64_t tok = tok_b[i * W + j];
+          tok = tok < 0 ? 0 : tok >= ncls ? ncls - 1 : tok;  // as below
+          x0[ci * WP + c + j] = ldw(wts + tok * C + ci);
+        }
+        __syncthreads();
+        continue;
+      }
       for (int64_t j = 0; j < W; ++j) {
         const int64_t p = i * W + j;
         for (int64_t l = 0; l < L; ++l) {
@@ -227,7 +240,8 @@ __global__ void __launch_bounds__(kThreads)
           tok = tok_b[p];
           tok = tok < 0 ? 0 : tok >= ncls ? ncls - 1 : tok;
         }
-        for (int64_t ci = tid; ci < C; ci += kThreads) x0[ci * WP + c + j] = ldw(wts + tok * C + ci);
+        for (int64_t ci = tid; ci < C; ci += kThreads)
+          x0[ci * WP + c + j] = ldw(wts + tok * C + ci);
         __syncthreads();  // later pixels and row i+1 read x0; lg and h are rewritten
       }
     }
