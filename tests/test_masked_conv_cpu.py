@@ -96,12 +96,15 @@ def test_same_bits_for_any_thread_count():
 
 # ------------------------------------------------------------------ every SIMD copy
 # Widths and heights leave tails after every vector width and tile; 3 colour groups make the
-# anchor tap's channel range differ between output blocks.
+# anchor tap's channel range differ between output blocks; 70 and 130 output channels take
+# bwd_weight's widest tiles (and a partial last one).
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", [
     (2, 9, 12, 7, 33, 5, 5, Region(1, 1, 2, 2, 2, 2, 1, 3)),
     (1, 6, 5, 11, 17, 3, 3, Region(1, 1, 1, 1, 1, 1, 2, 3)),
     (2, 4, 6, 9, 10, 3, 5, Region(2, 1, 1, 2, 1, 2, 2, 1)),
+    (2, 5, 70, 6, 9, 3, 3, Region(1, 1, 1, 1, 1, 1, 2, 3)),
+    (1, 9, 130, 5, 7, 5, 5, Region(1, 1, 2, 2, 2, 2, 1, 3)),
 ])
 def test_every_isa_copy(isa, dtype, case):
     B, Cin, Cout, H, W, kh, kw, g = case
