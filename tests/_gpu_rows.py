@@ -331,7 +331,7 @@ def _gated(xs, b):
 
 
 def _pixelcnn_inputs(shape, device):
-    A, C, E, k, L, B, H, W, cond, top_k, p100 = shape
+    A, C, E, k, L, B, H, W, cond, top_k, p100, *start = shape  # start: completion, default 0
     c = k // 2
     ts = [randn((A, C), device, 1)]
     for i in range(L):
@@ -346,7 +346,7 @@ def _pixelcnn_inputs(shape, device):
     ts += [randn((E, C, 1, 1), device, 2, C ** -0.5), randn(E, device, 3, 0.1),
            randn((A, E, 1, 1), device, 4, 3 * E ** -0.5), randn(A, device, 5, 0.1),
            randn((B, L, 2 * C), device, 6, 0.3)]
-    return ts + [_carrier(B, H, W, cond, top_k, p100, device=device)]
+    return ts + [_carrier(B, H, W, cond, top_k, p100, *(start or [0]), device=device)]
 
 
 def _pixelcnn_generator(model_dtype: bool) -> Callable[[list[Tensor], str], Step]:
@@ -357,7 +357,7 @@ def _pixelcnn_generator(model_dtype: bool) -> Callable[[list[Tensor], str], Step
 
     def prepare(xs, b):
         *ws, cond_bias, cfg = xs
-        B, H, W, cond, top_k, p100 = _settings(cfg)
+        B, H, W, cond, top_k, p100, start = _settings(cfg)
         takes64 = torch.float64 in backends.registered_ops()["masked_conv_generate"].dtypes[b]
         dt = torch.float64 if takes64 and not model_dtype else torch.float32
         ws = [w.to(dt) for w in ws]
@@ -366,10 +366,14 @@ def _pixelcnn_generator(model_dtype: bool) -> Callable[[list[Tensor], str], Step
         pack = genfast.pack_pixelcnn(embedding=ws[0], layers=layers, out1_weight=ws[-4],
                                      out1_bias=ws[-3], out2_weight=ws[-2], out2_bias=ws[-1])
         cb = cond_bias.to(dt) if cond else None
+        g = torch.Generator(cond_bias.device).manual_seed(12)
+        given = torch.randint(0, ws[0].shape[0], (B, H, W), generator=g,
+                              device=cond_bias.device) if start else None
 
         def step():
             tokens = genfast.pixelcnn_generate(
-                pack, B, height=H, width=W, cond_bias=cb, temperature=0.8,
+                pack, B, height=H, width=W, tokens=given, start=start, cond_bias=cb,
+                temperature=0.8,
                 top_k=top_k or None, top_p=p100 / 100 if p100 < 100 else None, seed=11,
                 backend=b)
             return (tokens,), ()
@@ -483,10 +487,13 @@ ROWS: list[Row] = [
     # Shapes (A, C, E, k, L, B, H, W, cond, top_k, top_p * 100; 100 = off): the issue's
     # 10-layer 64-channel net on 28x28 (batch 1 and 16), odd sizes, top_k, top_p, no cond.
     # CUDA: one CTA per image; Triton: one program per image. The draw is compared by index.
+    # An optional 12th entry is `start` (completion): 31 = three rows and four pixels given;
+    # given rows run only their vertical stacks, the row of start its horizontal ones.
     Row("masked_conv_generate", "generate", _pixelcnn_inputs, _pixelcnn_generator(False),
-        ((256, 64, 256, 7, 10, 16, 28, 28, 1, 0, 100), (256, 64, 256, 7, 10, 1, 28, 28, 1, 0, 100),
-         (16, 16, 32, 3, 3, 3, 7, 9, 0, 5, 100), (16, 8, 24, 5, 2, 2, 9, 5, 1, 0, 90)),
-        (4, 4, 6, 3, 2, 2, 4, 5, 1, 2, 90), compile=False),
+        ((256, 64, 256, 7, 10, 4, 28, 28, 1, 0, 100), (256, 64, 256, 7, 10, 1, 28, 28, 1, 0, 100),
+         (16, 16, 32, 3, 3, 3, 7, 9, 0, 5, 100), (16, 8, 24, 5, 2, 2, 9, 5, 1, 0, 90),
+         (16, 16, 32, 5, 3, 3, 7, 9, 1, 3, 100, 31)),
+        (4, 4, 6, 3, 2, 2, 4, 5, 1, 2, 90, 7), compile=False),
     Row("masked_conv_generate", "generate_fp32", _pixelcnn_inputs, _pixelcnn_generator(True),
         ((256, 64, 256, 7, 10, 4, 28, 28, 1, 0, 100),),
         (4, 4, 6, 3, 2, 2, 4, 5, 1, 2, 90), compile=False),

@@ -24,7 +24,7 @@
 #include "cuda/causal_conv_generate.h"
 #include "cuda/causal_conv.cuh"
 #include "cuda/common.cuh"
-#include "cuda/gumbel_row.cuh"
+#include "cuda/draw_block.cuh"
 
 namespace genfast::cuda {
 namespace {
@@ -36,15 +36,9 @@ using cc::sigmoid;
 using cc::st;
 
 using dev::acc_t;
-using dev::ArgMax;
-using dev::ArgMaxOp;
 using dev::Group;
 using dev::Io;
-using dev::MaxOp;
-using dev::NanMaxOp;
-using dev::neg_inf;
-using dev::order_key;
-using dev::SumOp;
+using draw_block::Draw;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
@@ -55,18 +49,6 @@ constexpr int64_t kMetaHead = 8;  // meta = [L, A, R, G, S, E, K, input_kind, d_
 struct Net {
   int64_t L, A, R, G, S, E, K, kind, H;
   int32_t dil[kMaxLayers];
-};
-
-// The draw's parameters (ops/sample.py's contract; 0 / false where a filter is off).
-template <typename A>
-struct Draw {
-  uint64_t seed;  // set by the kernel from the device-side seed
-  A inv_temp;
-  bool greedy;
-  int64_t top_k;  // 0 = off, else 1 <= top_k < A
-  A top_p;
-  bool use_top_p;
-  A scale;  // 2^S of the fixed-point masses
 };
 
 // Weights are read every step by every stream, never written: the read-only (texture) path.
@@ -106,79 +88,6 @@ __device__ __forceinline__ void gemv(const T* W, int64_t outs, int64_t ins, cons
       if (lane == 0 && o0 + r < outs) f(o0 + r, acc[r]);
     }
   }
-}
-
-// Largest key t (bitwise, most significant bit first) with sum of weight(c) over
-// {c : key(s[c]) >= t} >= target. Block-uniform: every reduction result is the same everywhere.
-template <typename A, class W>
-__device__ auto key_search(const Group<kThreads>& grp, const A* s, int64_t n, long long target,
-                           W&& weight) {
-  using K = decltype(order_key(A(0)));
-  constexpr int kBits = 8 * static_cast<int>(sizeof(K));
-  K t = 0;
-  for (int bit = kBits - 1; bit >= 0; --bit) {
-    const K cand = t | (K(1) << bit);
-    long long mass = 0;
-    for (int64_t c = threadIdx.x; c < n; c += kThreads)
-      if (order_key(s[c]) >= cand) mass += weight(c);
-    if (grp.reduce(mass, SumOp()) >= target) t = cand;
-  }
-  return t;
-}
-
-// The index drawn from the logits x[0, n) (shared memory, overwritten with s).
-template <typename A>
-__device__ int64_t draw(const Group<kThreads>& grp, A* x, int64_t n, const Draw<A>& dr,
-                        uint64_t row) {
-  A m = neg_inf<A>();
-  for (int64_t c = threadIdx.x; c < n; c += kThreads) m = NanMaxOp()(m, x[c]);
-  m = grp.reduce(m, NanMaxOp());
-  if (m != m) return 0;  // a NaN row: any index in range is allowed
-  if (dr.greedy) {
-    ArgMax<A> best{neg_inf<A>(), n};
-    for (int64_t c = threadIdx.x; c < n; c += kThreads)
-      if (x[c] > best.v) best = {x[c], c};
-    best = grp.reduce(best, ArgMaxOp());
-    return best.i < n ? best.i : 0;
-  }
-  const gumbel_rows::Shift<A> sh(m == A(0) ? A(0) : m);
-  __syncthreads();  // every thread has read x before it becomes s
-  for (int64_t c = threadIdx.x; c < n; c += kThreads) {
-    const A v = sh(x[c]) * dr.inv_temp;
-    x[c] = v == A(0) ? A(0) : v;  // -0 -> +0: keys must treat them as equal
-  }
-  __syncthreads();
-  using K = decltype(order_key(A(0)));
-  K kt = 0;
-  if (dr.top_k > 0) kt = key_search(grp, x, n, dr.top_k, [](int64_t) { return 1LL; });
-  if (dr.use_top_p) {
-    const K k0 = kt;
-    auto mass = [&](int64_t c) -> long long {
-      return order_key(x[c]) >= k0 ? static_cast<long long>(dev::dexp(x[c]) * dr.scale) : 0;
-    };
-    long long z = 0;
-    for (int64_t c = threadIdx.x; c < n; c += kThreads) z += mass(c);
-    z = grp.reduce(z, SumOp());
-    const double want = static_cast<double>(dr.top_p) * static_cast<double>(z);
-    long long target = static_cast<long long>(want);
-    if (static_cast<double>(target) < want) ++target;
-    if (z >= target) {
-      const K kp = key_search(grp, x, n, target, mass);
-      kt = kp > kt ? kp : kt;
-    }
-  }
-  ArgMax<A> best{neg_inf<A>(), n};
-  for (int64_t q = threadIdx.x; q < (n + 3) / 4; q += kThreads) {
-    A g[4];
-    gumbel_rows::gumbel_quad(dr.seed, static_cast<int64_t>(row), q, g);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t c = 4 * q + j;
-      if (c < n && order_key(x[c]) >= kt && x[c] + g[j] > best.v) best = {x[c] + g[j], c};
-    }
-  }
-  best = grp.reduce(best, ArgMaxOp());
-  return best.i < n ? best.i : 0;
 }
 
 template <typename T>
@@ -276,7 +185,7 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();
       const uint64_t row = static_cast<uint64_t>(p) * static_cast<uint64_t>(B) +
                            static_cast<uint64_t>(b);
-      tok = draw(grp, lg, ncls, dr, row);
+      tok = draw_block::draw(grp, lg, ncls, dr, row);
       if (tid == 0) tokens[b * n + i] = tok;
       ++p;
       __syncthreads();  // lg, x and skip are rewritten by the next step
@@ -316,21 +225,12 @@ int wavenet_generate(const void* weights, const int64_t* meta, int64_t meta_len,
   if (weights == nullptr || pos == nullptr || tokens == nullptr || seed == nullptr ||
       (ring_len > 0 && rings == nullptr))
     return kInvalid;
-  const bool greedy = std::isinf(inv_temperature) && inv_temperature > 0;
-  if (!greedy && !(inv_temperature > 0)) return kInvalid;
-  int ceil_log2 = 0;  // 2^S with A * 2^S <= 2^62, as the sample kernel
-  while ((int64_t{1} << ceil_log2) < net.A) ++ceil_log2;
+  if (!(inv_temperature > 0)) return kInvalid;
   const auto st = static_cast<cudaStream_t>(stream);
   return with_dtype(dtype, [&](auto tag) {
     using Ty = typename decltype(tag)::type;
     using A = acc_t<Ty>;
-    const Draw<A> dr{0,
-                     greedy ? A(1) : to_param<A>(inv_temperature),
-                     greedy,
-                     (!greedy && top_k > 0 && top_k < net.A) ? top_k : 0,
-                     static_cast<A>(top_p < 1.0 ? top_p : 1.0),
-                     !greedy && top_p < 1.0,
-                     static_cast<A>(std::ldexp(1.0, 62 - ceil_log2))};
+    const Draw<A> dr = draw_block::make_draw<A>(inv_temperature, top_k, top_p, net.A);
     const int64_t vec = net.R + net.S + net.R * net.K + net.G + net.H + net.E + net.A;
     const int64_t bytes = vec * static_cast<int64_t>(sizeof(A));
     if (bytes > 48 * 1024) {
