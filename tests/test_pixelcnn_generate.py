@@ -124,6 +124,22 @@ def test_equals_a_literal_naive_loop(backend):
 
 
 @needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B", [1, 4])
+def test_layer0_by_products_and_by_table_lookup(B, dtype):
+    """The C++ kernel runs layer 0 from per-call token tables when 4A <= B*H*W (here B = 4),
+    else by products like every other layer (B = 1): both are the contract's network."""
+    pack = _model(L=2, A=16, C=8, E=8, k=5, dtype=dtype)
+    cond = _cond(pack, B)
+    got = genfast.pixelcnn_generate(pack, B, height=4, width=4, cond_bias=cond, seed=3,
+                                    backend="cpu")
+    if dtype == torch.float64:
+        assert torch.equal(got, _teacher(pack, got, 3, cond))
+    else:
+        _fp32_check(pack, got, 3, cond=cond)
+
+
+@needs_cpu
 def test_native_equals_reference_loop_fp64():
     pack = _model(L=4, C=12, E=16, A=40, k=5)
     cond = _cond(pack, 3)
@@ -132,10 +148,10 @@ def test_native_equals_reference_loop_fp64():
     assert torch.equal(got, genfast.pixelcnn_generate(pack, 3, backend="reference", **kw))
 
 
-def _fp32_check(pack, tokens, seed, temperature=1.0):
+def _fp32_check(pack, tokens, seed, temperature=1.0, cond=None):
     """Equal to the teacher-forced draw wherever the top-two gap of s + g exceeds 1e-4."""
     B, H, W = tokens.shape
-    logits = MG.pixelcnn_forward_packed(pack, tokens)
+    logits = MG.pixelcnn_forward_packed(pack, tokens, cond)
     rows = logits.permute(2, 3, 0, 1).reshape(H * W * B, pack.classes)
     want = genfast.sample_categorical(rows, temperature, seed=seed, backend="reference")
     s = (rows - rows.amax(1, keepdim=True)) / temperature
@@ -151,7 +167,8 @@ def _fp32_check(pack, tokens, seed, temperature=1.0):
 def test_fp32_margin_guarded_on_every_simd_copy(isa):
     if isa not in C_.supported_isas():
         pytest.skip(f"this CPU cannot run {isa}")
-    pack = _model(L=3, C=36, E=16, A=70, k=5, dtype=torch.float32)  # 2 output blocks
+    # 2 output blocks; 4A <= B*H*W: layer 0 by table lookup (csrc/cpu/masked_conv_generate.cpp)
+    pack = _model(L=3, C=36, E=16, A=50, k=5, dtype=torch.float32)
     before = C_.isa()
     C_.set_isa(isa)
     try:

@@ -95,6 +95,11 @@ struct Net {
   std::vector<LayerOff> lay;
   size_t w1, b1, w2, b2;
   int64_t C2p, Cp, Ep, Ap;  // padded output counts
+  // Layer 0 reads only token embeddings, so its stacks can be table lookups: tv[a][r*k+s] =
+  // wv[:, :, r, s] @ emb[a] and th[a][s] = wh[:, :, 0, s] @ emb[a] (C2p each), built per call
+  // when that costs less than a quarter of the products they replace (few levels, many pixels).
+  bool lookup = false;
+  std::vector<T> tv, th;
 };
 
 template <typename T>
@@ -231,6 +236,26 @@ struct State {
   }
 };
 
+// Layer 0's vertical stack of row i from the table: the taps over rows i-c .. i-1 in the order
+// (r, s), positions outside the image skipped (their input is 0).
+template <typename T>
+GENFAST_INLINE void lookup_vertical(const Net<T>& net, const Call& c, State<T>& st, int64_t b0,
+                                    int64_t i) {
+  const int64_t cc = net.m.c, k = net.m.k, C2p = net.C2p, W = c.W;
+  for (int64_t s = 0; s < st.n; ++s) {
+    const int64_t* tok = c.tokens + (b0 + s) * c.H * W;
+    for (int64_t j = 0; j < W; ++j) {
+      T* v = st.V.data() + (s * W + j) * C2p;
+      for (int64_t r = std::max<int64_t>(0, cc - i); r < cc; ++r)
+        for (int64_t t = std::max<int64_t>(0, cc - j); t < std::min(k, W - j + cc); ++t) {
+          const T* e = net.tv.data() + (tok[(i - cc + r) * W + j - cc + t] * cc * k + r * k + t) *
+                                           C2p;
+          for (int64_t q = 0; q < C2p; ++q) v[q] += e[q];
+        }
+    }
+  }
+}
+
 // Row i's vertical stacks of every layer, the gated outputs into the next layer's ring, and
 // (when the row has pixels to run) the link terms.
 template <typename T>
@@ -247,11 +272,16 @@ GENFAST_INLINE void row_phase(const Net<T>& net, const Call& c, State<T>& st, in
     for (int64_t s = 0; s < n; ++s)
       for (int64_t j = 0; j < W; ++j)
         std::copy(w + o.bv, w + o.bv + C2p, st.V.data() + (s * W + j) * C2p);
-    for (int64_t r = 0; r < o.rows; ++r) {
-      const int64_t row = i - cc + r;
-      if (row < 0) continue;  // above the image: zeros
-      const Rows<T> rows{st.ring_row(l, 0, row, cc), C, st.RS, st.V.data(), C2p, W * C2p, W, n};
-      gemm(w + o.wv, K, r * k * C, k * C, C2p / kOut<T>, rows);
+    if (l == 0 && net.lookup) {
+      lookup_vertical(net, c, st, b0, i);
+    } else {
+      for (int64_t r = 0; r < o.rows; ++r) {
+        const int64_t row = i - cc + r;
+        if (row < 0) continue;  // above the image: zeros
+        const Rows<T> rows{st.ring_row(l, 0, row, cc), C, st.RS, st.V.data(), C2p, W * C2p, W,
+                           n};
+        gemm(w + o.wv, K, r * k * C, k * C, C2p / kOut<T>, rows);
+      }
     }
     for (int64_t s = 0; s < n; ++s) {
       const T* cd = cond ? cond + ((b0 + s) * m.L + l) * 2 * C : nullptr;
@@ -299,7 +329,16 @@ GENFAST_INLINE void pixel(const Net<T>& net, const Call& c, State<T>& st, int64_
     // the window of columns j-c .. j (j-1 for mask A) starts at padded column j
     const T* hin = l == 0 ? st.ring_row(0, 0, i, cc) : st.hrow.data() + l * n * st.HS;
     const int64_t hs = l == 0 ? st.RS : st.HS;
-    if (o.taps > 0) {
+    if (l == 0 && net.lookup) {
+      for (int64_t s = 0; s < n; ++s) {
+        const int64_t* tok = c.tokens + (b0 + s) * c.H * W + i * W;
+        T* hp = st.hp.data() + s * C2p;
+        for (int64_t t = std::max<int64_t>(0, cc - j); t < cc; ++t) {
+          const T* e = net.th.data() + (tok[j - cc + t] * cc + t) * C2p;
+          for (int64_t q = 0; q < C2p; ++q) hp[q] += e[q];
+        }
+      }
+    } else if (o.taps > 0) {
       const Rows<T> rows{hin + j * C, hs, 0, st.hp.data(), C2p, 0, n, 1};
       gemm(w + o.wh, o.taps * C, 0, o.taps * C, C2p / kOut<T>, rows);
     }
@@ -363,6 +402,25 @@ GENFAST_INLINE void run_images(const Net<T>& net, const Call& c, int64_t b0, int
   }
 }
 
+// The layer-0 tables through the same tile: for each tap, the rows emb[0..A) times its block.
+template <typename T>
+GENFAST_INLINE void build_tables(Net<T>& net) {
+  const Meta& m = net.m;
+  const int64_t C = m.C, C2p = net.C2p, ck = m.c * m.k, nb = C2p / kOut<T>;
+  const LayerOff& o = net.lay[0];
+  net.tv.assign(size_t(m.A * ck * C2p), T(0));
+  net.th.assign(size_t(m.A * m.c * C2p), T(0));
+  for (int64_t t = 0; t < ck; ++t)
+    gemm(net.w.data() + o.wv, ck * C, t * C, C, nb,
+         Rows<T>{net.emb, C, 0, net.tv.data() + t * C2p, ck * C2p, 0, m.A, 1});
+  for (int64_t t = 0; t < m.c; ++t)
+    gemm(net.w.data() + o.wh, m.c * C, t * C, C, nb,
+         Rows<T>{net.emb, C, 0, net.th.data() + t * C2p, m.c * C2p, 0, m.A, 1});
+}
+
+GENFAST_MULTIVERSIONED(tables_f32, (Net<float>& net), (net), build_tables<float>(net))
+GENFAST_MULTIVERSIONED(tables_f64, (Net<double>& net), (net), build_tables<double>(net))
+
 GENFAST_MULTIVERSIONED(run_f32, (const Net<float>& net, const Call& c, int64_t b0, int64_t b1),
                        (net, c, b0, b1), run_images<float>(net, c, b0, b1))
 GENFAST_MULTIVERSIONED(run_f64, (const Net<double>& net, const Call& c, int64_t b0, int64_t b1),
@@ -370,8 +428,15 @@ GENFAST_MULTIVERSIONED(run_f64, (const Net<double>& net, const Call& c, int64_t 
 
 template <typename T>
 void generate(const void* weights, const Meta& m, const Call& c, int num_threads) {
-  const Net<T> net = build_net(static_cast<const T*>(weights), m);
+  Net<T> net = build_net(static_cast<const T*>(weights), m);
   const int64_t C = m.C, C2 = 2 * C;
+  net.lookup = m.c > 0 && 4 * m.A <= c.B * c.H * c.W;
+  if (net.lookup) {
+    if constexpr (sizeof(T) == 4)
+      tables_f32(net);
+    else
+      tables_f64(net);
+  }
   // MACs per image, the unit of parallel_for's single-thread cut-off.
   const int64_t work = c.H * c.W *
                        (m.L * (C2 * C * ((m.c + 1) * m.k + m.c + 1) + C2 * C2 + C * C) +
