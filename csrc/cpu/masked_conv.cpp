@@ -91,7 +91,7 @@ struct Corr {
   void* out;
   int64_t B, cred, mout, hs, ws, ssh, ssw, wo, osh, osw, hy, wy;
   Wide lay;
-  int64_t nfull;          // taps read by every pair (the anchor, if any, follows them)
+  int64_t nfull;         // taps read by every pair (the anchor, if any, follows them)
   const int64_t* shift;  // per tap: dr*L + dc
   const void* wp;
   const int64_t *woff, *alo, *ahi;
@@ -133,22 +133,26 @@ GENFAST_INLINE void corr_items(const Corr& a, int64_t i0, int64_t i1) {
         const int64_t co = mb * MR + m;
         const T b = bias != nullptr ? bias[co] : T(0);
         T* y = out + (n * a.mout + co) * a.hy * a.wy;
-        const T* s = sc.data() + m * a.tt - p0;
         for (int64_t u = u0; u <= u1; ++u) {
           if (u % a.osh != 0) continue;
           T* yr = y + (u / a.osh) * a.wy;
-          const T* sr = s + u * w.L;
           const int64_t v0 = std::max<int64_t>(p0 - u * w.L, 0);
           const int64_t v1 = std::min(p0 + len - u * w.L, a.wo);
+          if (v1 <= v0) continue;
+          // Row u's column v0 is run position u*L + v0 - p0 (>= 0).
+          const T* sr = sc.data() + m * a.tt + (u * w.L + v0 - p0);
           if (a.osw == 1) {
+            T* yv = yr + v0;
             if (a.accumulate)
-              for (int64_t v = v0; v < v1; ++v) yr[v] += sr[v] + b;
+              for (int64_t k = 0; k < v1 - v0; ++k) yv[k] += sr[k] + b;
             else
-              for (int64_t v = v0; v < v1; ++v) yr[v] = sr[v] + b;
+              for (int64_t k = 0; k < v1 - v0; ++k) yv[k] = sr[k] + b;
             continue;
           }
-          for (int64_t v = (v0 + a.osw - 1) / a.osw * a.osw; v < v1; v += a.osw)
-            yr[v / a.osw] = a.accumulate ? yr[v / a.osw] + (sr[v] + b) : sr[v] + b;
+          for (int64_t v = (v0 + a.osw - 1) / a.osw * a.osw; v < v1; v += a.osw) {
+            const T val = sr[v - v0] + b;
+            yr[v / a.osw] = a.accumulate ? yr[v / a.osw] + val : val;
+          }
         }
       }
     }

@@ -87,8 +87,10 @@ inline std::vector<int64_t> tap_shifts(const std::vector<Tap>& taps, const Geome
   return sh;
 }
 
-// The extreme tap offsets (dr, dc) of fwd; the adjoint's are their negatives.
+// The extreme tap offsets (dr, dc) of fwd (0 without taps); the adjoint's are their negatives.
 inline void tap_bounds(const std::vector<Tap>& taps, const Geometry& g, int64_t* b) {
+  b[0] = b[1] = b[2] = b[3] = 0;
+  if (taps.empty()) return;
   b[0] = b[2] = INT64_MAX, b[1] = b[3] = INT64_MIN;
   for (const Tap& t : taps) {
     b[0] = std::min(b[0], t.r - g.pt), b[1] = std::max(b[1], t.r - g.pt);
