@@ -29,6 +29,8 @@
 #include "cuda/causal_conv.h"
 #include "cuda/causal_conv_layer.h"
 #include "cuda/causal_conv_generate.h"
+#include "cuda/masked_conv.h"
+#include "cuda/masked_conv_layer.h"
 #include "cuda/masked_conv_generate.h"
 // [include:cuda]
 #define GENFAST_MODULE _cuda
@@ -418,7 +420,6 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("top_p"), py::arg("dtype"), GENFAST_TAIL_NAME);
 
   // [bind:masked_conv]
-#ifndef GENFAST_WITH_CUDA
   {
     // Refuses a geometry that would index out of bounds (the kernels check it again).
     const auto region_sizes = [](int64_t B, int64_t Cin, int64_t Cout, int64_t H, int64_t W,
@@ -497,9 +498,7 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
         py::arg("sh"), py::arg("sw"), py::arg("pt"), py::arg("pl"), py::arg("rows"),
         py::arg("cols"), py::arg("center"), py::arg("G"), py::arg("dtype"), GENFAST_TAIL_NAME);
   }
-#endif
   // [bind:masked_conv_layer]
-#ifndef GENFAST_WITH_CUDA
   {
     const auto check_gate = [](int64_t B, int64_t C, int64_t N, Ptr u, Ptr dout_or_out) {
       if (B < 0 || C < 0 || N < 0) throw std::invalid_argument("pixelcnn gate: negative size");
@@ -538,7 +537,6 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
         py::arg("B"), py::arg("C"), py::arg("N"), py::arg("accumulate"), py::arg("dtype"),
         GENFAST_TAIL_NAME);
   }
-#endif  // GENFAST_WITH_CUDA: until csrc/cuda/masked_conv_layer.cu defines the gate kernels
   // [bind:masked_conv_generate]
   m.def(
       "pixelcnn_generate",
