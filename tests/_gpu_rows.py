@@ -476,13 +476,18 @@ ROWS: list[Row] = [
     Row("masked_conv", "masked_conv2d", _masked_inputs, _fn(_masked),
         ((4, 64, 64, 28, 28, 7, 1, 1, 1), (2, 3, 48, 13, 9, 7, 0, 3, 1),
          (3, 16, 24, 33, 17, 5, 1, 3, 2), (2, 8, 8, 5, 7, 3, 0, 1, 1),
-         (2, 32, 16, 9, 11, 1, 1, 1, 1)),
-        (2, 3, 6, 5, 7, 3, 0, 3, 1), diff=(0, 1, 2), gradgradcheck=True, inductor=True),
+         (2, 32, 16, 9, 11, 1, 1, 1, 1),
+         (2, 70, 130, 9, 9, 3, 1, 3, 1)),  # several 64-row tiles both ways, uneven RGB groups
+        (2, 3, 6, 5, 7, 3, 0, 3, 1),
+        # 71,680 pixel tiles (> 65,535: grid-stride), 1024 bwd_weight chunks
+        big=((70, 1, 2, 256, 256, 3, 1, 1, 1),),
+        diff=(0, 1, 2), gradgradcheck=True, inductor=True),
     # Shapes (B, C, H, W, k, mask B, cond): the 64-channel 7x7 layer on 28x28, mask A
-    # (first layer: last row / column unread, no residual), odd sizes, k=3 and 5.
+    # (first layer: last row / column unread, no residual), odd sizes, k=3 and 5. CUDA gate
+    # backward: a warp a row up to 1024 pixels, a block a row above (40x40).
     Row("masked_conv_layer", "gated_pixelcnn_layer", _gated_inputs, _fn(_gated),
         ((4, 64, 28, 28, 7, 1, 1), (2, 64, 28, 28, 7, 0, 0), (3, 16, 13, 9, 3, 1, 1),
-         (2, 8, 5, 17, 5, 0, 1)),
+         (2, 8, 5, 17, 5, 0, 1), (2, 8, 40, 40, 7, 1, 1), (1, 70, 9, 11, 3, 1, 0)),
         (2, 4, 5, 6, 3, 1, 1), diff=tuple(range(11)), gradgradcheck=True),
     # Shapes (A, C, E, k, L, B, H, W, cond, top_k, top_p * 100; 100 = off): the issue's
     # 10-layer 64-channel net on 28x28 (batch 1 and 16), odd sizes, top_k, top_p, no cond.

@@ -138,7 +138,7 @@ def test_gradcheck_and_gradgradcheck(backend):
         x, w, b = _case(2, 3, 3, 5, 4, 3, 3, torch.float64, seed=3)
         x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
 
-        def f(x, w, b):
+        def f(x, w, b, mask=mask, stride=stride, G=G):
             return genfast.masked_conv2d(x, w, b, mask_type=mask, stride=stride,
                                          color_groups=G, backend=backend)
 
