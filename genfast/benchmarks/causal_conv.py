@@ -17,14 +17,12 @@ Generation (mode "sample", one thread, the issue's default WaveNet):
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
 import genfast
 
-from .runner import COMPILED, Case, Factory, Inputs, backends_for
+from .runner import COMPILED, Case, Factory, Inputs, backends_for, threads
 
 EAGER = "torch eager"
 DENSE = (4, 32, 64, 8000)  # (B, C_in, C_out, T): a WaveNet layer's dilated conv, 0.5 s audio
@@ -39,17 +37,6 @@ GEN = "wavenet_generate"
 # nv-wavenet's benchmark model: 20 layers (dilations 1..512 twice), R=64, 2R gate, S=A=256.
 NV_WAVENET = dict(residual=64, gate=128, skip=256, head=256, layers=10, stacks=2)
 QUEUE, NAIVE = "torch queue loop", "naive full forward"
-
-
-@contextlib.contextmanager
-def threads(n: int | None):
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def torch_causal(x, w, b, dilation=1, groups=1):

@@ -21,15 +21,13 @@ Generation (mode "sample", 2 threads, the issue's 10-layer 64-channel gated Pixe
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
 import genfast
 from genfast.ops.masked_conv import region_mask
 
-from .runner import COMPILED, Case, Factory, Inputs, backends_for
+from .runner import COMPILED, Case, Factory, Inputs, backends_for, threads
 
 EAGER, CROPPED = "torch eager", "torch eager cropped"
 CONV = (32, 64, 64, 28, 28, 7)  # (B, C_in, C_out, H, W, k): the target shape
@@ -42,17 +40,6 @@ GEN, QUICK_GEN = (16, 28, 28), (2, 5, 5)
 NAIVE_PIXELS = 3
 GEN_OP = "pixelcnn_generate"
 CACHED, NAIVE = "torch cached loop", "naive full forward"
-
-
-@contextlib.contextmanager
-def threads(n: int | None):
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _mask(w: torch.Tensor, mask_type: str = "B") -> torch.Tensor:

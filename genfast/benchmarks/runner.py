@@ -14,6 +14,7 @@ An op file (genfast/benchmarks/<op>.py) says *what* to time; this file says *how
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -86,6 +87,18 @@ DEFAULT = Settings(warmup_s=0.03, repeat_s=0.01, repeats=9, min_repeats=3, budge
 QUICK = Settings(warmup_s=0.002, repeat_s=0.002, repeats=3, min_repeats=3, budget_s=0.05,
                  gpu_warmup_ms=5, gpu_rep_ms=20, gpu_rounds=2, compile="none")
 SETTINGS = {"quick": QUICK, "default": DEFAULT, "full": FULL}
+
+
+@contextlib.contextmanager
+def threads(n: int | None):
+    """torch's thread count set to n (None: unchanged) for a provider that names its own."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
