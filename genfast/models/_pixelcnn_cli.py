@@ -15,11 +15,11 @@ import torch
 from ._images import save_panels
 from ._trainer import (
     _EVAL_SEED,
-    CHECKPOINT,
     TrainConfig,
     _isolated_rng,
     batch_indices,
     load_checkpoint,
+    resumed_config,
     train_loop,
 )
 
@@ -122,15 +122,7 @@ def train(cls: type, args: Any) -> int:
     if getattr(args, "levels", None) is not None:
         overrides["levels"] = args.levels
     out = args.out or os.path.join("runs", args.model)
-    if args.resume:
-        ckpt_file = os.path.join(out, CHECKPOINT)
-        try:
-            saved = load_checkpoint(ckpt_file)
-        except (FileNotFoundError, ValueError) as e:
-            raise SystemExit(f"genfast: --resume: {e}") from None
-        if saved["model"] != args.model:
-            raise SystemExit(f"genfast: {ckpt_file} holds a {saved['model']!r} model")
-        overrides = {**saved["config"], **overrides}
+    overrides = resumed_config(args, out, overrides)
     fields = {f.name: f.default for f in dataclasses.fields(cls.config_cls)}
     levels = overrides.get("levels", fields["levels"])
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:

@@ -121,6 +121,21 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     return ckpt
 
 
+def resumed_config(args: Any, out: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """With --resume, the checkpoint's config under `overrides` (the command line wins); the
+    CLI's error when the checkpoint is missing, foreign, or of another model."""
+    if not args.resume:
+        return overrides
+    ckpt_file = os.path.join(out, CHECKPOINT)
+    try:
+        saved = load_checkpoint(ckpt_file)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"genfast: --resume: {e}") from None
+    if saved["model"] != args.model:
+        raise SystemExit(f"genfast: {ckpt_file} holds a {saved['model']!r} model")
+    return {**saved["config"], **overrides}
+
+
 def _write_samples(model: nn.Module, fixed: torch.Tensor, path: str, n: int) -> None:
     nrow = max(1, int(math.sqrt(n)))
     panels = [(f"samples ({type(model).__name__})", model.sample(n), nrow)]

@@ -18,11 +18,11 @@ import torch
 from ..data import audio
 from ._trainer import (
     _EVAL_SEED,
-    CHECKPOINT,
     TrainConfig,
     _isolated_rng,
     batch_indices,
     load_checkpoint,
+    resumed_config,
     train_loop,
 )
 
@@ -121,15 +121,7 @@ def train(cls: type, args: Any) -> int:
 
     overrides = dict(getattr(args, "config", None) or {})
     out = args.out or os.path.join("runs", args.model)
-    if args.resume:
-        ckpt_file = os.path.join(out, CHECKPOINT)
-        try:
-            saved = load_checkpoint(ckpt_file)
-        except (FileNotFoundError, ValueError) as e:
-            raise SystemExit(f"genfast: --resume: {e}") from None
-        if saved["model"] != args.model:
-            raise SystemExit(f"genfast: {ckpt_file} holds a {saved['model']!r} model")
-        overrides = {**saved["config"], **overrides}
+    overrides = resumed_config(args, out, overrides)
     rate = overrides.get("sample_rate", cls.config_cls.sample_rate)
     waves, names = _data(args.data, rate)
     if len(waves) > 1 and "gc_classes" not in overrides:
