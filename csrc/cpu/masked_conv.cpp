@@ -216,7 +216,7 @@ void run_corr(const Geometry& g, const T* w, const T* src, const T* bias, T* out
 
 // bwd_weight: dw[co][ci, tap] = sum over (image, flat position p) of g^T[n][p][co] *
 // x_padded[n][ci][p + shift(tap)]. Items are tiles of MW columns (ci, tap); each runs the
-// whole reduction for its columns, in position blocks (one image's plane, cut to kBlock) in
+// whole reduction for its columns, in blocks of whole rows (about kBlock positions) in
 // the same order for every tile, keeping its accumulators in `acc` between blocks. Each dw
 // value is summed by one item in a fixed order: no partials, the same bits for any split.
 struct Wgrad {
@@ -224,6 +224,7 @@ struct Wgrad {
   const void* xp;  // x in its padded copy: (B, Cin, P)
   void* dw;
   int64_t B, Cin, Cout, kh, kw, ntap, ldg, nv;  // nv: vectors of output channels per tile
+  int64_t wo;  // columns of the wide plane that hold g (the rest are zero)
   const int64_t* shift;
   const Tap* taps;
   const Geometry* geo;
@@ -243,10 +244,11 @@ GENFAST_INLINE void wgrad_items(const Wgrad& a, int64_t i0, int64_t i1) {
   const int64_t ncol = a.Cin * a.ntap, ncb = a.ldg / NW;
   std::vector<T> acc(static_cast<size_t>((i1 - i0) * ncb * MW * NW));
   const T* xr[MW];
+  const int64_t ho = w.n_out / w.L, rows_per_block = std::max<int64_t>(1, kBlock / w.L);
   bool first = true;
   for (int64_t n = 0; n < a.B; ++n)
-    for (int64_t p0 = 0; p0 < w.n_out; p0 += kBlock, first = false) {
-      const int64_t len = std::min(kBlock, w.n_out - p0);
+    for (int64_t u0 = 0; u0 < ho; u0 += rows_per_block, first = false) {
+      const int64_t nrows = std::min(rows_per_block, ho - u0), p0 = u0 * w.L;
       for (int64_t it = i0; it < i1; ++it) {
         for (int m = 0; m < MW; ++m) {
           // Columns past the last repeat it; their sums are never stored.
@@ -254,8 +256,9 @@ GENFAST_INLINE void wgrad_items(const Wgrad& a, int64_t i0, int64_t i1) {
           xr[m] = xp + (n * a.Cin + ci) * w.P + w.off + a.shift[col % a.ntap] + p0;
         }
         for (int64_t cb = 0; cb < ncb; ++cb)
-          wgrad_tile<T, Isa, NV>(xr, gt + (n * w.n_out + p0) * a.ldg + cb * NW, a.ldg, len,
-                             acc.data() + ((it - i0) * ncb + cb) * MW * NW, first);
+          wgrad_tile<T, Isa, NV>(xr, gt + (n * w.n_out + p0) * a.ldg + cb * NW, a.ldg, nrows,
+                                 w.L, a.wo, acc.data() + ((it - i0) * ncb + cb) * MW * NW,
+                                 first);
       }
     }
   const Geometry& g = *a.geo;
@@ -306,6 +309,7 @@ void run_wgrad(const Geometry& g, const T* gy, const T* x, T* dw, int num_thread
   a.nv = std::min<int64_t>(wtile_nv<T>(isa), (g.Cout + vl - 1) / vl);
   a.ldg = (g.Cout + a.nv * vl - 1) / (a.nv * vl) * (a.nv * vl), a.taps = taps.data(), a.geo = &g, a.dw = dw;
   a.lay = wide_layout(g.H, g.W, g.ho1(), g.wo1(), b[0], b[1], b[2], b[3], 1);
+  a.wo = g.wo1();
   const std::vector<int64_t> shift = tap_shifts(taps, g, a.lay.L, false);
   a.shift = shift.data();
   const Wide& w = a.lay;

@@ -241,12 +241,14 @@ inline int wtile_mw(int isa) {
   }
 }
 
-// acc[m*NW + n] (+)= sum_{p < len} x[m][p] * gt[p*ldg + n], m < MW, n < NW = NV*VL; `first`
-// starts from 0. p runs in order, so each sum's order depends on the shapes only. NV is at
-// most WShape's, fewer when C_out needs fewer vectors (a 16-channel conv takes one).
+// acc[m*NW + n] (+)= sum over rows u < nrows, columns v < wo of x[m][p] * gt[p*ldg + n],
+// p = u*L + v, for m < MW, n < NW = NV*VL; `first` starts from 0. The wide plane's columns v
+// >= wo hold g = 0 and are skipped (a tenth of a 28-wide plane). Rows, then columns, run in
+// order, so each sum's order depends on the shapes only. NV is at most WShape's, fewer when
+// C_out needs fewer vectors (a 16-channel conv takes one).
 template <typename T, int Isa, int NV>
-GENFAST_INLINE void wgrad_tile(const T* const* x, const T* gt, int64_t ldg, int64_t len,
-                               T* acc_mem, bool first) {
+GENFAST_INLINE void wgrad_tile(const T* const* x, const T* gt, int64_t ldg, int64_t nrows,
+                               int64_t L, int64_t wo, T* acc_mem, bool first) {
   using W = WShape<T, Isa>;
   using V = typename Shape<T, Isa>::V;
   constexpr int MW = W::MW, VL = W::VL, NW = NV * VL;
@@ -258,15 +260,18 @@ GENFAST_INLINE void wgrad_tile(const T* const* x, const T* gt, int64_t ldg, int6
   const T* xm[MW];
 #pragma GCC unroll 8
   for (int m = 0; m < MW; ++m) xm[m] = x[m];
-  for (int64_t p = 0; p < len; ++p, gt += ldg) {
-    V gv[NV];
+  for (int64_t u = 0; u < nrows; ++u) {
+    const T* g = gt + u * L * ldg;
+    for (int64_t v = 0, p = u * L; v < wo; ++v, ++p, g += ldg) {
+      V gv[NV];
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) gv[j] = loadu<V>(gt + j * VL);
+      for (int j = 0; j < NV; ++j) gv[j] = loadu<V>(g + j * VL);
 #pragma GCC unroll 8
-    for (int m = 0; m < MW; ++m) {
-      const T xv = xm[m][p];
+      for (int m = 0; m < MW; ++m) {
+        const T xv = xm[m][p];
 #pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[m][j] += xv * gv[j];
+        for (int j = 0; j < NV; ++j) acc[m][j] += xv * gv[j];
+      }
     }
   }
 #pragma GCC unroll 8
