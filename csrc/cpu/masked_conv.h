@@ -30,7 +30,9 @@ void masked_conv2d_bwd_input(const void* g, const void* w, void* dx, int64_t B, 
 
 // dw (Cout, Cin, kh, kw) = sum_{n,i,j} g[n,co,i,j] * x[n, ci, i*sh - pt + r, j*sw - pl + s] on
 // the read taps, exactly 0 on the others. Written. Deterministic: the same bits for any
-// num_threads (fixed partial sums added in a fixed order; no atomics).
+// num_threads (each value summed by one thread in a fixed order; no atomics). Holds transient
+// copies of g (transposed) and x (zero-padded), about the size of both inputs; fwd and
+// bwd_input hold one padded image per thread.
 void masked_conv2d_bwd_weight(const void* g, const void* x, void* dw, int64_t B, int64_t Cin,
                               int64_t Cout, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
                               int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt,
