@@ -19,6 +19,7 @@
 // while every tile of every image of the thread uses them. Per row (pixel / image) the
 // arithmetic is the same whatever tile, chunk order or thread runs it, so results do not depend
 // on the thread count. Threads split the images and run all rows on their own: no barrier.
+// Layer 0 reads only token embeddings, so with few levels its stacks become table lookups (Net).
 #include "cpu/masked_conv_generate.h"
 
 #include <algorithm>
@@ -97,7 +98,8 @@ struct Net {
   int64_t C2p, Cp, Ep, Ap;  // padded output counts
   // Layer 0 reads only token embeddings, so its stacks can be table lookups: tv[a][r*k+s] =
   // wv[:, :, r, s] @ emb[a] and th[a][s] = wh[:, :, 0, s] @ emb[a] (C2p each), built per call
-  // when that costs less than a quarter of the products they replace (few levels, many pixels).
+  // when that costs less than a quarter of the products they replace (few levels, many pixels)
+  // and the tables stay under 4M entries.
   bool lookup = false;
   std::vector<T> tv, th;
 };
@@ -430,7 +432,7 @@ template <typename T>
 void generate(const void* weights, const Meta& m, const Call& c, int num_threads) {
   Net<T> net = build_net(static_cast<const T*>(weights), m);
   const int64_t C = m.C, C2 = 2 * C;
-  net.lookup = m.c > 0 && 4 * m.A <= c.B * c.H * c.W;
+  net.lookup = m.c > 0 && 4 * m.A <= c.B * c.H * c.W && m.A * m.c * m.k * net.C2p <= (1 << 22);
   if (net.lookup) {
     if constexpr (sizeof(T) == 4)
       tables_f32(net);
