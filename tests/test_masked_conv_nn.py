@@ -234,3 +234,26 @@ def test_generate_equals_teacher_forced_sampling(classes):
     kept = net.generate(3, cond=cls, seed=5, tokens=a, start=7)
     assert torch.equal(kept.reshape(3, -1)[:, :7], a.reshape(3, -1)[:, :7])
     assert net.generate(2, size=(3, 4), cond=None if classes is None else 1).shape == (2, 3, 4)
+
+
+def test_pixelcnn_exports_and_compiles_whole():
+    """torch.export and torch.compile(fullgraph) see the gated layers and the masked conv as
+    opaque genfast ops: one graph, the eager model's logits, and (compiled) its gradients."""
+    torch.manual_seed(0)
+    net = PixelCNN(levels=4, channels=6, layers=3, kernel_size=3, hidden=8, num_classes=2)
+    conv = MaskedConv2d(1, 6, 5, mask_type="A")
+    tokens = torch.randint(0, 4, (2, 5, 6))
+    cls = torch.tensor([0, 1])
+    want = net(tokens, cls)
+    ep = torch.export.export(net, (tokens, cls))
+    torch.testing.assert_close(ep.module()(tokens, cls), want)
+    x = torch.randn(2, 1, 7, 7)
+    torch.testing.assert_close(torch.export.export(conv, (x,)).module()(x), conv(x))
+
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    got = compiled(tokens, cls)
+    torch.testing.assert_close(got, want)
+    (g,) = torch.autograd.grad(got.square().sum(), [net.layers[1].vert_stack.weight])
+    (g_ref,) = torch.autograd.grad(net(tokens, cls).square().sum(),
+                                   [net.layers[1].vert_stack.weight])
+    torch.testing.assert_close(g, g_ref)
