@@ -51,12 +51,16 @@ def seed_key(seed: int) -> tuple[int, int]:
     return s & _MASK32, s >> 32
 
 
-def uniform(seed: int, rows: int, n: int, device: torch.device | str = "cpu",
+def uniform(seed: int, rows: int | torch.Tensor, n: int, device: torch.device | str = "cpu",
             row_start: int = 0) -> torch.Tensor:
-    """The float32 (rows, n) uniforms the stream assigns to rows row_start.. of a (*, n) view."""
-    r = torch.arange(row_start, row_start + rows, device=device, dtype=torch.int64)[:, None]
+    """The float32 (R, n) uniforms the stream assigns to rows row_start.. row_start+rows-1 of a
+    (*, n) view, or, for a tensor `rows` of R int64 row indices, to those rows (on its device)."""
+    if isinstance(rows, torch.Tensor):
+        r, device = rows.reshape(-1, 1).to(torch.int64), rows.device
+    else:
+        r = torch.arange(row_start, row_start + rows, device=device, dtype=torch.int64)[:, None]
     c = torch.arange(n, device=device, dtype=torch.int64)[None, :]
-    shape = (rows, n)
+    shape = (r.shape[0], n)
     ctr = [(c >> 2).expand(shape), (r & _MASK32).expand(shape), (r >> 32).expand(shape),
            torch.zeros(shape, dtype=torch.int64, device=device)]
     words = philox4x32(ctr, seed_key(seed))
@@ -66,9 +70,10 @@ def uniform(seed: int, rows: int, n: int, device: torch.device | str = "cpu",
     return ((w >> 9).to(torch.float32) + 0.5) * 2.0**-23
 
 
-def gumbel(seed: int, rows: int, n: int, device: torch.device | str = "cpu",
+def gumbel(seed: int, rows: int | torch.Tensor, n: int, device: torch.device | str = "cpu",
            dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard Gumbel noise -log(-log(u)); float64 when asked, else float32 (the kernels' math)."""
+    """Standard Gumbel noise -log(-log(u)) of `rows` (a count from row 0, or row indices, as
+    uniform); float64 when asked, else float32 (the kernels' math)."""
     u = uniform(seed, rows, n, device)
     if dtype == torch.float64:
         u = u.double()

@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import random
 from ..nn.masked_conv import MaskedConv2d
 from ..ops import _checks
 from ..ops._boundary import work_dtype
-from ..ops._causal_conv_generate_ref import _draw, _gumbel_rows
 from ..ops.gumbel import MIN_TAU
+from ..ops.sample import ref_draw
 
 
 class ResidualBlock(nn.Module):
@@ -107,8 +108,8 @@ class OriginalPixelCNN(nn.Module):
         ar = torch.arange(n, device=dev)
         for pos in range(height * width):
             i, j = divmod(pos, width)
-            noise = _gumbel_rows(seed, ((pos * K + torch.arange(K, device=dev)[:, None]) * n
-                                        + ar).reshape(-1), L, wd).view(K, n, L)
+            noise = random.gumbel(seed, ((pos * K + torch.arange(K, device=dev)[:, None]) * n
+                                         + ar).reshape(-1), L, dtype=wd).view(K, n, L)
             for c in range(K):
                 y = at(xin, w_in, *k0, i, j)
                 for w1, w2, w3, cache, kh, kw in blocks:
@@ -117,7 +118,7 @@ class OriginalPixelCNN(nn.Module):
                     y = y + torch.addmm(w3[1], torch.relu(at(cache, w2, kh, kw, i, j)), w3[0])
                 h = torch.relu(torch.addmm(o1[1], torch.relu(y), o1[0]))
                 logits = torch.addmm(o2[1], h, o2[0]).view(n, K, L)[:, c]
-                tok = _draw(logits, noise[c], inv_temp, k_top, p_top)
+                tok = ref_draw(logits, noise[c], inv_temp, k_top, p_top)
                 tokens[:, c, i, j] = tok
                 xin[:, c, i + p0h, j + p0w] = tok.to(wd) * (2.0 / (L - 1)) - 1.0
         return tokens

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import random
 from ._boundary import seed_value, work_dtype
-from .gumbel import ref_rows
+from .sample import ref_draw
 
 META_HEAD = 8  # meta = [L, A, R, G, S, E, K, input_kind, d_0 .. d_{L-1}]
 _NOISE_STEPS = 64  # steps whose noise the reference loop draws at once
@@ -66,35 +66,6 @@ def wavenet_forward_packed(pack, tokens_in: Tensor, gcond: Tensor | None = None,
     return F.conv1d(h, w2[:, :, None], b2)
 
 
-def _gumbel_rows(seed: int, rows: Tensor, n: int, dtype: torch.dtype) -> Tensor:
-    """The noise of the given rows (any int64 indices) of the stream (genfast/random.py)."""
-    r = rows[:, None]
-    c = torch.arange(n, device=rows.device)[None, :]
-    shape = (rows.numel(), n)
-    ctr = [(c >> 2).expand(shape), (r & 0xFFFFFFFF).expand(shape), (r >> 32).expand(shape),
-           torch.zeros(shape, dtype=torch.int64, device=rows.device)]
-    words = torch.stack(random.philox4x32(ctr, random.seed_key(seed)), -1)
-    u = ((words.gather(-1, (c & 3).expand(shape)[..., None])[..., 0] >> 9).float() + 0.5) * 2**-23
-    return -torch.log(-torch.log(u.to(dtype)))
-
-
-def _draw(x: Tensor, g: Tensor, inv_temp: float, top_k: int, top_p: float) -> Tensor:
-    """genfast.sample_categorical's reference draw (genfast/ops/sample.py) with given noise."""
-    xp, mp = ref_rows(x)
-    if math.isinf(inv_temp):
-        return xp.argmax(dim=1)
-    s = (xp - mp) * inv_temp
-    n = s.shape[1]
-    keep = torch.ones_like(s, dtype=torch.bool)
-    if 0 < top_k < n:
-        keep = s >= s.topk(top_k, dim=1).values[:, -1:]
-    if top_p < 1.0:
-        sorted_s, _ = torch.where(keep, s, -math.inf).sort(dim=1, descending=True)
-        pos = (torch.softmax(sorted_s, dim=1).cumsum(dim=1) < top_p).sum(dim=1, keepdim=True)
-        keep = keep & ((s >= sorted_s.gather(1, pos.clamp(max=n - 1))) | (pos >= n))
-    return torch.where(keep, s + g, -math.inf).argmax(dim=1)
-
-
 def ref_generate(weights, meta_t, gcond, lcond, rings, pos, n, seed, inv_temp, top_k, top_p):
     """The fast-wavenet loop in plain PyTorch (per-layer ring queues, one GEMM per layer for the
     taps and one for residual|skip): what a careful PyTorch user writes; the benchmark baseline."""
@@ -125,7 +96,8 @@ def ref_generate(weights, meta_t, gcond, lcond, rings, pos, n, seed, inv_temp, t
         p = p0 + i
         if i % _NOISE_STEPS == 0:  # the noise of the next steps at once: Philox is ~40 torch ops
             steps = torch.arange(min(_NOISE_STEPS, n - i), device=dev)[:, None]
-            noise = _gumbel_rows(sd, ((p + steps) * B + ar).reshape(-1), A, wd_).view(-1, B, A)
+            rows = ((p + steps) * B + ar).reshape(-1)
+            noise = random.gumbel(sd, rows, A, dtype=wd_).view(-1, B, A)
         x = _input(first, tok, A, kind)
         skip = torch.zeros(B, S, dtype=wd_, device=dev)
         for j, d in enumerate(meta[META_HEAD:]):
@@ -147,7 +119,7 @@ def ref_generate(weights, meta_t, gcond, lcond, rings, pos, n, seed, inv_temp, t
             o = torch.addmm(rs_b[j], z, rs_w[j])
             x, skip = x + o[:, :R], skip + o[:, R:]
         logits = torch.addmm(b2, torch.relu(torch.addmm(b1, torch.relu(skip), w1.t())), w2.t())
-        tok = _draw(logits, noise[i % _NOISE_STEPS], inv_temp, top_k, top_p)
+        tok = ref_draw(logits, noise[i % _NOISE_STEPS], inv_temp, top_k, top_p)
         tokens[:, i] = tok
     pos[:, 0] += n
     if n:

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import random
 from ._boundary import seed_value, work_dtype
-from ._causal_conv_generate_ref import _draw, _gumbel_rows
+from .sample import ref_draw
 
 LAYER_KEYS = ("v_weight", "v_bias", "h_weight", "h_bias", "link_weight", "link_bias",
               "res_weight", "res_bias")
@@ -73,8 +74,8 @@ def naive_generate(pack, tokens: Tensor, cond_bias: Tensor | None, start: int, s
     for p in range(start, H * W):
         i, j = divmod(p, W)
         logits = pixelcnn_forward_packed(pack, tokens, cond_bias)[:, :, i, j].to(wd)
-        g = _gumbel_rows(seed, p * B + ar, pack.classes, wd)
-        tokens[:, i, j] = _draw(logits, g, inv_temp, top_k, top_p)
+        g = random.gumbel(seed, p * B + ar, pack.classes, dtype=wd)
+        tokens[:, i, j] = ref_draw(logits, g, inv_temp, top_k, top_p)
     return tokens
 
 
@@ -125,8 +126,8 @@ def ref_generate(weights, meta_t, cond, tokens, start, seed, inv_temp, top_k, to
             if li + 1 < L:
                 ring[li + 1][:, :, c, c:c + W] = _gate(Vt.transpose(1, 2), C)
         if i * W + W > start:
-            g = _gumbel_rows(sd, ((i * W + torch.arange(W, device=dev))[:, None] * B + ar)
-                             .reshape(-1), A, wd).view(W, B, A)
+            g = random.gumbel(sd, ((i * W + torch.arange(W, device=dev))[:, None] * B + ar)
+                              .reshape(-1), A, dtype=wd).view(W, B, A)
         for j in range(W):
             p = i * W + j
             for li in range(L):
@@ -138,7 +139,7 @@ def ref_generate(weights, meta_t, cond, tokens, start, seed, inv_temp, top_k, to
                 hrow[li + 1][:, c + j] = out
             if p >= start:
                 logits = torch.addmm(b2, torch.relu(torch.addmm(b1, hrow[L][:, c + j], w1t)), w2t)
-                flat[:, p] = _draw(logits, g[j], inv_temp, top_k, top_p)
+                flat[:, p] = ref_draw(logits, g[j], inv_temp, top_k, top_p)
             x0 = emb[flat[:, p]]
             ring[0][:, :, c, c + j] = x0
             hrow[0][:, c + j] = x0

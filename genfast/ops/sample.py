@@ -56,7 +56,15 @@ SPEC = backends.register_op(backends.OpSpec(name="sample", dtypes=standard_dtype
 # --------------------------------------------------------------------------- reference (oracle)
 def _ref_sample(x: Tensor, seed: Tensor, inv_temp: float, top_k: int, top_p: float) -> Tensor:
     wd = work_dtype(x.dtype)
-    xp, mp = ref_rows(x.to(wd))
+    g = random.gumbel(seed_value(seed), x.shape[0], x.shape[1], x.device, wd)
+    return ref_draw(x.to(wd), g, inv_temp, top_k, top_p)
+
+
+def ref_draw(x: Tensor, g: Tensor, inv_temp: float, top_k: int, top_p: float) -> Tensor:
+    """The draw of every row of x (R, n) given its Gumbel noise g (R, n): the contract's
+    filter (temperature, top_k, top_p with ties kept) then the argmax of s + g. Shared by the
+    reference sampler and the generators' references, which draw noise rows of their own."""
+    xp, mp = ref_rows(x)
     if math.isinf(inv_temp):
         return xp.argmax(dim=1)
     s = (xp - mp) * inv_temp
@@ -71,7 +79,6 @@ def _ref_sample(x: Tensor, seed: Tensor, inv_temp: float, top_k: int, top_p: flo
         pos = (cum < top_p).sum(dim=1, keepdim=True)
         t = sorted_s.gather(1, pos.clamp(max=n - 1))
         keep = keep & ((s >= t) | (pos >= n))
-    g = random.gumbel(seed_value(seed), x.shape[0], n, x.device, wd)
     a = torch.where(keep, s + g, torch.full_like(s, -math.inf))
     return a.argmax(dim=1)
 
