@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 import genfast
 
+from .report import rate_rows
 from .runner import COMPILED, Case, Factory, Inputs, backends_for, threads
 
 EAGER = "torch eager"
@@ -301,16 +302,6 @@ def sections(rows: list[dict]) -> list[str]:
     lines = ["### wavenet_generate: samples/s (all streams), real-time factor at 16 kHz", "",
              "| case | provider | samples/s | RTF (per stream) | genfast vs it |",
              "|---|---|---:|---:|---:|"]
-    for case in dict.fromkeys(r["case"] for r in mine):
-        rs = [r for r in mine if r["case"] == case]
-        best = max((_per_sample_rate(r) or 0 for r in rs if r["provider"].startswith("genfast")),
-                   default=0)
-        for r in rs:
-            rate = _per_sample_rate(r)
-            if rate is None:
-                lines.append(f"| {case} | {r['provider']} | — | — | — |")
-                continue
-            rtf = 16000 * r["shape"][0] / rate
-            vs = "" if r["provider"].startswith("genfast") else f"{best / rate:.1f}x"
-            lines.append(f"| {case} | {r['provider']} | {rate:,.0f} | {rtf:.3g} | {vs} |")
+    lines += rate_rows(mine, _per_sample_rate,
+                       lambda r, rate: f"{rate:,.0f} | {16000 * r['shape'][0] / rate:.3g}", 2)
     return [*lines, "", *memory_section(rows)]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import genfast
 from genfast.ops.masked_conv import region_mask
 
+from .report import rate_rows
 from .runner import COMPILED, Case, Factory, Inputs, backends_for, threads
 
 EAGER, CROPPED = "torch eager", "torch eager cropped"
@@ -297,15 +298,5 @@ def sections(rows: list[dict]) -> list[str]:
         return []
     lines = [f"### {GEN_OP}: images/s (naive: {NAIVE_PIXELS} pixels timed, scaled to H*W)", "",
              "| case | provider | images/s | genfast vs it |", "|---|---|---:|---:|"]
-    for case in dict.fromkeys(r["case"] for r in mine):
-        rs = [r for r in mine if r["case"] == case]
-        best = max((_images_per_s(r) or 0 for r in rs if r["provider"].startswith("genfast")),
-                   default=0)
-        for r in rs:
-            rate = _images_per_s(r)
-            if rate is None:
-                lines.append(f"| {case} | {r['provider']} | — | — |")
-                continue
-            vs = "" if r["provider"].startswith("genfast") else f"{best / rate:.1f}x"
-            lines.append(f"| {case} | {r['provider']} | {rate:,.3g} | {vs} |")
+    lines += rate_rows(mine, _images_per_s, lambda r, rate: f"{rate:,.3g}")
     return [*lines, ""]

@@ -243,6 +243,25 @@ def table(op: str, rows_: list[dict], gpu_run: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rate_rows(rows: list[dict], rate_of, cells, blank: int = 1) -> list[str]:
+    """Markdown rows of a throughput section (generation): per case, each provider's rate
+    (rate_of(row), None when it did not run), its formatted cells(row, rate) (`blank` dashes when
+    it did not run) and how many times that rate genfast's best provider of the case reaches."""
+    lines = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        rs = [r for r in rows if r["case"] == case]
+        best = max((rate_of(r) or 0 for r in rs if r["provider"].startswith("genfast")),
+                   default=0)
+        for r in rs:
+            rate = rate_of(r)
+            if rate is None:
+                lines.append(f"| {case} | {r['provider']} |" + " — |" * (blank + 1))
+                continue
+            vs = "" if r["provider"].startswith("genfast") else f"{best / rate:.1f}x"
+            lines.append(f"| {case} | {r['provider']} | {cells(r, rate)} | {vs} |")
+    return lines
+
+
 def _is_torch(r: dict) -> bool:
     """A plain-PyTorch way to get the same result: not genfast, not the floor."""
     return not r["provider"].startswith("genfast") and r["provider"] != r["floor"]
