@@ -276,6 +276,21 @@ def test_opcheck(backend):
                 backend, conv, need))
 
 
+@pytest.mark.parametrize("backend", ALL)
+def test_non_contiguous_inputs(backend):
+    """Channels-last, sliced and transposed-storage inputs give the contiguous call's result."""
+    t = _layer(B=2, C=4, H=5, W=7, c=1, dtype=torch.float32, seed=3)
+    want = call(t, backend, mask_type="B")
+    wide = torch.zeros(2, 9, 5, 7)
+    wide[:, 2:6] = t["h"]
+    odd = dict(t, v=t["v"].contiguous(memory_format=torch.channels_last), h=wide[:, 2:6],
+               wv=t["wv"].transpose(2, 3).contiguous().transpose(2, 3),
+               wl=t["wl"].contiguous(memory_format=torch.channels_last),
+               cond=t["cond"].t().contiguous().t())
+    for got, ref in zip(call(odd, backend, mask_type="B"), want, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_compile_fullgraph():
     t = _layer(dtype=torch.float32, H=4, W=5)
     ins = {k: v.clone().requires_grad_() for k, v in t.items()}
