@@ -301,3 +301,12 @@ def test_native_rejects_bad_meta_and_tokens():
                              tokens.data_ptr(), 1, 2, 2, 0, seed, 1.0, 0, 1.0, 1, 1)
     with pytest.raises(ValueError, match="start must be in"):
         C_.pixelcnn_generate(*base, 5, seed, 1.0, 0, 1.0, 1, 1)
+
+
+def test_compile_fullgraph():
+    """The whole generation is one opaque op to torch.compile: no graph break, the eager draw."""
+    pack = _model()
+    f = torch.compile(lambda p: genfast.pixelcnn_generate(p, 2, height=3, width=4, seed=5),
+                      fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(f(pack), genfast.pixelcnn_generate(pack, 2, height=3, width=4,
+                                                                  seed=5), rtol=0, atol=0)
