@@ -45,6 +45,7 @@
 #include "cpu/masked_conv.h"
 #include "cpu/masked_conv_generate.h"
 #include "cpu/masked_conv_layer.h"
+#include "cpu/lstm.h"
 // [include:cpu]
 #include "common/fastmath.h"  // the ISA switch and the Philox path of the CPU kernels
 #include "common/openmp.h"
@@ -563,6 +564,9 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("tokens"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("start"),
       py::arg("seed"), py::arg("inv_temperature"), py::arg("top_k"), py::arg("top_p"),
       py::arg("dtype"), GENFAST_TAIL_NAME);
+
+  // [bind:lstm]
+  // [bind:lstm_generate]
 
 #ifndef GENFAST_WITH_CUDA
   // [bind:cpu:isa] Which copy of the multiversioned loops runs (common/isa.h). GENFAST_ISA is
