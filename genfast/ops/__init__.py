@@ -8,6 +8,7 @@ from . import (
     causal_conv_layer,
     gradient_penalty,
     gumbel,
+    lstm,
     masked_conv,
     masked_conv_generate,
     masked_conv_layer,
@@ -16,5 +17,5 @@ from . import (
 )
 
 __all__ = ["causal_conv", "causal_conv_generate", "causal_conv_layer", "gradient_penalty",
-           "gumbel", "masked_conv", "masked_conv_generate",
+           "gumbel", "lstm", "masked_conv", "masked_conv_generate",
            "masked_conv_layer", "sample", "spectral_norm"]
