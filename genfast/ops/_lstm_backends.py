@@ -146,7 +146,7 @@ def gemm_fwd(cell_fwd, gx, w_hh, w_hr, h0, c0, lengths, reverse, save):
         else:
             y[t].copy_(ht)
         h = y[t] if act is None else torch.where(act[t], y[t], h)
-    return y, gates, c_all, h.clone() if act is None else h, c_state.to(gx.dtype)
+    return y, gates, c_all, h.clone(), c_state.to(gx.dtype, copy=True)
 
 
 def gemm_bwd(cell_bwd, w_hh, w_hr, c0, lengths, gates, c_all, dy, dhT, dcT, want_dh_all,
@@ -166,7 +166,7 @@ def gemm_bwd(cell_bwd, w_hh, w_hr, c0, lengths, gates, c_all, dy, dhT, dcT, want
     for t in reversed(step_order(T, reverse)):
         d = dh if dy is None else dh + dy[t]
         if dh_all is not None:
-            dh_all[t] = d
+            dh_all[t] = d if act is None else torch.where(act[t], d, 0)
         dht = d @ w_hr if w_hr is not None else d
         cp = prev_cell(c_all, c0, lengths, t, reverse)
         cell_bwd(dht.contiguous(), dc, gates[t], c_all[t], cp, dgx[t], lengths, t)

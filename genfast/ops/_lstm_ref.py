@@ -92,7 +92,7 @@ def ref_fwd(gx, w_hh, w_hr, h0, c0, lengths, reverse, save):
         h, c = h_new, c_new
         if save:
             gates[t], c_all[t] = a, c
-    return y, gates, c_all, h.to(gx.dtype), c.to(gx.dtype)
+    return y, gates, c_all, h.to(gx.dtype, copy=True), c.to(gx.dtype, copy=True)
 
 
 def prev_cell(c_all: Tensor, c0: Tensor | None, lengths: Tensor | None, t: int,
@@ -144,5 +144,5 @@ def ref_bwd(w_hh, w_hr, c0, lengths, gates, c_all, dy, dhT, dcT, want_dh_all, re
         if want_dh_all:
             dh_all[t] = d
         dh, dc = dhn, dcn
-    cast = (lambda v: v.to(dtype))
+    cast = (lambda v: v.to(dtype, copy=True))  # never an alias of dhT / dcT
     return (cast(dgx), cast(dh), cast(dc), None if dh_all is None else cast(dh_all))

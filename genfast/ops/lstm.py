@@ -81,7 +81,7 @@ def _input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor
     else:
         bias = b_ih if b_hh is None else b_hh if b_ih is None else b_ih + b_hh
         gx = torch.addmm(bias, x2, w_ih.t())
-    return gx.view(T, B, -1)
+    return gx.view(T, B, w_ih.shape[0])
 
 
 def _empty(x: Tensor) -> Tensor:
@@ -94,8 +94,8 @@ def _fwd_impl(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save, b
     gx = _input_projection(x, w_ih, b_ih, b_hh).contiguous()
     y, gates, c_all, hT, cT = backends.call("lstm", backend, FWD, gx, w_hh, w_hr, h0, c0,
                                             lengths, reverse, save)
-    if not save:
-        gates = c_all = _empty(x)
+    if not save:  # two tensors: a custom op's outputs may not alias each other
+        gates, c_all = _empty(x), _empty(x)
     return y, hT, cT, gates, c_all
 
 
@@ -151,7 +151,7 @@ def _bwd_impl(x, w_ih, w_hh, w_hr, h0, c0, lengths, y, gates, c_all, gy, ghT, gc
     dgx, dh0, dc0, dh_all = backends.call("lstm", backend, BWD, w_hh, w_hr, c0, lengths, gates,
                                           c_all, gy, ghT, gcT, want["w_hr"], reverse, x.dtype)
     d2 = dgx.view(T * B, H4)
-    out = [_empty(x)] * 7
+    out = [_empty(x) for _ in range(7)]
     if want["x"]:
         out[0] = (d2 @ w_ih).view(T, B, n_in)
     if want["w_ih"]:
