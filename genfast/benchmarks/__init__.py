@@ -31,6 +31,7 @@ OPS = {
     "gradient_penalty": "genfast.benchmarks.gradient_penalty",
     "causal_conv": "genfast.benchmarks.causal_conv",
     "masked_conv": "genfast.benchmarks.masked_conv",
+    "lstm": "genfast.benchmarks.lstm",
 }
 
 
