@@ -295,6 +295,27 @@ def _generator(model_dtype: bool) -> Callable[[list[Tensor], str], Step]:
         return step
     return prepare
 
+# ------------------------------------------------------------- lstm (the layer; generation below)
+def _lstm_inputs(shape, device):
+    T, B, n_in, H, P, reverse, with_lengths = shape
+    Pe, s = P or H, H ** -0.5
+    return [randn((T, B, n_in), device, 1), randn((4 * H, n_in), device, 2, s),
+            randn((4 * H, Pe), device, 3, s), randn(4 * H, device, 4, s),
+            randn(4 * H, device, 5, s), randn((max(P, 1), H), device, 6, s),
+            randn((B, Pe), device, 7), randn((B, H), device, 8),
+            _carrier(int(P > 0), reverse, with_lengths, device=device)]
+
+
+def _lstm(xs, b):
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, cfg = xs
+    proj, reverse, with_lengths = _settings(cfg)
+    T, B = x.shape[:2]
+    # lengths T, T-3, T-6, ... (wrapping, >= 1): full, short and (reverse) late-starting rows
+    lengths = (T - (torch.arange(B, device=x.device) * 3) % T) if with_lengths else None
+    return genfast.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr if proj else None, h0, c0,
+                              lengths=lengths, reverse=bool(reverse), backend=b)
+
+
 # ------------------------------------------------------------- masked_conv (+ layer, generation)
 def _masked_inputs(shape, device):
     B, cin, cout, H, W, k, mask_b, G, stride = shape
@@ -471,6 +492,17 @@ ROWS: list[Row] = [
     Row("causal_conv_generate", "generate_fp32", _generate_inputs, _generator(True),
         ((256, 32, 64, 128, 64, 2, 6, 2, 100, 0, 1, 0, 100),),
         (16, 4, 6, 5, 7, 2, 2, 2, 12, 0, 1, 5, 90), compile=False),
+    # Shapes (T, B, I, H, P (proj_size, 0 = none), reverse, lengths): CUDA's persistent kernel
+    # at small batches (B 1..16, H 256/512), its GEMM + fused-cell path at B 64 and with
+    # H 1024, projection (a second grid phase per step), reverse with lengths (sequences that
+    # start late), odd sizes. Triton: the fused small-H recurrence (H <= 256, no projection)
+    # and the GEMM path otherwise. Lengths are validated on the host (one sync), so the probe
+    # has none.
+    Row("lstm", "lstm_layer", _lstm_inputs, _fn(_lstm),
+        ((64, 1, 128, 256, 0, 0, 0), (64, 16, 512, 512, 0, 0, 0), (32, 64, 256, 1024, 0, 1, 0),
+         (33, 5, 17, 129, 64, 0, 1), (17, 7, 9, 33, 0, 1, 1), (9, 3, 5, 7, 3, 1, 1)),
+        (5, 3, 4, 6, 0, 1, 0), diff=tuple(range(8)), gradgradcheck=True, rtol=2e-4,
+        atol=2e-5),
     # Shapes (B, C_in, C_out, H, W, k, mask B, colour groups, stride): the 7x7 mask B
     # at 64 channels, odd sizes, mask A with RGB groups on a 3-channel input, stride 2, 1x1.
     Row("masked_conv", "masked_conv2d", _masked_inputs, _fn(_masked),
