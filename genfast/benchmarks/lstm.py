@@ -10,7 +10,8 @@ Providers (training):
   torch.compile        that cell loop with the cell compiled (Dynamo does not take nn.LSTM)
   floor                the GEMMs over all steps that any implementation does besides the
                        recurrence (input projection; with backward dx, dW_ih and dW_hh too)
-Generation (mode "sample"; 1 thread at batch 1, the issue's target; vocabulary 96):
+Generation (mode "sample"; vocabulary 96, one-hot input; batch 1 on 1 thread (the issue's
+target) and batch 32 on 2):
   genfast:<backend>    LSTMLanguageModel.generate: the whole loop in one native call
   torch nn.LSTM loop   one nn.LSTM call per token with the state carried, then the head and the
                        same sampler (the careful Python loop)
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 import genfast
 
 from .report import rate_rows
-from .runner import COMPILED, Case, Factory, Inputs, backends_for
+from .runner import COMPILED, Case, Factory, Inputs, backends_for, threads
 
 TORCH, CELL = "torch nn.LSTM", "torch LSTMCell loop"
 FLOOR = "all-step GEMMs only (floor)"
@@ -35,6 +36,12 @@ GPU_TRAIN = [(256, B, H, H, 1) for B in (1, 16, 64) for H in (256, 512, 1024)]
 CRITIC = (32, 16, 64, 128, 1)  # a WGAN-GP LSTM critic over (T, B, n_in) relaxed one-hots
 QUICK_CRITIC = (5, 2, 6, 8, 1)
 CRITIC_OP = "lstm_wgan_gp_critic_step"
+GEN_OP, LOOP, NAIVE = "lstm_generate", "torch nn.LSTM loop", "naive full forward"
+VOCAB = 96  # char-RNN's printable-ASCII vocabulary (one-hot input, Karpathy's char-rnn)
+# (layers, hidden, batch, threads): the issue's targets at batch 1 on one thread, and batch 32
+GEN = [(1, 128, 1, 1), (2, 512, 1, 1), (1, 128, 32, 2), (2, 512, 32, 2)]
+QUICK_GEN = [(1, 8, 1, 1), (2, 8, 3, 1)]
+GEN_STEPS, QUICK_GEN_STEPS, NAIVE_STEPS = 256, 8, 4
 
 
 def _lstm(n_in: int, H: int, layers: int, dtype, device) -> torch.nn.LSTM:
@@ -188,6 +195,67 @@ def critic_case(shape, dtype, device, backends) -> Case:
                 eager=TORCH, floor=TORCH, table=False)
 
 
+# ------------------------------------------------------------------ generation
+def _lm(layers: int, H: int, dtype, device):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        lstm = torch.nn.LSTM(VOCAB, H, layers).to(device=device, dtype=dtype)
+        head = torch.nn.Linear(H, VOCAB).to(device=device, dtype=dtype)
+    return lstm, head
+
+
+def _multinomial(logits: torch.Tensor, p: int) -> torch.Tensor:
+    """What a careful Python loop samples with."""
+    return torch.multinomial(torch.softmax(logits, -1), 1)[:, 0]
+
+
+def _gen_provider(kind: str, backend, layers, H, B, threads_, n, dtype, device) -> Factory:
+    from genfast.ops.lstm_generate import module_generate, naive_generate
+
+    def factory(inp: Inputs):
+        lstm, head = _lm(layers, H, dtype, device)
+        prime = torch.zeros(B, 1, dtype=torch.long, device=device)
+        if kind == "genfast":
+            pack = genfast.pack_lstm(None, lstm, head)
+
+            def run():
+                return genfast.lstm_generate(pack, prime, n, seed=0, backend=backend)
+        elif kind == "loop":
+            def run():
+                return module_generate(None, lstm, head, prime, n, _multinomial)
+        else:  # NAIVE_STEPS tokens after a prefix of n / 2: the mean cost of one of n steps
+            mid = torch.zeros(B, n // 2, dtype=torch.long, device=device)
+
+            def run():
+                return naive_generate(None, lstm, head, mid, NAIVE_STEPS, _multinomial)
+
+        def timed():
+            with threads(threads_), torch.no_grad():
+                return run()
+        return timed
+    return factory
+
+
+def gen_case(cfg, n, dtype, device, backends) -> Case:
+    layers, H, B, threads_ = cfg
+    args = (layers, H, B, threads_, n, dtype, device)
+    providers: dict[str, Factory] = {
+        f"genfast:{be}": _gen_provider("genfast", be, *args)
+        for be in backends if be != "reference"}
+    providers[LOOP] = _gen_provider("loop", None, *args)
+    providers[NAIVE] = _gen_provider("naive", None, *args)
+    return Case(op=GEN_OP, name=f"{layers}x{H} V{VOCAB} batch {B} threads={threads_ or 'all'}",
+                shape=(layers, H, B, n), dtype=dtype, device=device, mode="sample",
+                inputs=dict, providers=providers, bytes=0, eager=LOOP, floor=LOOP, table=False)
+
+
+def _steps_per_s(r: dict) -> float | None:
+    if r.get("median_ms") is None:
+        return None
+    n = NAIVE_STEPS if r["provider"] == NAIVE else r["shape"][3]
+    return n / (r["median_ms"] / 1e3)
+
+
 def cases(device: str = "cpu", scope: str = "default",
           dtypes: list[torch.dtype] | None = None) -> list[Case]:
     """quick: tiny shapes. default: the issue's 2x512 (B=32, T=128) forward and
@@ -206,6 +274,11 @@ def cases(device: str = "cpu", scope: str = "default",
             out.append(train_case(shape, dtype, device, "forward+backward", backends,
                                   compile_default=not quick and shape == shapes[0]))
         out.append(critic_case(QUICK_CRITIC if quick else CRITIC, dtype, device, backends))
+        if dtype == (torch.bfloat16 if cuda else torch.float32):
+            for cfg in QUICK_GEN if quick else GEN:
+                cfg = (*cfg[:3], None) if cuda else cfg
+                out.append(gen_case(cfg, QUICK_GEN_STEPS if quick else GEN_STEPS, dtype, device,
+                                    backends))
     return out
 
 
@@ -226,5 +299,14 @@ def sections(rows: list[dict]) -> list[str]:
         out += [f"### {title}", "", "| case | provider | per s | genfast vs it |",
                 "|---|---|---:|---:|"]
         out += rate_rows(mine, _per_s, lambda r, rate: f"{rate:,.3g}")
+        out.append("")
+    mine = [r for r in rows if r["op"] == GEN_OP]
+    if mine:
+        out += [f"### {GEN_OP}: steps/s per stream (naive: {NAIVE_STEPS} steps timed after a "
+                "prefix of half the length)", "",
+                "| case | provider | steps/s | tokens/s | genfast vs it |",
+                "|---|---|---:|---:|---:|"]
+        out += rate_rows(mine, _steps_per_s,
+                         lambda r, rate: f"{rate:,.4g} | {rate * r['shape'][2]:,.4g}", blank=2)
         out.append("")
     return out
