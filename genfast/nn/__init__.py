@@ -2,6 +2,7 @@
 
 from .causal_conv import CausalConv1d, WaveNet, WaveNetLayer
 from .gumbel import GumbelSoftmax, TemperatureSchedule
+from .lstm import LSTM, LSTMCell, convert_lstm, revert_lstm
 from .masked_conv import GatedPixelCNNLayer, MaskedConv2d, PixelCNN
 from .spectral_norm import (
     SpectralNorm,
@@ -12,8 +13,10 @@ from .spectral_norm import (
     spectral_norm,
 )
 
-__all__ = ["CausalConv1d", "GatedPixelCNNLayer", "GumbelSoftmax", "MaskedConv2d", "PixelCNN",
+__all__ = ["CausalConv1d", "GatedPixelCNNLayer", "GumbelSoftmax", "LSTM", "LSTMCell",
+           "MaskedConv2d", "PixelCNN",
            "SpectralNorm", "SpectralNormGroup",
            "TemperatureSchedule",
-           "convert_spectral_norm", "remove_spectral_norm", "revert_spectral_norm",
+           "convert_lstm", "convert_spectral_norm", "revert_lstm",
+           "remove_spectral_norm", "revert_spectral_norm",
            "spectral_norm", "WaveNet", "WaveNetLayer"]
