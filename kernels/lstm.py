@@ -8,7 +8,7 @@ gate order i, f, g, o along the 4H axis, as torch's. Two paths:
   block, hidden block), elementwise, nothing shared between programs.
 * The fused recurrence (recurrence_fwd / recurrence_bwd, no projection: P == H): one program per
   block of batch rows runs all T steps in one launch. w_hh is re-read from L2 every step (4H x H
-  <= 256 KB in fp16 at H = 256); h lives in a double-buffered global scratch (one
+  <= 512 KB in fp16 at H = 256); h lives in a double-buffered global scratch (one
   tl.debug_barrier per step orders this step's writes before the next step's reads of the whole
   row), c / dc in a float32 scratch that only the thread owning an element touches. The step's
   GEMM runs in hidden blocks of BN columns over BK-wide reduction chunks, tl.dot when every tile
@@ -30,10 +30,10 @@ import triton
 import triton.language as tl
 
 from ._launch import check_count, check_like, device_guard
+from .causal_conv import DTYPES, _pow2, _prec
+from .masked_conv import MIN_DOT, _mm
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 WORK = torch.float32
-MIN_DOT = 16  # tl.dot needs every tile dimension >= 16 on the GPU
 MAX_RECURRENCE_H = 256  # w_hh of 4H x H: 512 KB of fp16 re-read per step and row block from L2
 _INT32_MAX = 2**31 - 1
 
@@ -44,16 +44,6 @@ _INT32_MAX = 2**31 - 1
 @triton.jit
 def _tanh(x):
     return 2.0 * tl.sigmoid(2.0 * x) - 1.0
-
-
-@triton.jit
-def _mm(a, b, acc, DOT: tl.constexpr, PREC: tl.constexpr):
-    """acc + a @ b for a (M, K), b (K, N), fp32 accumulation."""
-    if DOT:
-        acc = tl.dot(a, b, acc, input_precision=PREC)
-    else:
-        acc += tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], 1)
-    return acc
 
 
 @triton.jit
@@ -86,12 +76,48 @@ def _store4(ptr, off, H, a, b, c, d, mask):
 
 
 @triton.jit
+def _cell(a_i, a_f, a_g, a_o, c):
+    """The activations, the new c and ht = o tanh(c) from the pre-activations and the old c."""
+    i = tl.sigmoid(a_i)
+    f = tl.sigmoid(a_f)
+    g = _tanh(a_g)
+    o = tl.sigmoid(a_o)
+    c = f * c + i * g
+    return i, f, g, o, c, o * _tanh(c)
+
+
+@triton.jit
 def _cell_grads(dht, dc, i, f, g, o, ct, cp):
-    """The cell's backward (design section 1): dG's four blocks and the dc carried to t - 1."""
+    """The cell's backward (design section 1): dG's four blocks and the dc carried to t - 1.
+    Rows loaded as zeros (inactive ones) give dG = 0 exactly: every term has a zero factor."""
     tc = _tanh(ct)
     dc = dc + dht * o * (1.0 - tc * tc)
     return (dc * g * i * (1.0 - i), dc * cp * f * (1.0 - f), dc * i * (1.0 - g * g),
             dht * tc * o * (1.0 - o), dc * f)
+
+
+@triton.jit
+def _cell_tile(len_ptr, t, B, H, HAS_LEN: tl.constexpr, BR: tl.constexpr, BH: tl.constexpr):
+    """A cell program's tile: (active-element mask, all-element mask, (B, 4H) and (B, H)
+    offsets)."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * BH + tl.arange(0, BH)
+    rm = rows < B
+    act = rm & (t < _lengths(len_ptr, rows, rm, t + 1, HAS_LEN))
+    r64 = rows.to(tl.int64)[:, None]
+    cm = (cols < H)[None, :]
+    c2 = cols[None, :]
+    return act[:, None] & cm, rm[:, None] & cm, r64 * (4 * H) + c2, r64 * H + c2
+
+
+@triton.jit
+def _copy_out(src_ptr, dst_ptr, r64, rm, H, BN: tl.constexpr):
+    """dst[rows] = src[rows] (B, H) with one rounding to dst's dtype."""
+    for j0 in range(0, H, BN):
+        j = j0 + tl.arange(0, BN)
+        mr = rm[:, None] & (j < H)[None, :]
+        v = tl.load(src_ptr + r64 * H + j[None, :], mask=mr, other=0.0)
+        tl.store(dst_ptr + r64 * H + j[None, :], v.to(dst_ptr.dtype.element_ty), mask=mr)
 
 
 # ----------------------------------------------------------------------------- cell kernels
@@ -101,24 +127,11 @@ def _cell_grads(dht, dc, i, f, g, o, ct, cp):
 def _cell_fwd_kernel(G_ptr, c_ptr, gates_ptr, ct_ptr, ht_ptr, len_ptr, t, B, H,
                      HAS_LEN: tl.constexpr, SAVE: tl.constexpr, BR: tl.constexpr,
                      BH: tl.constexpr):
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    cols = tl.program_id(1) * BH + tl.arange(0, BH)
-    rm = rows < B
-    cm = cols < H
-    act = rm & (t < _lengths(len_ptr, rows, rm, t + 1, HAS_LEN))
-    m = act[:, None] & cm[None, :]
-    r64 = rows.to(tl.int64)[:, None]
-    goff = r64 * (4 * H) + cols[None, :]
-    soff = r64 * H + cols[None, :]
+    m, mr, goff, soff = _cell_tile(len_ptr, t, B, H, HAS_LEN, BR, BH)
     a_i, a_f, a_g, a_o = _load4(G_ptr, goff, H, m)
-    i = tl.sigmoid(a_i)
-    f = tl.sigmoid(a_f)
-    g = _tanh(a_g)
-    o = tl.sigmoid(a_o)
-    c = f * tl.load(c_ptr + soff, mask=m, other=0.0) + i * g
+    i, f, g, o, c, ht = _cell(a_i, a_f, a_g, a_o, tl.load(c_ptr + soff, mask=m, other=0.0))
     tl.store(c_ptr + soff, c, mask=m)
-    ht = tl.where(act[:, None], o * _tanh(c), 0.0)
-    tl.store(ht_ptr + soff, ht.to(ht_ptr.dtype.element_ty), mask=rm[:, None] & cm[None, :])
+    tl.store(ht_ptr + soff, tl.where(m, ht, 0.0).to(ht_ptr.dtype.element_ty), mask=mr)
     if SAVE:
         _store4(gates_ptr, goff, H, i, f, g, o, m)
         tl.store(ct_ptr + soff, c, mask=m)
@@ -128,27 +141,16 @@ def _cell_fwd_kernel(G_ptr, c_ptr, gates_ptr, ct_ptr, ht_ptr, len_ptr, t, B, H,
 def _cell_bwd_kernel(dht_ptr, dc_ptr, gates_ptr, ct_ptr, cp_ptr, dG_ptr, len_ptr, t, B, H,
                      HAS_LEN: tl.constexpr, HAS_CP: tl.constexpr, BR: tl.constexpr,
                      BH: tl.constexpr):
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    cols = tl.program_id(1) * BH + tl.arange(0, BH)
-    rm = rows < B
-    cm = cols < H
-    act = rm & (t < _lengths(len_ptr, rows, rm, t + 1, HAS_LEN))
-    m = act[:, None] & cm[None, :]
-    r64 = rows.to(tl.int64)[:, None]
-    goff = r64 * (4 * H) + cols[None, :]
-    soff = r64 * H + cols[None, :]
+    m, mr, goff, soff = _cell_tile(len_ptr, t, B, H, HAS_LEN, BR, BH)
     i, f, g, o = _load4(gates_ptr, goff, H, m)
     dht = tl.load(dht_ptr + soff, mask=m, other=0.0).to(tl.float32)
-    ct = tl.load(ct_ptr + soff, mask=m, other=0.0)
     cp = tl.zeros((BR, BH), tl.float32)
     if HAS_CP:
         cp = tl.load(cp_ptr + soff, mask=m, other=0.0)
-    dc = tl.load(dc_ptr + soff, mask=m, other=0.0)
-    d_i, d_f, d_g, d_o, dc = _cell_grads(dht, dc, i, f, g, o, ct, cp)
+    d_i, d_f, d_g, d_o, dc = _cell_grads(dht, tl.load(dc_ptr + soff, mask=m, other=0.0), i, f,
+                                         g, o, tl.load(ct_ptr + soff, mask=m, other=0.0), cp)
     tl.store(dc_ptr + soff, dc, mask=m)
-    a = act[:, None]
-    _store4(dG_ptr, goff, H, tl.where(a, d_i, 0.0), tl.where(a, d_f, 0.0),
-            tl.where(a, d_g, 0.0), tl.where(a, d_o, 0.0), rm[:, None] & cm[None, :])
+    _store4(dG_ptr, goff, H, d_i, d_f, d_g, d_o, mr)
 
 
 # ----------------------------------------------------------------------------- recurrence
@@ -196,13 +198,10 @@ def _rec_fwd_kernel(gx_ptr, w_ptr, len_ptr, y_ptr, gates_ptr, call_ptr, hT_ptr, 
                 a_f = _mm(hk, tl.load(wp + H * H, mask=wm, other=0.0), a_f, DOT, PREC)
                 a_g = _mm(hk, tl.load(wp + 2 * H * H, mask=wm, other=0.0), a_g, DOT, PREC)
                 a_o = _mm(hk, tl.load(wp + 3 * H * H, mask=wm, other=0.0), a_o, DOT, PREC)
-            i = tl.sigmoid(a_i)
-            f = tl.sigmoid(a_f)
-            g = _tanh(a_g)
-            o = tl.sigmoid(a_o)
-            c = f * tl.load(cbuf_ptr + soff, mask=m, other=0.0) + i * g
+            i, f, g, o, c, h = _cell(a_i, a_f, a_g, a_o,
+                                     tl.load(cbuf_ptr + soff, mask=m, other=0.0))
             tl.store(cbuf_ptr + soff, c, mask=m)
-            h = (o * _tanh(c)).to(ty)
+            h = h.to(ty)
             # Inactive rows carry h over (the double buffer needs every row written).
             h_old = tl.load(h_in + soff, mask=mr, other=0.0)
             tl.store(h_out + soff, tl.where(a2, h, h_old), mask=mr)
@@ -211,14 +210,8 @@ def _rec_fwd_kernel(gx_ptr, w_ptr, len_ptr, y_ptr, gates_ptr, call_ptr, hT_ptr, 
                 _store4(gates_ptr + g_t, goff, H, i, f, g, o, m)
                 tl.store(call_ptr + s_t + soff, c, mask=m)
         tl.debug_barrier()
-    h_fin = hbuf_ptr + (T % 2) * B * H
-    for j0 in range(0, H, BN):
-        j = j0 + tl.arange(0, BN)
-        mr = rm[:, None] & (j < H)[None, :]
-        soff = r64 * H + j[None, :]
-        tl.store(hT_ptr + soff, tl.load(h_fin + soff, mask=mr, other=0.0), mask=mr)
-        c = tl.load(cbuf_ptr + soff, mask=mr, other=0.0)
-        tl.store(cT_ptr + soff, c.to(cT_ptr.dtype.element_ty), mask=mr)
+    _copy_out(hbuf_ptr + (T % 2) * B * H, hT_ptr, r64, rm, H, BN)
+    _copy_out(cbuf_ptr, cT_ptr, r64, rm, H, BN)
 
 
 @triton.jit
@@ -266,8 +259,7 @@ def _rec_bwd_kernel(w_ptr, c0_ptr, len_ptr, gates_ptr, call_ptr, dy_ptr, dgx_ptr
             dc = tl.load(dcbuf_ptr + soff, mask=m, other=0.0)
             d_i, d_f, d_g, d_o, dc = _cell_grads(dht, dc, i, f, g, o, ct, cp)
             tl.store(dcbuf_ptr + soff, dc, mask=m)
-            _store4(dgx_ptr + g_t, goff, H, tl.where(a2, d_i, 0.0), tl.where(a2, d_f, 0.0),
-                    tl.where(a2, d_g, 0.0), tl.where(a2, d_o, 0.0), rm[:, None] & jm)
+            _store4(dgx_ptr + g_t, goff, H, d_i, d_f, d_g, d_o, rm[:, None] & jm)
         tl.debug_barrier()
         # Phase 2: dh = dgx[t] w_hh for the active rows; inactive rows keep theirs.
         for j0 in range(0, H, BN):
@@ -284,57 +276,53 @@ def _rec_bwd_kernel(w_ptr, c0_ptr, len_ptr, gates_ptr, call_ptr, dy_ptr, dgx_ptr
                 acc = _mm(a, w, acc, DOT, PREC)
             tl.store(dhbuf_ptr + r64 * H + j[None, :], acc, mask=a2 & jm[None, :])
         tl.debug_barrier()
-    for j0 in range(0, H, BN):
-        j = j0 + tl.arange(0, BN)
-        mr = rm[:, None] & (j < H)[None, :]
-        soff = r64 * H + j[None, :]
-        dh = tl.load(dhbuf_ptr + soff, mask=mr, other=0.0)
-        tl.store(dh0_ptr + soff, dh.to(dh0_ptr.dtype.element_ty), mask=mr)
-        dc = tl.load(dcbuf_ptr + soff, mask=mr, other=0.0)
-        tl.store(dc0_ptr + soff, dc.to(dc0_ptr.dtype.element_ty), mask=mr)
+    _copy_out(dhbuf_ptr, dh0_ptr, r64, rm, H, BN)
+    _copy_out(dcbuf_ptr, dc0_ptr, r64, rm, H, BN)
 
 
 # ----------------------------------------------------------------------------- launchers
 
 
-def _pow2(n: int, lo: int, hi: int) -> int:
-    return min(hi, max(lo, triton.next_power_of_2(max(n, 1))))
-
-
-def _prec(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _data(name: str, t: object) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor) or t.dtype not in DTYPES:
+def _lead(name: str, t: object, ndim: int, dtypes) -> tuple[int, ...]:
+    """The shape of the tensor that sets the sizes (its last size 4H); the others are checked
+    against it with check_like (exact shape, dtype, device, contiguous)."""
+    if not isinstance(t, torch.Tensor) or t.dtype not in dtypes:
         got = f"{t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
-        raise TypeError(f"{name} must be a float32, float16 or bfloat16 tensor, got {got}")
-    return t
+        want = "float32" if dtypes == (WORK,) else "float32, float16 or bfloat16"
+        raise TypeError(f"{name} must be a {want} tensor, got {got}")
+    if t.dim() != ndim or t.shape[-1] % 4:
+        raise ValueError(f"{name} must be {ndim}-D with a last size 4H, got {tuple(t.shape)}")
+    check_like(name, t, tuple(t.shape), t.dtype, t.device)
+    H = t.shape[-1] // 4
+    # Row offsets are int64; column offsets (< 4H) and w_hh offsets (< 4H * H) are int32.
+    if 4 * H * max(H, 1) > _INT32_MAX:
+        raise ValueError(f"{name}: hidden size {H} too large for int32 column offsets")
+    return tuple(t.shape[:-1]) + (H,)
 
 
-def _opt(name: str, t: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype,
-         device: torch.device) -> torch.Tensor | None:
-    return None if t is None else check_like(name, t, shape, dtype, device)
+def _check(device: torch.device, lengths: torch.Tensor | None, B: int, **tensors) -> None:
+    """name=(tensor or None, shape, dtype) for each further argument; lengths (B,) int64."""
+    for name, (t, shape, dtype) in tensors.items():
+        if t is not None:
+            check_like(name, t, shape, dtype, device)
+    if lengths is not None:
+        check_like("lengths", lengths, (B,), torch.int64, device)
 
 
-def _check_lengths(lengths: torch.Tensor | None, B: int, device: torch.device) -> None:
-    _opt("lengths", lengths, (B,), torch.int64, device)
+def _pair(a: str, ta: object, b: str, tb: object) -> None:
+    if (ta is None) != (tb is None):
+        raise ValueError(f"{a} and {b} must both be given (training) or both None")
 
 
-def _check_sizes(B: int, H: int) -> None:
-    # Row offsets are int64; column offsets (c < 4H) and w_hh offsets (< 4H * H) are int32.
-    if 4 * H * max(H, 1) > _INT32_MAX or B > _INT32_MAX:
-        raise ValueError(f"hidden size {H} / batch {B} too large for int32 column offsets")
-
-
-def _cell_blocks(B: int, H: int, block: tuple[int, int] | None) -> tuple[int, int]:
+def _cell_grid(B: int, H: int, block: tuple[int, int] | None) -> tuple[tuple[int, int], dict]:
     if block is not None:
-        br, bh = block
-        if any(v < 2 or v & (v - 1) for v in (br, bh)):
+        if any(v < 2 or v & (v - 1) for v in block):
             raise ValueError(f"block must be two powers of two >= 2, got {block}")
-        return br, bh
-    bh = _pow2(H, 2, 256)
-    return _pow2(B, 2, max(2, 1024 // bh)), bh
+        br, bh = block
+    else:
+        bh = _pow2(H, 2, 256)
+        br = _pow2(B, 2, max(2, 1024 // bh))
+    return (triton.cdiv(B, br), triton.cdiv(H, bh)), dict(BR=br, BH=bh)
 
 
 def cell_fwd(G: torch.Tensor, c_state: torch.Tensor, gates_t: torch.Tensor | None,
@@ -350,29 +338,20 @@ def cell_fwd(G: torch.Tensor, c_state: torch.Tensor, gates_t: torch.Tensor | Non
     Active rows: the equations in fp32. Inactive rows: c_state unchanged, ht = 0, gates_t and
     c_t untouched. All tensors contiguous on one device. block = (rows, hidden) forces the
     program tile (powers of two >= 2; the tests walk the tiling with it)."""
-    _data("G", G)
-    if G.dim() != 2 or G.shape[1] % 4:
-        raise ValueError(f"G must be (B, 4H), got shape {tuple(G.shape)}")
-    B, H = G.shape[0], G.shape[1] // 4
-    dev = G.device
-    check_like("G", G, (B, 4 * H), G.dtype, dev)
-    check_like("c_state", c_state, (B, H), WORK, dev)
-    if (gates_t is None) != (c_t is None):
-        raise ValueError("gates_t and c_t must both be given (training) or both None")
-    _opt("gates_t", gates_t, (B, 4 * H), WORK, dev)
-    _opt("c_t", c_t, (B, H), WORK, dev)
-    check_like("ht", ht, (B, H), G.dtype, dev)
-    _check_lengths(lengths, B, dev)
+    B, H = _lead("G", G, 2, DTYPES)
+    _pair("gates_t", gates_t, "c_t", c_t)
+    _check(G.device, lengths, B, c_state=(c_state, (B, H), WORK),
+           gates_t=(gates_t, (B, 4 * H), WORK), c_t=(c_t, (B, H), WORK),
+           ht=(ht, (B, H), G.dtype))
     check_count("t", t)
-    _check_sizes(B, H)
     if B * H == 0:
         return
-    br, bh = _cell_blocks(B, H, block)
+    grid, blocks = _cell_grid(B, H, block)
     with device_guard(G):
-        _cell_fwd_kernel[(triton.cdiv(B, br), triton.cdiv(H, bh))](
+        _cell_fwd_kernel[grid](
             G, c_state, gates_t if gates_t is not None else c_state,
             c_t if c_t is not None else c_state, ht, lengths if lengths is not None else G,
-            t, B, H, HAS_LEN=lengths is not None, SAVE=gates_t is not None, BR=br, BH=bh)
+            t, B, H, HAS_LEN=lengths is not None, SAVE=gates_t is not None, **blocks)
 
 
 def cell_bwd(dht: torch.Tensor, dc_state: torch.Tensor, gates_t: torch.Tensor,
@@ -389,28 +368,21 @@ def cell_bwd(dht: torch.Tensor, dc_state: torch.Tensor, gates_t: torch.Tensor,
     pre-activations G. lengths (B,) int64 or None. Active rows (t < lengths[b]): the design's
     formulas in fp32. Inactive rows: dG = 0, dc_state unchanged. All tensors contiguous on one
     device; block as in cell_fwd."""
-    _data("dht", dht)
-    if dht.dim() != 2:
-        raise ValueError(f"dht must be (B, H), got shape {tuple(dht.shape)}")
-    B, H = dht.shape
-    dev = dht.device
-    check_like("dht", dht, (B, H), dht.dtype, dev)
-    check_like("dc_state", dc_state, (B, H), WORK, dev)
-    check_like("gates_t", gates_t, (B, 4 * H), WORK, dev)
-    check_like("c_t", c_t, (B, H), WORK, dev)
-    _opt("c_prev", c_prev, (B, H), WORK, dev)
-    check_like("dG", dG, (B, 4 * H), dht.dtype, dev)
-    _check_lengths(lengths, B, dev)
+    B, H = _lead("dG", dG, 2, DTYPES)
+    _check(dG.device, lengths, B, dht=(dht, (B, H), dG.dtype),
+           dc_state=(dc_state, (B, H), WORK), gates_t=(gates_t, (B, 4 * H), WORK),
+           c_t=(c_t, (B, H), WORK), c_prev=(c_prev, (B, H), WORK))
+    if gates_t is None or c_t is None:
+        raise ValueError("gates_t and c_t (saved by cell_fwd) are required")
     check_count("t", t)
-    _check_sizes(B, H)
     if B * H == 0:
         return
-    br, bh = _cell_blocks(B, H, block)
-    with device_guard(dht):
-        _cell_bwd_kernel[(triton.cdiv(B, br), triton.cdiv(H, bh))](
+    grid, blocks = _cell_grid(B, H, block)
+    with device_guard(dG):
+        _cell_bwd_kernel[grid](
             dht, dc_state, gates_t, c_t, c_prev if c_prev is not None else c_t, dG,
-            lengths if lengths is not None else dht, t, B, H, HAS_LEN=lengths is not None,
-            HAS_CP=c_prev is not None, BR=br, BH=bh)
+            lengths if lengths is not None else dG, t, B, H, HAS_LEN=lengths is not None,
+            HAS_CP=c_prev is not None, **blocks)
 
 
 def supports_recurrence(H: int, B: int) -> bool:
@@ -423,7 +395,7 @@ def supports_recurrence(H: int, B: int) -> bool:
     return 1 <= H <= MAX_RECURRENCE_H
 
 
-def _rec_blocks(B: int, H: int, K: int, block: int | None) -> dict:
+def _rec_blocks(B: int, H: int, K: int, block: int | None, dtype: torch.dtype) -> dict:
     """Tiles of the recurrence: BN hidden columns, BK reduction (K wide), BB batch rows."""
     if block is not None:
         if block < 2 or block & (block - 1):
@@ -431,11 +403,12 @@ def _rec_blocks(B: int, H: int, K: int, block: int | None) -> dict:
         bn = bk = block
     else:
         bn = _pow2(H, 2, 64)
-        bk = _pow2(K, 2, 32 if H >= MIN_DOT else 16)
+        # fp32 tiles of 32 take ~68 KB of shared memory at sm_90 (over sm_75's 64 KB); 16: ~35.
+        bk = _pow2(K, 2, 32 if H >= MIN_DOT and dtype != torch.float32 else 16)
     dot = bn >= MIN_DOT and bk >= MIN_DOT
     # tl.dot pads the batch rows to 16; the broadcast-and-sum body keeps (BB, BK, BN) <= 4096.
     bb = MIN_DOT if dot else _pow2(B, 2, max(2, 4096 // (bn * bk)))
-    return dict(DOT=dot, BB=bb, BN=bn, BK=bk)
+    return dict(DOT=dot, BB=bb, BN=bn, BK=bk, num_warps=4, PREC=_prec(dtype))
 
 
 def recurrence_fwd(gx: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor | None,
@@ -453,37 +426,24 @@ def recurrence_fwd(gx: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor | None
     the state after each row's last active step. Gate math and c in fp32; h enters the next
     step's product in the data dtype. All tensors contiguous on one device. block forces the
     hidden and reduction tile (power of two >= 2; the tests walk several tiles with it)."""
-    _data("gx", gx)
-    if gx.dim() != 3 or gx.shape[2] % 4:
-        raise ValueError(f"gx must be (T, B, 4H), got shape {tuple(gx.shape)}")
-    T, B, H4 = gx.shape
-    H, dt, dev = H4 // 4, gx.dtype, gx.device
-    check_like("gx", gx, (T, B, H4), dt, dev)
-    check_like("w_hh", w_hh, (H4, H), dt, dev)
-    _opt("h0", h0, (B, H), dt, dev)
-    _opt("c0", c0, (B, H), dt, dev)
-    _check_lengths(lengths, B, dev)
-    check_like("y", y, (T, B, H), dt, dev)
-    if (gates is None) != (c_all is None):
-        raise ValueError("gates and c_all must both be given (training) or both None")
-    _opt("gates", gates, (T, B, H4), WORK, dev)
-    _opt("c_all", c_all, (T, B, H), WORK, dev)
-    check_like("hT", hT, (B, H), dt, dev)
-    check_like("cT", cT, (B, H), dt, dev)
-    _check_sizes(B, H)
+    T, B, H = _lead("gx", gx, 3, DTYPES)
+    dt, dev = gx.dtype, gx.device
+    _pair("gates", gates, "c_all", c_all)
+    _check(dev, lengths, B, w_hh=(w_hh, (4 * H, H), dt), h0=(h0, (B, H), dt),
+           c0=(c0, (B, H), dt), y=(y, (T, B, H), dt), gates=(gates, (T, B, 4 * H), WORK),
+           c_all=(c_all, (T, B, H), WORK), hT=(hT, (B, H), dt), cT=(cT, (B, H), dt))
     if B * H == 0:
         return
-    hbuf = torch.empty(2, B, H, dtype=dt, device=dev)
+    hbuf = torch.empty(2, B, H, dtype=dt, device=dev)  # h before / after a step (ping-pong)
     hbuf[0] = 0 if h0 is None else h0
-    cbuf = (torch.zeros(B, H, dtype=WORK, device=dev) if c0 is None
-            else c0.to(WORK, copy=True))
-    blocks = _rec_blocks(B, H, H, block)
+    cbuf = torch.zeros(B, H, dtype=WORK, device=dev) if c0 is None else c0.to(WORK, copy=True)
+    blocks = _rec_blocks(B, H, H, block, dt)
     with device_guard(gx):
         _rec_fwd_kernel[(triton.cdiv(B, blocks["BB"]),)](
             gx, w_hh, lengths if lengths is not None else gx, y,
             gates if gates is not None else cbuf, c_all if c_all is not None else cbuf,
             hT, cT, hbuf, cbuf, T, B, H, HAS_LEN=lengths is not None, SAVE=gates is not None,
-            REVERSE=bool(reverse), PREC=_prec(dt), num_warps=4, **blocks)
+            REVERSE=bool(reverse), **blocks)
 
 
 def recurrence_bwd(w_hh: torch.Tensor, c0: torch.Tensor | None, lengths: torch.Tensor | None,
@@ -503,36 +463,28 @@ def recurrence_bwd(w_hh: torch.Tensor, c0: torch.Tensor | None, lengths: torch.T
     initial state. The cell math in fp32, dh and dc carried in fp32; dh = dG w_hh takes dG in
     the data dtype (as stored in dgx). All tensors contiguous on one device; block as in
     recurrence_fwd."""
-    _data("w_hh", w_hh)
-    if gates is None or c_all is None:
-        raise ValueError("gates and c_all (saved by recurrence_fwd) are required")
-    if not isinstance(gates, torch.Tensor) or gates.dim() != 3 or gates.shape[2] % 4:
-        raise ValueError("gates must be a (T, B, 4H) float32 tensor")
-    T, B, H4 = gates.shape
-    H, dt, dev = H4 // 4, w_hh.dtype, w_hh.device
-    check_like("w_hh", w_hh, (H4, H), dt, dev)
-    _opt("c0", c0, (B, H), dt, dev)
-    _check_lengths(lengths, B, dev)
-    check_like("gates", gates, (T, B, H4), WORK, dev)
-    check_like("c_all", c_all, (T, B, H), WORK, dev)
-    _opt("dy", dy, (T, B, H), dt, dev)
-    _opt("dhT", dhT, (B, H), dt, dev)
-    _opt("dcT", dcT, (B, H), dt, dev)
-    check_like("dgx", dgx, (T, B, H4), dt, dev)
-    check_like("dh0", dh0, (B, H), dt, dev)
-    check_like("dc0", dc0, (B, H), dt, dev)
-    _check_sizes(B, H)
+    T, B, H = _lead("gates", gates, 3, (WORK,))
+    if not isinstance(w_hh, torch.Tensor) or w_hh.dtype not in DTYPES:
+        raise TypeError(f"w_hh must be a float32, float16 or bfloat16 tensor, got "
+                        f"{getattr(w_hh, 'dtype', type(w_hh).__name__)}")
+    dt, dev = w_hh.dtype, gates.device
+    _check(dev, lengths, B, w_hh=(w_hh, (4 * H, H), dt), c0=(c0, (B, H), dt),
+           c_all=(c_all, (T, B, H), WORK), dy=(dy, (T, B, H), dt), dhT=(dhT, (B, H), dt),
+           dcT=(dcT, (B, H), dt), dgx=(dgx, (T, B, 4 * H), dt), dh0=(dh0, (B, H), dt),
+           dc0=(dc0, (B, H), dt))
+    if c_all is None:
+        raise ValueError("c_all (saved by recurrence_fwd) is required")
     if B * H == 0:
         return
 
-    def state(v: torch.Tensor | None) -> torch.Tensor:
+    def state(v: torch.Tensor | None) -> torch.Tensor:  # dh / dc, carried in fp32
         return torch.zeros(B, H, dtype=WORK, device=dev) if v is None else v.to(WORK, copy=True)
 
     dhbuf, dcbuf = state(dhT), state(dcT)
-    blocks = _rec_blocks(B, H, H4, block)
-    with device_guard(w_hh):
+    blocks = _rec_blocks(B, H, 4 * H, block, dt)
+    with device_guard(gates):
         _rec_bwd_kernel[(triton.cdiv(B, blocks["BB"]),)](
             w_hh, c0 if c0 is not None else w_hh, lengths if lengths is not None else dhbuf,
             gates, c_all, dy if dy is not None else dgx, dgx, dh0, dc0, dhbuf, dcbuf, T, B, H,
             HAS_LEN=lengths is not None, HAS_C0=c0 is not None, HAS_DY=dy is not None,
-            REVERSE=bool(reverse), PREC=_prec(dt), num_warps=4, **blocks)
+            REVERSE=bool(reverse), **blocks)

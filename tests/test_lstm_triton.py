@@ -293,7 +293,7 @@ def test_bad_arguments_name_the_argument():
         K.cell_fwd(G, c, None, None, ht, None, -1)
     with pytest.raises(ValueError, match="G must be"):
         K.cell_fwd(torch.zeros(B, 5), c, None, None, ht, None, 0)
-    with pytest.raises(TypeError, match="dht"):
+    with pytest.raises(ValueError, match="dht"):
         K.cell_bwd(ht.long(), c, G, c, None, G, None, 0)
     with pytest.raises(ValueError, match="block"):
         K.cell_fwd(G, c, None, None, ht, None, 0, block=(3, 4))
