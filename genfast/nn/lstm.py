@@ -37,17 +37,19 @@ def _check_backend(backend: str | None) -> str | None:
 
 
 def _check_devices(input: Tensor, weights: list[Tensor], hx: State | None) -> None:
-    """torch's check_attributes, in its words: upstream tests match these messages."""
+    """torch's check_attributes, in its words and order (states, then parameters): upstream
+    tests match these messages."""
+    for h in hx or ():
+        if h.device != input.device:
+            raise RuntimeError(f"Input and hidden tensors are not at the same device, found "
+                               f"input tensor at {input.device} and hidden tensor at "
+                               f"{h.device}")
     for w in weights:
         if w.device != input.device:
             raise RuntimeError(f"Input and parameter tensors are not at the same device, found "
                                f"input tensor at {input.device} and parameter tensor at "
                                f"{w.device}")
     for h in hx or ():
-        if h.device != input.device:
-            raise RuntimeError(f"Input and hidden tensors are not at the same device, found "
-                               f"input tensor at {input.device} and hidden tensor at "
-                               f"{h.device}")
         if h.dtype != input.dtype and not torch._C._is_any_autocast_enabled():
             raise RuntimeError(f"hidden state dtype ({h.dtype}) does not match input dtype "
                                f"({input.dtype})")
@@ -76,6 +78,12 @@ class LSTM(nn.LSTM):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device=device, dtype=dtype)
         self.backend = _check_backend(backend)
+
+    def __setstate__(self, d: dict) -> None:
+        # torch's pickles (and pre-1.8 ones without proj_size, which torch fills in) have no
+        # backend: they load as auto.
+        super().__setstate__(d)
+        self.__dict__.setdefault("backend", None)
 
     def flatten_parameters(self) -> None:
         """A no-op: genfast reads the parameters where they are (torch's version packs them
@@ -172,6 +180,10 @@ class LSTMCell(nn.LSTMCell):
                  device: Any = None, dtype: Any = None, *, backend: str | None = None) -> None:
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
         self.backend = _check_backend(backend)
+
+    def __setstate__(self, d: dict) -> None:
+        super().__setstate__(d)
+        self.__dict__.setdefault("backend", None)
 
     def forward(self, input: Tensor, hx: State | None = None) -> State:
         if input.dim() not in (1, 2):
