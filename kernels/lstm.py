@@ -13,9 +13,10 @@ gate order i, f, g, o along the 4H axis, as torch's. Two paths:
   row), c / dc in a float32 scratch that only the thread owning an element touches. The step's
   GEMM runs in hidden blocks of BN columns over BK-wide reduction chunks, tl.dot when every tile
   dimension is >= 16 (hidden sizes >= 16; batch rows are padded to 16), a broadcast-and-sum
-  otherwise. The backward has two phases per step, split by a barrier: the pointwise dG of every
-  hidden block (stored to dgx[t], which is also the next GEMM's operand, so dh = dG w_hh sees
-  dG in the data dtype exactly as the GEMM path's torch matmul does), then dh = dgx[t] w_hh.
+  otherwise. The backward has two phases per step, each closed by a barrier: the pointwise dG
+  of every hidden block (stored to dgx[t], which is also the GEMM's operand, so dh = dG w_hh
+  sees dG in the data dtype exactly as the GEMM path's torch matmul does), then dh = dgx[t]
+  w_hh into an fp32 scratch that phase 1 of the next step reads whole.
 
 Math in fp32 for every data dtype, one rounding per store; h enters the next step's dot in the
 data dtype (it is y[t], as on the GEMM path). tanh x = 2 sigmoid(2x) - 1 (saturates instead of

@@ -155,6 +155,21 @@ def test_recurrence_matches_reference_kernels(reverse):
         torch.testing.assert_close(got, ref, **TOL32)
 
 
+@pytest.mark.parametrize("B,H", [(18, 16), (70, 8)], ids=["dot", "elem"])
+def test_recurrence_row_blocks(B, H):
+    # More rows than one program holds (16 with tl.dot, 64 at H = 8 without): every row block
+    # runs its own steps and lengths.
+    T = 3
+    gx, w, h0, c0, dy, dhT, dcT = case_data(T, B, H, True, True, seed=11)
+    lengths = torch.randint(0, T + 1, (B,), generator=torch.Generator().manual_seed(12))
+    (y, hT, cT, _, _), grads = run_recurrence(gx, w, h0, c0, lengths, False, dy, dhT, dcT)
+    for got, want in zip((y, hT, cT), oracle(gx, w, h0, c0, lengths, False)[:3], strict=True):
+        torch.testing.assert_close(got, want.float(), **TOL32)
+    for got, want in zip(grads, oracle_grads(gx, w, h0, c0, lengths, False, dy, dhT, dcT),
+                         strict=True):
+        torch.testing.assert_close(got, want.float(), **TOL32)
+
+
 def test_recurrence_without_steps_or_saving():
     # T = 0: the final state is the initial one; inference (gates = c_all = None) gives the same
     # outputs as training.
@@ -291,6 +306,8 @@ def test_bad_arguments_name_the_argument():
         K.cell_fwd(G, c, None, None, ht, torch.zeros(B, dtype=torch.int32), 0)
     with pytest.raises(ValueError, match="t must be"):
         K.cell_fwd(G, c, None, None, ht, None, -1)
+    with pytest.raises(TypeError, match="G must be a float32"):
+        K.cell_fwd(G.long(), c, None, None, ht, None, 0)
     with pytest.raises(ValueError, match="G must be"):
         K.cell_fwd(torch.zeros(B, 5), c, None, None, ht, None, 0)
     with pytest.raises(ValueError, match="dht"):
