@@ -339,6 +339,30 @@ def test_torch_compile_fullgraph_forward_and_backward():
         close(a, b, torch.float32)
 
 
+class _Both(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = LSTM(3, 4, bidirectional=True, batch_first=True)
+        self.cell = LSTMCell(8, 4)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.cell(y[:, -1])[0]
+
+
+def test_torch_export():
+    """torch.export traces without dynamo's module check: one genfast::lstm_layer node per
+    direction (and one for the cell), the exported program computing what eager does."""
+    torch.manual_seed(13)
+    model = _Both().eval()
+    x = torch.randn(2, 5, 3)
+    ep = torch.export.export(model, (x,))
+    nodes = [n for n in ep.graph.nodes if n.target is torch.ops.genfast.lstm_layer.default]
+    assert len(nodes) == 3
+    x2 = torch.randn(2, 5, 3)
+    close(ep.module()(x2), model(x2), torch.float32)
+
+
 @pytest.mark.parametrize("backend", BACKENDS[:-1])
 def test_gradgradcheck_through_the_module(backend):
     torch.manual_seed(11)
