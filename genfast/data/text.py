@@ -145,8 +145,9 @@ class CharVocab:
 
     @classmethod
     def from_dict(cls, d: dict) -> CharVocab:
+        """The vocabulary of to_dict (``chars`` may also omit unk: it becomes id 0)."""
         chars = list(d["chars"])
         unk = d.get("unk")
-        if unk is not None:
-            chars = chars[1:]  # id 0 is unk; the constructor puts it back first
+        if unk is not None and chars[:1] == [unk]:
+            chars = chars[1:]  # the constructor puts it back as id 0
         return cls(chars, unk=unk)
