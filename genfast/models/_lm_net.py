@@ -31,28 +31,35 @@ class TokenLSTM(nn.Module):
         return self.head(y), state
 
     @torch.no_grad()
-    def generate(self, prime: Tensor, n: int, *, temperature: float = 1.0,
+    def generate(self, prime: Tensor, n: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
-                 seed: int | None = None) -> Tensor:
-        """(B, Tp + n): prime (B, Tp) followed by n drawn tokens."""
+                 seed: int | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """(tokens (B, Tp + n) = [prime, n drawn], state before the last token)."""
         from .. import sample_categorical
 
         if prime.dim() != 2 or prime.shape[1] < 1:
             raise ValueError(f"prime must be (B, Tp) with Tp >= 1, got {tuple(prime.shape)}")
         gen = torch.Generator().manual_seed(seed if seed is not None else
                                             int(torch.randint(0, 2**62, ()).item()))
-        logits, state = self(prime)
+        logits, state = self(prime[:, :-1]) if prime.shape[1] > 1 else (None, None)
         out = [prime]
-        last = logits[:, -1]
+        tok = prime[:, -1:]
         for _ in range(n):
-            step_seed = int(torch.randint(0, 2**62, (), generator=gen))
-            tok = sample_categorical(last, temperature, top_k, top_p, seed=step_seed)[:, None]
-            out.append(tok)
+            before = state
             logits, state = self(tok, state)
-            last = logits[:, -1]
-        return torch.cat(out, 1)
+            step_seed = int(torch.randint(0, 2**62, (), generator=gen))
+            tok = sample_categorical(logits[:, -1], temperature, top_k, top_p,
+                                     seed=step_seed)[:, None]
+            out.append(tok)
+        return torch.cat(out, 1), (before if n else state)
 
 
 def language_model(vocab_size: int, embedding_dim: int, hidden_size: int, num_layers: int,
                    dropout: float = 0.0) -> nn.Module:
-    return TokenLSTM(vocab_size, embedding_dim, hidden_size, num_layers, dropout)
+    """genfast.nn.LSTMLanguageModel when present (same submodule names, so the same
+    state_dict), else TokenLSTM."""
+    try:
+        from ..nn.lstm_lm import LSTMLanguageModel
+    except ImportError:
+        return TokenLSTM(vocab_size, embedding_dim, hidden_size, num_layers, dropout)
+    return LSTMLanguageModel(vocab_size, embedding_dim, hidden_size, num_layers, dropout)

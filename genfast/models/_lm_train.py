@@ -89,7 +89,7 @@ class TokenLMModel(nn.Module):
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be an int >= 0, got {n!r}")
         return self.lm.generate(prime, n, temperature=temperature, top_k=top_k, top_p=top_p,
-                                seed=seed)
+                                seed=seed)[0]
 
 
 def windows(stream: Tensor, seq_len: int, starts: Tensor) -> Tensor:
