@@ -13,6 +13,7 @@ from .ops.causal_conv_layer import wavenet_layer
 from .ops.gradient_penalty import GradientPenalty, gradient_penalty, per_sample_grad_norm
 from .ops.gumbel import gumbel_softmax
 from .ops.lstm import lstm, lstm_cell, lstm_layer
+from .ops.lstm_generate import lstm_generate, pack_lstm
 from .ops.masked_conv import masked_conv2d
 from .ops.masked_conv_generate import pack_pixelcnn, pixelcnn_generate
 from .ops.masked_conv_layer import gated_pixelcnn_layer
@@ -21,7 +22,7 @@ from .ops.sample import sample_categorical
 __version__ = "0.1.0"
 __all__ = ["BackendError", "GradientPenalty", "backends", "causal_conv1d",
            "causal_conv1d_update", "gated_pixelcnn_layer", "gradient_penalty", "gumbel_softmax",
-           "info", "lstm", "lstm_cell", "lstm_layer", "masked_conv2d", "nn", "ops",
-           "pack_pixelcnn", "pack_wavenet",
+           "info", "lstm", "lstm_cell", "lstm_generate", "lstm_layer", "masked_conv2d", "nn", "ops",
+           "pack_lstm", "pack_pixelcnn", "pack_wavenet",
            "per_sample_grad_norm", "pixelcnn_generate",
            "sample_categorical", "use_backend", "wavenet_generate", "wavenet_layer"]

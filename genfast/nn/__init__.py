@@ -3,6 +3,7 @@
 from .causal_conv import CausalConv1d, WaveNet, WaveNetLayer
 from .gumbel import GumbelSoftmax, TemperatureSchedule
 from .lstm import LSTM, LSTMCell, convert_lstm, revert_lstm
+from .lstm_lm import LSTMLanguageModel
 from .masked_conv import GatedPixelCNNLayer, MaskedConv2d, PixelCNN
 from .spectral_norm import (
     SpectralNorm,
@@ -14,6 +15,7 @@ from .spectral_norm import (
 )
 
 __all__ = ["CausalConv1d", "GatedPixelCNNLayer", "GumbelSoftmax", "LSTM", "LSTMCell",
+           "LSTMLanguageModel",
            "MaskedConv2d", "PixelCNN",
            "SpectralNorm", "SpectralNormGroup",
            "TemperatureSchedule",

@@ -9,6 +9,7 @@ from . import (
     gradient_penalty,
     gumbel,
     lstm,
+    lstm_generate,
     masked_conv,
     masked_conv_generate,
     masked_conv_layer,
@@ -17,5 +18,5 @@ from . import (
 )
 
 __all__ = ["causal_conv", "causal_conv_generate", "causal_conv_layer", "gradient_penalty",
-           "gumbel", "lstm", "masked_conv", "masked_conv_generate",
+           "gumbel", "lstm", "lstm_generate", "masked_conv", "masked_conv_generate",
            "masked_conv_layer", "sample", "spectral_norm"]

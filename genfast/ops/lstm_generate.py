@@ -266,7 +266,10 @@ def lstm_generate(pack: LSTMPack, prime: Tensor, n: int, *,
     k = 0 if top_k is None else _checks.integer("top_k", top_k, low=1)
     k = k if k < pack.vocab else 0
     p = 1.0 if top_p is None else _checks.real("top_p", top_p, 0.0, 1.0, low_open=True)
-    if prime.device.type == "cpu" and B and bool(((prime < 0) | (prime >= pack.vocab)).any()):
+    # A value test reads the data: on the CPU only (no device sync), and not while compiling (a
+    # data-dependent branch); the kernels refuse bad tokens too.
+    if (prime.device.type == "cpu" and B and not torch.compiler.is_compiling()
+            and bool(((prime < 0) | (prime >= pack.vocab)).any())):
         raise ValueError(f"prime must hold tokens in [0, {pack.vocab}), got values in "
                          f"[{int(prime.min())}, {int(prime.max())}]")
     name = backends.resolve("lstm_generate", w, backend)
