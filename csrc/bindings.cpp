@@ -32,6 +32,7 @@
 #include "cuda/masked_conv.h"
 #include "cuda/masked_conv_layer.h"
 #include "cuda/masked_conv_generate.h"
+#include "cuda/lstm.h"
 // [include:cuda]
 #define GENFAST_MODULE _cuda
 #else
@@ -567,6 +568,70 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("dtype"), GENFAST_TAIL_NAME);
 
   // [bind:lstm]
+#ifdef GENFAST_WITH_CUDA
+  // The CUDA-only halves of the lstm family: the GEMM path's fused cells and the persistent
+  // kernel's shape query (csrc/cuda/lstm.h).
+  {
+    const auto cell_sizes = [](const char* who, int64_t B, int64_t H, int64_t t) {
+      if (B < 0 || H < 0 || t < 0)
+        throw std::invalid_argument(std::string(who) + ": negative B, H or t");
+      if (H > (INT64_MAX / 4) / (B > 0 ? B : 1))
+        throw std::invalid_argument(std::string(who) + ": sizes overflow");
+    };
+    const auto need = [](const char* who, const char* name, Ptr p, int64_t n) {
+      if (n > 0 && p == 0)
+        throw std::invalid_argument(std::string(who) + ": " + name + ": null data pointer");
+    };
+    m.def(
+        "lstm_cell_fwd",
+        [=](Ptr G, Ptr c_state, Ptr gates_t, Ptr c_t, Ptr ht, Ptr lengths, int64_t t, int64_t B,
+            int64_t H, int dtype, GENFAST_TAIL) {
+          const char* who = "lstm_cell_fwd";
+          check_dtype(dtype, GENFAST_HALF);
+          cell_sizes(who, B, H, t);
+          need(who, "G", G, B * H), need(who, "c_state", c_state, B * H);
+          need(who, "ht", ht, B * H);
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::lstm_cell_fwd(
+              reinterpret_cast<const void*>(G), reinterpret_cast<void*>(c_state),
+              reinterpret_cast<void*>(gates_t), reinterpret_cast<void*>(c_t),
+              reinterpret_cast<void*>(ht), reinterpret_cast<const int64_t*>(lengths), t, B, H,
+              dtype, GENFAST_TAIL_ARG));
+        },
+        py::arg("G"), py::arg("c_state"), py::arg("gates_t"), py::arg("c_t"), py::arg("ht"),
+        py::arg("lengths"), py::arg("t"), py::arg("B"), py::arg("H"), py::arg("dtype"),
+        GENFAST_TAIL_NAME);
+    m.def(
+        "lstm_cell_bwd",
+        [=](Ptr dht, Ptr dc_state, Ptr gates_t, Ptr c_t, Ptr c_prev, Ptr dG, Ptr lengths,
+            int64_t t, int64_t B, int64_t H, int dtype, GENFAST_TAIL) {
+          const char* who = "lstm_cell_bwd";
+          check_dtype(dtype, GENFAST_HALF);
+          cell_sizes(who, B, H, t);
+          need(who, "dht", dht, B * H), need(who, "dc_state", dc_state, B * H);
+          need(who, "gates_t", gates_t, B * H), need(who, "c_t", c_t, B * H);
+          need(who, "dG", dG, B * H);
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::lstm_cell_bwd(
+              reinterpret_cast<const void*>(dht), reinterpret_cast<void*>(dc_state),
+              reinterpret_cast<const void*>(gates_t), reinterpret_cast<const void*>(c_t),
+              reinterpret_cast<const void*>(c_prev), reinterpret_cast<void*>(dG),
+              reinterpret_cast<const int64_t*>(lengths), t, B, H, dtype, GENFAST_TAIL_ARG));
+        },
+        py::arg("dht"), py::arg("dc_state"), py::arg("gates_t"), py::arg("c_t"),
+        py::arg("c_prev"), py::arg("dG"), py::arg("lengths"), py::arg("t"), py::arg("B"),
+        py::arg("H"), py::arg("dtype"), GENFAST_TAIL_NAME);
+    m.def(
+        "lstm_persistent_fits",
+        [](int64_t B, int64_t H, int64_t P, int dtype, int device, bool projection) {
+          py::gil_scoped_release nogil;
+          return genfast::cuda::lstm_persistent_fits(B, H, P, dtype, device, projection) != 0;
+        },
+        py::arg("B"), py::arg("H"), py::arg("P"), py::arg("dtype"), py::arg("device"),
+        py::arg("projection") = true,
+        "whether lstm_fwd / lstm_bwd take this shape on this GPU (else: the GEMM path)");
+  }
+#endif
   // [bind:lstm_generate]
 #ifndef GENFAST_WITH_CUDA
   m.def(
