@@ -568,6 +568,77 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("dtype"), GENFAST_TAIL_NAME);
 
   // [bind:lstm]
+  {
+    // Element counts of the buffers the kernels touch; a product that overflows is refused.
+    const auto count = [](const char* who, std::initializer_list<int64_t> dims) {
+      int64_t n = 1;
+      for (int64_t d : dims)
+        if (__builtin_mul_overflow(n, d, &n))
+          throw std::invalid_argument(std::string(who) + ": sizes overflow");
+      return n;
+    };
+    const auto sizes = [](const char* who, int64_t T, int64_t B, int64_t H, int64_t P,
+                          Ptr w_hr) {
+      if (T < 0 || B < 0 || H < 0 || P < 0)
+        throw std::invalid_argument(std::string(who) + ": negative size (T, B, H or P)");
+      if (w_hr == 0 && P != H)
+        throw std::invalid_argument(std::string(who) + ": P=" + std::to_string(P) +
+                                    " must equal H=" + std::to_string(H) + " without w_hr");
+    };
+    const auto need = [](const char* who, const char* name, Ptr p, int64_t n) {
+      if (n > 0 && p == 0)
+        throw std::invalid_argument(std::string(who) + ": " + name + ": null data pointer");
+    };
+    const auto c = [](Ptr p) { return reinterpret_cast<const void*>(p); };
+    const auto v = [](Ptr p) { return reinterpret_cast<void*>(p); };
+    m.def(
+        "lstm_fwd",
+        [=](Ptr gx, Ptr w_hh, Ptr w_hr, Ptr h0, Ptr c0, Ptr lengths, Ptr y, Ptr gates, Ptr c_all,
+            Ptr hT, Ptr cT, int64_t T, int64_t B, int64_t H, int64_t P, bool reverse, int dtype,
+            GENFAST_TAIL) {
+          const char* who = "lstm_fwd";
+          check_dtype(dtype, GENFAST_HALF);
+          sizes(who, T, B, H, P, w_hr);
+          if ((gates == 0) != (c_all == 0))
+            throw std::invalid_argument("lstm_fwd: gates and c_all must both be given or null");
+          const int64_t steps = count(who, {T, B, 4, H}), out = count(who, {T, B, P});
+          need(who, "gx", gx, steps), need(who, "w_hh", w_hh, count(who, {4, H, P}));
+          need(who, "y", y, out), need(who, "hT", hT, count(who, {B, P}));
+          need(who, "cT", cT, count(who, {B, H}));
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::lstm_fwd(c(gx), c(w_hh), c(w_hr), c(h0), c(c0),
+                                   reinterpret_cast<const int64_t*>(lengths), v(y), v(gates),
+                                   v(c_all), v(hT), v(cT), T, B, H, P, reverse, dtype,
+                                   GENFAST_TAIL_ARG));
+        },
+        py::arg("gx"), py::arg("w_hh"), py::arg("w_hr"), py::arg("h0"), py::arg("c0"),
+        py::arg("lengths"), py::arg("y"), py::arg("gates"), py::arg("c_all"), py::arg("hT"),
+        py::arg("cT"), py::arg("T"), py::arg("B"), py::arg("H"), py::arg("P"),
+        py::arg("reverse"), py::arg("dtype"), GENFAST_TAIL_NAME);
+    m.def(
+        "lstm_bwd",
+        [=](Ptr w_hh, Ptr w_hr, Ptr c0, Ptr lengths, Ptr gates, Ptr c_all, Ptr dy, Ptr dhT,
+            Ptr dcT, Ptr dgx, Ptr dh0, Ptr dc0, Ptr dh_all, int64_t T, int64_t B, int64_t H,
+            int64_t P, bool reverse, int dtype, GENFAST_TAIL) {
+          const char* who = "lstm_bwd";
+          check_dtype(dtype, GENFAST_HALF);
+          sizes(who, T, B, H, P, w_hr);
+          const int64_t steps = count(who, {T, B, 4, H});
+          need(who, "w_hh", w_hh, count(who, {4, H, P})), need(who, "gates", gates, steps);
+          need(who, "c_all", c_all, count(who, {T, B, H})), need(who, "dgx", dgx, steps);
+          need(who, "dh0", dh0, count(who, {B, P})), need(who, "dc0", dc0, count(who, {B, H}));
+          count(who, {T, B, P});
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::lstm_bwd(c(w_hh), c(w_hr), c(c0),
+                                   reinterpret_cast<const int64_t*>(lengths), c(gates), c(c_all),
+                                   c(dy), c(dhT), c(dcT), v(dgx), v(dh0), v(dc0), v(dh_all), T, B,
+                                   H, P, reverse, dtype, GENFAST_TAIL_ARG));
+        },
+        py::arg("w_hh"), py::arg("w_hr"), py::arg("c0"), py::arg("lengths"), py::arg("gates"),
+        py::arg("c_all"), py::arg("dy"), py::arg("dhT"), py::arg("dcT"), py::arg("dgx"),
+        py::arg("dh0"), py::arg("dc0"), py::arg("dh_all"), py::arg("T"), py::arg("B"),
+        py::arg("H"), py::arg("P"), py::arg("reverse"), py::arg("dtype"), GENFAST_TAIL_NAME);
+  }
 #ifdef GENFAST_WITH_CUDA
   // The CUDA-only halves of the lstm family: the GEMM path's fused cells and the persistent
   // kernel's shape query (csrc/cuda/lstm.h).
