@@ -11,7 +11,9 @@
 // float32 (float64) workspace. A grid barrier ends the layer. The head splits its V rows the
 // same way into a logits buffer; after a barrier CTA k draws the streams b = k mod grid (the
 // block-wide sampler of draw_block.cuh) and writes the tokens; a barrier, the next step.
-// Barriers per step: L, plus 2 when the step samples.
+// Barriers per step: L, plus 2 when the step samples. When they fit, the CTA's weight rows are
+// copied into shared memory before the first step ("weights resident on chip"); the dot products
+// read either copy in the same order, so caching never changes a result.
 //
 // The state has two h buffers used in turn (step p reads h_l from buffer (p-1) % 2 and writes
 // the other), so no CTA overwrites an h another still reads; each c element is read and written
@@ -58,6 +60,7 @@ struct Args {
   int64_t U;  // hidden units per CTA
   int64_t Uv;  // head rows per CTA
   int64_t vec_len;  // math-type elements of the staged vectors (or one logits row)
+  int64_t cached;  // 1: the CTA's weight rows are copied into shared memory once per call
   const int64_t* seed;  // device int64
   Draw<acc_t<T>> dr;
 };
@@ -79,12 +82,22 @@ __device__ __forceinline__ int64_t ldc(const int64_t* p) {
   return static_cast<int64_t>(__ldcg(reinterpret_cast<const long long*>(p)));
 }
 
+// A weight: from the CTA's shared-memory copy, or from global memory (read-only path).
+template <bool kSmem, typename T>
+__device__ __forceinline__ acc_t<T> ldrow(const T* p) {
+  if constexpr (kSmem) {
+    return static_cast<acc_t<T>>(dev::Io<T>::load1(p));
+  } else {
+    return ldw(p);
+  }
+}
+
 // acc[b] += w[0, n) . v[b stride + (0, n)] for the kG staged streams. Each lane sums the columns
 // lane, lane + 32, ... in order, whatever kG (a stream's sum does not depend on its group), with
 // kInFlight weight loads issued before their FMAs: at batch 1 a row is a few such rounds, each an
-// L2 round trip.
+// L2 (or shared memory) round trip.
 constexpr int kInFlight = 8;
-template <int kG, typename T, typename A>
+template <int kG, bool kSmem, typename T, typename A>
 __device__ __forceinline__ void warp_dot(const T* w, int64_t n, const A* v, int64_t stride,
                                          A (&acc)[kG]) {
   const int lane = static_cast<int>(threadIdx.x & 31);
@@ -92,7 +105,8 @@ __device__ __forceinline__ void warp_dot(const T* w, int64_t n, const A* v, int6
   for (int64_t i0 = lane; i0 < n; i0 += 32 * kInFlight) {
     A wv[kInFlight];
 #pragma unroll
-    for (int k = 0; k < kInFlight; ++k) wv[k] = i0 + 32 * k < n ? ldw(w + i0 + 32 * k) : A(0);
+    for (int k = 0; k < kInFlight; ++k)
+      wv[k] = i0 + 32 * k < n ? ldrow<kSmem>(w + i0 + 32 * k) : A(0);
 #pragma unroll
     for (int k = 0; k < kInFlight; ++k) {
       const int64_t i = i0 + 32 * k;
@@ -109,11 +123,41 @@ __device__ __forceinline__ void warp_dot(const T* w, int64_t n, const A* v, int6
   }
 }
 
+// Where layer l's rows start in a CTA's weight cache: 4U rows of H (layer 0: w_hh0), then per
+// layer 4U rows of 2H ([w_ih | w_hh]); the head's Uv rows of H after the last layer.
+__device__ __forceinline__ int64_t layer_cache_offset(int64_t U, int64_t H, int64_t l) {
+  return l == 0 ? 0 : 4 * U * H * (2 * l - 1);
+}
+
+// Copies this CTA's weight rows (its units' gate rows of every layer, its head rows) into the
+// shared-memory cache, in layer_cache_offset's layout.
+template <typename T>
+__device__ void fill_cache(const Args<T>& a, T* cache) {
+  const int64_t H = a.H, tid = threadIdx.x;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * a.U;
+  const int64_t nu = H - j0 < a.U ? H - j0 : a.U;
+  const T* w_hh0 = a.w + a.V * 4 * H;
+  for (int64_t l = 0; l < a.L; ++l) {
+    const int64_t K = l == 0 ? H : 2 * H;
+    const T* lw = l == 0 ? w_hh0 : w_hh0 + 4 * H * H + (l - 1) * (8 * H * H + 4 * H);
+    T* dst = cache + layer_cache_offset(a.U, H, l);
+    for (int64_t t = tid; t < 4 * nu * K; t += kThreads) {
+      const int64_t lr = t / K, i = t % K, r = (lr / nu) * H + j0 + lr % nu;
+      dst[t] = l == 0 ? w_hh0[r * H + i] : i < H ? lw[r * H + i] : lw[4 * H * H + r * H + i - H];
+    }
+  }
+  const int64_t v0 = static_cast<int64_t>(blockIdx.x) * a.Uv;
+  const int64_t nv = a.V - v0 < a.Uv ? a.V - v0 : a.Uv;
+  const T* w_out = w_hh0 + 4 * H * H + (a.L - 1) * (8 * H * H + 4 * H);
+  T* dst = cache + layer_cache_offset(a.U, H, a.L);
+  for (int64_t t = tid; t < nv * H; t += kThreads) dst[t] = w_out[v0 * H + t];
+}
+
 // Layer l of step p on this CTA's hidden units: reads h_{l-1} (new, hout) and h_l (hin), writes
 // h_l into hout and c_l in place. Block-uniform control flow.
 template <typename T, int kG>
 __device__ void layer_step(const Args<T>& a, int64_t l, int64_t p, const acc_t<T>* hin,
-                           acc_t<T>* hout, acc_t<T>* vec, acc_t<T>* part) {
+                           acc_t<T>* hout, acc_t<T>* vec, acc_t<T>* part, const T* cache) {
   using A = acc_t<T>;
   const int64_t H = a.H, B = a.B;
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * a.U;
@@ -142,11 +186,14 @@ __device__ void layer_step(const Args<T>& a, int64_t l, int64_t p, const acc_t<T
       A acc[kG];
 #pragma unroll
       for (int b = 0; b < kG; ++b) acc[b] = 0;
-      if (l == 0) {
-        warp_dot<kG>(w_hh + r * H, H, vec, K, acc);
+      // Input half (layers >= 1), then recurrent half: the same order from either copy.
+      if (a.cached) {
+        const T* row = cache + layer_cache_offset(a.U, H, l) + lr * K;
+        if (l > 0) warp_dot<kG, true>(row, H, vec, K, acc);
+        warp_dot<kG, true>(row + K - H, H, vec + K - H, K, acc);
       } else {
-        warp_dot<kG>(lw + r * H, H, vec, K, acc);
-        warp_dot<kG>(w_hh + r * H, H, vec + H, K, acc);
+        if (l > 0) warp_dot<kG, false>(lw + r * H, H, vec, K, acc);
+        warp_dot<kG, false>(w_hh + r * H, H, vec + K - H, K, acc);
       }
       if (lane == 0) {
 #pragma unroll
@@ -179,7 +226,8 @@ __device__ void layer_step(const Args<T>& a, int64_t l, int64_t p, const acc_t<T
 
 // logits (B, V) = w_out h_{L-1} + b_out on this CTA's head rows.
 template <typename T, int kG>
-__device__ void head_step(const Args<T>& a, const acc_t<T>* hout, acc_t<T>* vec) {
+__device__ void head_step(const Args<T>& a, const acc_t<T>* hout, acc_t<T>* vec,
+                          const T* cache) {
   using A = acc_t<T>;
   const int64_t H = a.H, B = a.B, V = a.V;
   const int64_t v0 = static_cast<int64_t>(blockIdx.x) * a.Uv;
@@ -201,7 +249,10 @@ __device__ void head_step(const Args<T>& a, const acc_t<T>* hout, acc_t<T>* vec)
       A acc[kG];
 #pragma unroll
       for (int b = 0; b < kG; ++b) acc[b] = 0;
-      warp_dot<kG>(w_out + v * H, H, vec, H, acc);
+      if (a.cached)
+        warp_dot<kG, true>(cache + layer_cache_offset(a.U, H, a.L) + lr * H, H, vec, H, acc);
+      else
+        warp_dot<kG, false>(w_out + v * H, H, vec, H, acc);
       if (lane == 0) {
         const A bv = ldw(b_out + v);
 #pragma unroll
@@ -219,6 +270,7 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(const Args<T> a) {
   extern __shared__ __align__(16) unsigned char smem[];
   A* vec = reinterpret_cast<A*>(smem);  // staged vectors, or the logits row of a draw
   A* part = vec + a.vec_len;  // (4U, kG) gate pre-activations
+  T* cache = reinterpret_cast<T*>(part + 4 * a.U * kG);  // this CTA's weight rows, if cached
   __shared__ alignas(16) unsigned char scratch[Group<kThreads>::kScratchBytes];
   const int tid = static_cast<int>(threadIdx.x);
   const Group<kThreads> grp{tid, scratch};
@@ -230,6 +282,7 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(const Args<T> a) {
     a.hb[i] = ld(a.h + i);
     a.cs[i] = ld(a.c + i);
   }
+  if (a.cached) fill_cache(a, cache);
   Draw<A> dr = a.dr;
   dr.seed = static_cast<uint64_t>(*a.seed);
   grid.sync();
@@ -237,11 +290,11 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(const Args<T> a) {
     const A* hin = a.hb + ((p - 1) & 1) * LBH;
     A* hout = a.hb + (p & 1) * LBH;
     for (int64_t l = 0; l < a.L; ++l) {
-      layer_step<T, kG>(a, l, p, hin, hout, vec, part);
+      layer_step<T, kG>(a, l, p, hin, hout, vec, part, cache);
       grid.sync();
     }
     if (p < a.start) continue;  // a given token: only the state advances
-    head_step<T, kG>(a, hout, vec);
+    head_step<T, kG>(a, hout, vec, cache);
     grid.sync();
     for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
       for (int64_t c = tid; c < V; c += kThreads) vec[c] = ldc(a.lg + b * V + c);
@@ -262,16 +315,16 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(const Args<T> a) {
 }
 
 // Dynamic shared memory of a group of kG streams: the staged vectors (or a logits row) and the
-// gate pre-activations of 4U rows.
+// gate pre-activations of 4U rows; the weight cache comes after them.
 template <typename A>
 int64_t smem_bytes(int64_t kG, int64_t vec_len, int64_t U) {
   return (vec_len + 4 * U * kG) * static_cast<int64_t>(sizeof(A));
 }
 
 template <typename Ty, int kG>
-int launch(Args<Ty> a, int64_t grid, cudaStream_t st) {
+int launch(Args<Ty> a, int64_t grid, int64_t cache_bytes, cudaStream_t st) {
   using A = acc_t<Ty>;
-  const int64_t bytes = smem_bytes<A>(kG, a.vec_len, a.U);
+  const int64_t bytes = smem_bytes<A>(kG, a.vec_len, a.U) + (a.cached ? cache_bytes : 0);
   auto* kern = generate_kernel<Ty, kG>;
   cudaError_t rc = cudaSuccess;
   if (bytes > kDefaultSmem) {
@@ -312,10 +365,12 @@ int lstm_generate(const void* weights, const int64_t* meta, int64_t meta_len, in
   if (weights == nullptr || tokens == nullptr || h == nullptr || c == nullptr || seed == nullptr)
     return kInvalid;
   const auto st = static_cast<cudaStream_t>(stream);
-  int device = 0, sms = 0, coop = 0;
+  int device = 0, sms = 0, coop = 0, optin = 0;
   cudaError_t rc = cudaGetDevice(&device);
   if (rc == cudaSuccess) rc = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (rc == cudaSuccess) rc = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device);
+  if (rc == cudaSuccess)
+    rc = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (rc != cudaSuccess) return static_cast<int>(rc);
   if (!coop) return static_cast<int>(cudaErrorNotSupported);
   // At least 2 units (8 rows) per CTA, so every warp has a row; at most one CTA per SM.
@@ -328,15 +383,26 @@ int lstm_generate(const void* weights, const int64_t* meta, int64_t meta_len, in
   return with_dtype(dtype, [&](auto tag) {
     using Ty = typename decltype(tag)::type;
     using A = acc_t<Ty>;
-    // Streams per pass: up to kMaxGroup, fewer where their vectors would pass the default
-    // shared memory (the rows then serve fewer streams per read, but more CTAs fit an SM).
-    int64_t g = 1;
-    while (g < kMaxGroup && g < B) g *= 2;
+    // Streams per pass: up to kMaxGroup. The CTA's weight rows stay in shared memory when they
+    // fit beside the vectors of at least one stream (2 x 512 float32 on 128 SMs: 96 KB), else
+    // they are read from L2 every step and the group shrinks until the vectors fit the default
+    // 48 KB (the rows then serve fewer streams per read).
+    int64_t g_max = 1;
+    while (g_max < kMaxGroup && g_max < B) g_max *= 2;
     const auto vec_len = [&](int64_t k) { return k * kmax > V ? k * kmax : V; };
-    while (g > 1 && smem_bytes<A>(g, vec_len(g), U) > kDefaultSmem) g /= 2;
+    const int64_t cache_bytes =
+        (4 * U * H * (2 * L - 1) + Uv * H) * static_cast<int64_t>(sizeof(Ty));
+    const int64_t limit = static_cast<int64_t>(optin) - 1024;  // static smem and slack
+    int64_t g = g_max;
+    while (g > 1 && smem_bytes<A>(g, vec_len(g), U) + cache_bytes > limit) g /= 2;
+    const bool cached = smem_bytes<A>(g, vec_len(g), U) + cache_bytes <= limit;
+    if (!cached) {
+      g = g_max;
+      while (g > 1 && smem_bytes<A>(g, vec_len(g), U) > kDefaultSmem) g /= 2;
+    }
     Args<Ty> a{static_cast<const Ty*>(weights), tokens, static_cast<Ty*>(h), static_cast<Ty*>(c),
-               nullptr, nullptr, nullptr, L, V, H, B, N, start, offset, U, Uv, vec_len(g), seed,
-               draw_block::make_draw<A>(inv_temperature, top_k, top_p, V)};
+               nullptr, nullptr, nullptr, L, V, H, B, N, start, offset, U, Uv, vec_len(g),
+               cached ? 1 : 0, seed, draw_block::make_draw<A>(inv_temperature, top_k, top_p, V)};
     const int64_t LBH = L * B * H;
     const size_t work_bytes = static_cast<size_t>(3 * LBH + B * V) * sizeof(A);
     void* work = nullptr;
@@ -347,10 +413,10 @@ int lstm_generate(const void* weights, const int64_t* meta, int64_t meta_len, in
     a.lg = a.cs + LBH;
     int r = 0;
     switch (g) {
-      case 1: r = launch<Ty, 1>(a, grid, st); break;
-      case 2: r = launch<Ty, 2>(a, grid, st); break;
-      case 4: r = launch<Ty, 4>(a, grid, st); break;
-      default: r = launch<Ty, kMaxGroup>(a, grid, st); break;
+      case 1: r = launch<Ty, 1>(a, grid, cache_bytes, st); break;
+      case 2: r = launch<Ty, 2>(a, grid, cache_bytes, st); break;
+      case 4: r = launch<Ty, 4>(a, grid, cache_bytes, st); break;
+      default: r = launch<Ty, kMaxGroup>(a, grid, cache_bytes, st); break;
     }
     const cudaError_t f = cudaFreeAsync(work, st);
     return r != 0 ? r : static_cast<int>(f);
