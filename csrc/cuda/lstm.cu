@@ -11,6 +11,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <mutex>
+#include <vector>
 
 #include "cuda/lstm.h"
 #include "cuda/lstm_persist.cuh"
@@ -94,17 +96,74 @@ int plan_for(int64_t B, int64_t H, int64_t P, bool bwd, bool proj, const Device&
   return kOk;
 }
 
-// The plan on the current device, or the reason there is none (with the CUDA error state
-// cleared: a refused shape must not surface as a later kernel's launch error).
+// Plans (and refusals) by shape, per device: Python asks before every call, and the queries
+// behind an answer (attributes, occupancy) cost more than a short sequence's kernel.
+struct PlanKey {
+  int device, dtype;
+  int64_t B, H, P;
+  bool bwd, proj;
+  bool operator==(const PlanKey& o) const {
+    return device == o.device && dtype == o.dtype && B == o.B && H == o.H && P == o.P &&
+           bwd == o.bwd && proj == o.proj;
+  }
+};
+struct PlanEntry {
+  PlanKey key;
+  int rc, ncta;
+  Plan plan;
+};
+constexpr size_t kCacheMax = 256;
+
+std::mutex& cache_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::vector<PlanEntry>& cache() {
+  static std::vector<PlanEntry> c;
+  return c;
+}
+
+// The plan of one kernel for (B, H, P) on `device`, or the reason there is none (with the CUDA
+// error state cleared: a refused shape must not surface as a later kernel's launch error). Only
+// device-independent failures (a failed query) go uncached.
 template <typename Ty>
-int current_plan(int64_t B, int64_t H, int64_t P, bool bwd, bool proj, Plan* p, int* ncta) {
-  int device = 0;
+int cached_plan(int device, int dtype, int64_t B, int64_t H, int64_t P, bool bwd, bool proj,
+                Plan* p, int* ncta) {
+  const PlanKey key{device, dtype, B, H, P, bwd, proj};
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex());
+    for (const PlanEntry& e : cache())
+      if (e.key == key) {
+        *p = e.plan, *ncta = e.ncta;
+        return e.rc;
+      }
+  }
   Device d;
-  int rc = static_cast<int>(cudaGetDevice(&device));
-  if (rc == kOk) rc = query_device(device, &d);
-  if (rc == kOk) rc = plan_for<Ty>(B, H, P, bwd, proj, d, p, ncta);
+  int rc = query_device(device, &d);
+  if (rc != kOk) {
+    cudaGetLastError();
+    return rc;
+  }
+  rc = plan_for<Ty>(B, H, P, bwd, proj, d, p, ncta);
   if (rc != kOk) cudaGetLastError();
+  if (rc == kOk || rc == kTooLarge || rc == static_cast<int>(cudaErrorNotSupported)) {
+    std::lock_guard<std::mutex> lock(cache_mutex());
+    if (cache().size() >= kCacheMax) cache().clear();
+    cache().push_back(PlanEntry{key, rc, *ncta, *p});
+  }
   return rc;
+}
+
+template <typename Ty>
+int current_plan(int dtype, int64_t B, int64_t H, int64_t P, bool bwd, bool proj, Plan* p,
+                 int* ncta) {
+  int device = 0;
+  const int rc = static_cast<int>(cudaGetDevice(&device));
+  if (rc != kOk) {
+    cudaGetLastError();
+    return rc;
+  }
+  return cached_plan<Ty>(device, dtype, B, H, P, bwd, proj, p, ncta);
 }
 
 // Launches kernel(args) cooperatively; a projection's exchange workspace (bytes, or 0) is taken
@@ -163,7 +222,7 @@ int lstm_fwd(const void* gx, const void* w_hh, const void* w_hr, const void* h0,
     using A = dev::acc_t<Ty>;
     Plan p;
     int ncta = 0;
-    const int rc = current_plan<Ty>(B, H, P, false, proj, &p, &ncta);
+    const int rc = current_plan<Ty>(dtype, B, H, P, false, proj, &p, &ncta);
     if (rc != kOk) return rc;
     const FwdArgs<Ty> a{static_cast<const Ty*>(gx), static_cast<const Ty*>(w_hh),
                         static_cast<const Ty*>(w_hr), static_cast<const Ty*>(h0),
@@ -197,7 +256,7 @@ int lstm_bwd(const void* w_hh, const void* w_hr, const void* c0, const int64_t* 
     using A = dev::acc_t<Ty>;
     Plan p;
     int ncta = 0;
-    const int rc = current_plan<Ty>(B, H, P, true, proj, &p, &ncta);
+    const int rc = current_plan<Ty>(dtype, B, H, P, true, proj, &p, &ncta);
     if (rc != kOk) return rc;
     const BwdArgs<Ty> a{static_cast<const Ty*>(w_hh), static_cast<const Ty*>(w_hr),
                         static_cast<const Ty*>(c0), lengths, static_cast<const A*>(gates),
@@ -224,22 +283,19 @@ int lstm_persistent_fits(int64_t B, int64_t H, int64_t P, int dtype, int device,
     cudaGetLastError();
     return 0;
   }
-  Device d;
-  int rc = query_device(device, &d);
-  if (rc == kOk)
-    rc = with_dtype(dtype, [&](auto tag) {
-      using Ty = typename decltype(tag)::type;
-      Plan p;
-      int ncta = 0;
-      for (int bwd = 0; bwd < 2; ++bwd)
-        for (int proj = projection ? 1 : 0; proj >= 0; --proj) {
-          // Without w_hr P == H, so the no-projection kernels need checking only then.
-          if (!proj && P != H) continue;
-          const int r = plan_for<Ty>(B, H, P, bwd != 0, proj != 0, d, &p, &ncta);
-          if (r != kOk) return r;
-        }
-      return kOk;
-    });
+  const int rc = with_dtype(dtype, [&](auto tag) {
+    using Ty = typename decltype(tag)::type;
+    Plan p;
+    int ncta = 0;
+    for (int bwd = 0; bwd < 2; ++bwd)
+      for (int proj = projection ? 1 : 0; proj >= 0; --proj) {
+        // Without w_hr P == H, so the no-projection kernels need checking only then.
+        if (!proj && P != H) continue;
+        const int r = cached_plan<Ty>(device, dtype, B, H, P, bwd != 0, proj != 0, &p, &ncta);
+        if (r != kOk) return r;
+      }
+    return kOk;
+  });
   if (prev != device) cudaSetDevice(prev);
   cudaGetLastError();
   return rc == kOk ? 1 : 0;

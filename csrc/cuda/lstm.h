@@ -49,7 +49,8 @@ int lstm_bwd(const void* w_hh, const void* w_hr, const void* c0, const int64_t* 
 // n = min(H, SMs) CTAs of U = ceil(H / n) units and S <= B staged rows, so it says yes for
 // H, P <= 1024 with B <= 64 in float16 / bfloat16 on sm_80 / sm_90 (1024 x 1024 float32 needs
 // sm_90's 227 KB). It answers feasibility, not speed: the persistent kernel wins at small B
-// (<= 32 or so), where one step's GEMM is too small to fill the GPU.
+// (<= 32 or so), where one step's GEMM is too small to fill the GPU. Answers (and the
+// launchers' plans) are cached per device, dtype and shape, so asking before every call is cheap.
 int lstm_persistent_fits(int64_t B, int64_t H, int64_t P, int dtype, int device,
                          bool projection);
 

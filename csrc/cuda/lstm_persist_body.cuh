@@ -104,6 +104,16 @@ __device__ void fwd_body(const FwdArgs<Ty>& a) {
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = a.reverse ? steps - 1 - s : s, tp = fwd_prev(t, a.reverse);
     // G = h w_hh^T for this CTA's gate rows; h is y[tp] (or h0 at a sequence's first step).
+    // gx does not depend on h: this thread's first (unit, sequence) reads it now, so the load's
+    // latency hides behind the stage and the GEMV.
+    const auto gx_of = [&](int e, A (&v)[4]) {
+      const int b = e / Uc, j = j0 + (e - b * Uc);
+      if (t >= lenS[b]) return;
+      const Ty* g = a.gx + (t * B + b) * H4 + j;
+      for (int k = 0; k < 4; ++k) v[k] = ld(g + k * int64_t{H});
+    };
+    A pre[4] = {A(0), A(0), A(0), A(0)};
+    if (tid() < Uc * B) gx_of(tid(), pre);
     gemv_all<Ty, Ty>(pl, W1, pl.rows1, pl.K1, P, X, out, [&](int b) -> const Ty* {
       if (t >= lenS[b]) return nullptr;
       if (first_step(t, lenS[b], a.reverse))
@@ -114,11 +124,12 @@ __device__ void fwd_body(const FwdArgs<Ty>& a) {
       const int b = e / Uc, jl = e - b * Uc, j = j0 + jl;
       const int64_t row = t * B + b;
       if (t < lenS[b]) {
-        const Ty* g = a.gx + row * H4 + j;
-        const A gi = sigmoid(ld(g) + out[jl * B + b]);
-        const A gf = sigmoid(ld(g + H) + out[(U + jl) * B + b]);
-        const A gg = dtanh(ld(g + 2 * H) + out[(2 * U + jl) * B + b]);
-        const A go = sigmoid(ld(g + 3 * H) + out[(3 * U + jl) * B + b]);
+        A g[4] = {pre[0], pre[1], pre[2], pre[3]};
+        if (e != tid()) gx_of(e, g);
+        const A gi = sigmoid(g[0] + out[jl * B + b]);
+        const A gf = sigmoid(g[1] + out[(U + jl) * B + b]);
+        const A gg = dtanh(g[2] + out[(2 * U + jl) * B + b]);
+        const A go = sigmoid(g[3] + out[(3 * U + jl) * B + b]);
         const A c = gf * cS[jl * B + b] + gi * gg;
         cS[jl * B + b] = c;
         const A ht = go * dtanh(c);
@@ -163,22 +174,39 @@ __device__ void fwd_body(const FwdArgs<Ty>& a) {
 }
 
 // ---- backward --------------------------------------------------------------------------------
-// The cell's backward for unit j of sequence b at active step t (the contract's formulas), given
-// dht; updates dc in place and writes dgx[t].
+// What the forward saved for unit j of sequence b at active step t: the gates, c and the c
+// before the step. None of it depends on dh, so a step reads its first unit's early.
+template <typename A>
+struct Saved {
+  A i, f, g, o, c, cp;
+};
+
 template <typename Ty>
-__device__ __forceinline__ void cell_back(const BwdArgs<Ty>& a, acc_t<Ty> dht, acc_t<Ty>& dc,
-                                          int b, int j, int64_t t, int len) {
+__device__ __forceinline__ Saved<acc_t<Ty>> saved_at(const BwdArgs<Ty>& a, int b, int j,
+                                                     int64_t t, int len) {
   using A = acc_t<Ty>;
   const int B = a.pl.B, H = a.pl.H;
-  const int64_t H4 = 4 * int64_t{H}, row = t * B + b;
-  const A* g = a.gates + row * H4 + j;
-  const A i = g[0], f = g[H], gg = g[2 * H], o = g[3 * H];
-  const A tc = dtanh(a.c_all[row * H + j]);
-  A cp;
-  if (first_step(t, len, a.reverse))
-    cp = a.c0 != nullptr ? ld(a.c0 + int64_t{b} * H + j) : A(0);
-  else
-    cp = a.c_all[(fwd_prev(t, a.reverse) * B + b) * H + j];
+  const int64_t row = t * B + b;
+  const A* g = a.gates + row * 4 * int64_t{H} + j;
+  Saved<A> s{g[0], g[H], g[2 * H], g[3 * H], a.c_all[row * H + j], A(0)};
+  if (!first_step(t, len, a.reverse))
+    s.cp = a.c_all[(fwd_prev(t, a.reverse) * B + b) * H + j];
+  else if (a.c0 != nullptr)
+    s.cp = ld(a.c0 + int64_t{b} * H + j);
+  return s;
+}
+
+// The cell's backward for unit j of sequence b at active step t (the contract's formulas), given
+// dht and the saved values; updates dc in place and writes dgx[t].
+template <typename Ty>
+__device__ __forceinline__ void cell_back(const BwdArgs<Ty>& a, const Saved<acc_t<Ty>>& s,
+                                          acc_t<Ty> dht, acc_t<Ty>& dc, int b, int j,
+                                          int64_t t) {
+  using A = acc_t<Ty>;
+  const int H = a.pl.H;
+  const int64_t H4 = 4 * int64_t{H}, row = t * a.pl.B + b;
+  const A i = s.i, f = s.f, gg = s.g, o = s.o, cp = s.cp;
+  const A tc = dtanh(s.c);
   const A d = dc + dht * o * (A(1) - tc * tc);
   Ty* out = a.dgx + row * H4 + j;
   st(out, d * gg * i * (A(1) - i));
@@ -260,6 +288,11 @@ __device__ void bwd_body(const BwdArgs<Ty>& a) {
 
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = a.reverse ? s : steps - 1 - s;  // the reverse of the forward's order
+    Saved<A> pre{};
+    if (tid() < Uc * B) {
+      const int b = tid() / Uc;
+      if (t < lenS[b]) pre = saved_at(a, b, j0 + tid() - b * Uc, t, lenS[b]);
+    }
     if (s > 0) dh_from_dgx(a.reverse ? t - 1 : t + 1);
     if constexpr (kProj) {
       for (int e = tid(); e < Vc * B; e += kThreads) {
@@ -279,7 +312,8 @@ __device__ void bwd_body(const BwdArgs<Ty>& a) {
       const int b = e / Uc, jl = e - b * Uc, j = j0 + jl;
       if (t < lenS[b]) {
         const A dht = kProj ? out[jl * B + b] : add_dy(t, b, jl);
-        cell_back(a, dht, dcS[jl * B + b], b, j, t, lenS[b]);
+        const Saved<A> sv = e == tid() ? pre : saved_at(a, b, j, t, lenS[b]);
+        cell_back(a, sv, dht, dcS[jl * B + b], b, j, t);
       } else {
         zero_dgx(a, b, j, t);
         if (!kProj && a.dh_all != nullptr) st(a.dh_all + (t * B + b) * P + j, A(0));
