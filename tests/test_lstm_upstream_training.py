@@ -308,3 +308,12 @@ def test_LSTM_differentiable_backward_using_oneDNN():
 
     for a, b in zip(second_order(ours), second_order(ref), strict=True):
         torch.testing.assert_close(a, b, **F64)
+
+
+def test_pack_sequence_batch_sizes_throw():
+    """Upstream builds a CUDA LSTM and a PackedSequence whose batch_sizes live on the GPU; the
+    constructor refuses it before the LSTM is reached. The meta device stands in for CUDA."""
+    LSTM(3, 4, bidirectional=True, num_layers=2).to("meta")
+    with pytest.raises(ValueError, match="batch_sizes should always be on CPU"):
+        rnn_utils.PackedSequence(torch.rand(5, 3, device="meta"),
+                                 torch.tensor([1, 1, 1, 1, 1], device="meta"))
