@@ -197,7 +197,7 @@ def cli_train(cls: type, args: Any) -> int:
     try:
         config = cls.config_cls(**overrides)
         model = cls(config)
-        tc = TrainConfig.from_args(cls.train_defaults, args)
+        tc = TrainConfig.from_args(cls.defaults_for(config), args)
     except (TypeError, ValueError) as e:
         raise SystemExit(f"genfast: --set: {e}") from None
     try:

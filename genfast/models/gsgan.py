@@ -208,6 +208,15 @@ class GSGAN(nn.Module):
         "steps": 1800, "batch_size": 64, "lr": 1e-4, "checkpoint_every": 300,
         "sample_every": 600, "log_every": 100}
 
+    @classmethod
+    def defaults_for(cls, config: GSGANConfig) -> dict[str, Any]:
+        """train_defaults for `config`'s loss. WGAN-GP updates G once per 5 critic steps, so
+        at gan's 1e-4 its G barely moves in a CPU-sized run (held-out prec4 0.684 after 1800
+        steps, the MLE-pretrained G's 0.685); 5e-4 gives 0.700 (1e-3: 0.715, less diverse)."""
+        if config.loss == "wgan-gp":
+            return {**cls.train_defaults, "lr": 5e-4}
+        return dict(cls.train_defaults)
+
     def __init__(self, config: GSGANConfig | None = None) -> None:
         super().__init__()
         self.config = c = config or GSGANConfig()

@@ -78,6 +78,8 @@ def test_config_errors():
             GSGANConfig(**bad)
     assert GSGANConfig(loss="wgan-gp").n_critic == 5 and GSGANConfig().n_critic == 1
     assert GSGANConfig(loss="wgan-gp").betas == (0.5, 0.9)
+    assert GSGAN.defaults_for(GSGANConfig(loss="wgan-gp"))["lr"] == 5e-4
+    assert GSGAN.defaults_for(GSGANConfig())["lr"] == GSGAN.train_defaults["lr"] == 1e-4
     model = GSGAN(GSGANConfig(**TINY))
     assert isinstance(model.generator.lstm, LSTM) and isinstance(model.discriminator.lstm, LSTM)
     for bad, match in [(dict(n=0), "n must"), (dict(n=2, temperature=0.0), "temperature")]:
@@ -123,6 +125,7 @@ def test_losses_move_as_they_should(corpus, loss, discriminator, lr, d_steps):
         assert torch.isfinite(p).all()
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 def test_penalty_and_step_through_genfast_lstm_equal_torch_lstm(corpus):
     """The WGAN-GP critic step differentiates the critic's input gradient: the double backward
     of genfast.nn.LSTM. Same weights with torch.nn.LSTM (CPU, differentiable twice) give the
