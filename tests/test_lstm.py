@@ -274,6 +274,19 @@ def test_inference_saves_nothing_and_matches_training():
         torch.testing.assert_close(a, b.detach())
 
 
+def test_cpu_autocast_runs_in_bfloat16_like_torch():
+    """torch's LSTM is on the CPU autocast list: under it genfast returns bfloat16 too (on the
+    reference backend; the C++ kernels take float32 / float64) close to torch's."""
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(4, 6)
+    x = torch.randn(5, 2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, _ = ref(x)
+        got, _ = genfast.lstm(x, None, ref._flat_weights, num_layers=1)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.03)
+
+
 def test_empty_time_and_batch():
     x, w_ih, w_hh, b_ih, b_hh, _, h0, c0 = _case(0, 2, 3, 4)
     y, h, c = genfast.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, None, h0, c0)
@@ -281,8 +294,11 @@ def test_empty_time_and_batch():
     torch.testing.assert_close(h, h0)
     torch.testing.assert_close(c, c0)
     x, w_ih, w_hh, *_ = _case(3, 0, 3, 4, state=False)
+    w_ih.requires_grad_()
     y, h, c = genfast.lstm_layer(x, w_ih, w_hh)
     assert y.shape == (3, 0, 4) and h.shape == (0, 4)
+    (g,) = torch.autograd.grad(y.sum() + h.sum(), w_ih)
+    assert not g.any()
 
 
 def test_bad_input_names_the_argument():

@@ -178,8 +178,6 @@ def test_error_RNN_seq_len_zero():
             LSTM(5, 6, bidirectional=bidirectional)(torch.ones(0, 10, 5))
 
 
-@pytest.mark.xfail(strict=True, reason="genfast/ops/lstm.py's kernel backward reshapes the "
-                   "empty h_prev of a zero batch with -1 (reported to the lead)")
 def test_RNN_input_size_zero():
     rnn = LSTM(input_size=3, hidden_size=4)
     out = rnn(torch.zeros(5, 0, 3))

@@ -60,7 +60,6 @@ from ._boundary import standard_dtypes
 from ._eager import eager_op
 from ._lstm_backends import BWD, FWD
 from ._lstm_ref import active_masks, lstm_layer_reference
-from ._masked_conv_checks import autocast_args
 
 __all__ = ["lstm", "lstm_cell", "lstm_layer", "lstm_layer_reference"]
 SPEC = backends.register_op(backends.OpSpec(
@@ -70,6 +69,17 @@ SPEC = backends.register_op(backends.OpSpec(
     auto_cuda=("cuda", "triton", "reference")))
 
 OptT = Optional[Tensor]  # noqa: UP045  (torch.library parses the annotation)
+
+
+def _autocast(*tensors: Tensor | None) -> list[Tensor | None]:
+    """Under autocast (CUDA, or the CPU's bfloat16) torch's LSTM runs in the autocast dtype
+    (it is on both lower-precision lists): the same cast keeps genfast a drop-in under AMP.
+    On the CPU that dtype goes to the reference backend (the C++ kernels take float32/64)."""
+    dev = tensors[0].device.type
+    if dev not in ("cuda", "cpu") or not torch.is_autocast_enabled(dev):
+        return list(tensors)
+    dt = torch.get_autocast_dtype(dev)
+    return [None if t is None else t.to(dt) for t in tensors]
 
 
 # --------------------------------------------------------------------------- forward op
@@ -157,14 +167,14 @@ def _bwd_impl(x, w_ih, w_hh, w_hr, h0, c0, lengths, y, gates, c_all, gy, ghT, gc
     if want["w_ih"]:
         out[1] = d2.t() @ x.reshape(T * B, n_in)
     if want["w_hh"]:
-        out[2] = d2.t() @ _prev_hidden(y, h0, lengths, reverse).reshape(T * B, -1)
+        out[2] = d2.t() @ _prev_hidden(y, h0, lengths, reverse).reshape(T * B, y.shape[2])
     if want["b"]:
         out[3] = d2.sum(0)
     if want["w_hr"]:
         ht = gates[..., 3 * H:] * c_all.tanh()
         if lengths is not None:  # c_all is undefined at inactive steps
             ht = torch.where(active_masks(lengths, T), ht, 0)
-        out[4] = dh_all.reshape(T * B, -1).t() @ ht.to(x.dtype).reshape(T * B, H)
+        out[4] = dh_all.reshape(T * B, dh_all.shape[2]).t() @ ht.to(x.dtype).reshape(T * B, H)
     if want["h0"]:
         out[5] = dh0
     if want["c0"]:
@@ -311,7 +321,7 @@ def lstm_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None
         _check_param("c0", c0, (B, H), x)
     reverse = _checks.boolean("reverse", reverse)
     lengths = _check_lengths(lengths, T, B, x)
-    args = autocast_args(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
+    args = _autocast(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
     be = backends.resolve("lstm", args[0], backend)
     save = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args)
     if torch.compiler.is_compiling():
