@@ -222,21 +222,21 @@ GENFAST_INLINE void head_block(const Net<T>& net, State<T>& st, int64_t b, int64
     x[s] = st.at(st.h, L - 1, g0 + s);
   }
   block_gemv<T, NS>(net.w.data() + net.off[size_t(2 * L - 1)] + b * H * W, H, x, acc);
-  for (int s = 0; s < NS; ++s) std::copy(acc[s], acc[s] + W, st.logits.data() + (g0 + s) * net.Vp + b * W);
+  for (int s = 0; s < NS; ++s)
+    std::copy(acc[s], acc[s] + W, st.logits.data() + (g0 + s) * net.Vp + b * W);
 }
 
-// Runs f(g0, ns) over the thread's stream groups.
-template <typename F>
-GENFAST_INLINE void groups(int64_t S, const F& f) {
-  for (int64_t g0 = 0; g0 < S; g0 += kGroup) f(g0, std::min<int64_t>(kGroup, S - g0));
-}
-
-#define GENFAST_LSTM_GROUP(ns, call)       \
-  switch (ns) {                            \
-    case 4: call(4); break;                \
-    case 3: call(3); break;                \
-    case 2: call(2); break;                \
-    default: call(1); break;               \
+// Every stream group of the thread through `what` (a template taking <T, NS>): a switch, not a
+// lambda, so the code stays inside the caller's ISA copy (a lambda's body would be compiled for
+// the baseline ISA).
+#define GENFAST_LSTM_GROUPS(S, what, ...)                                      \
+  for (int64_t g0 = 0; g0 < (S); g0 += kGroup) {                            \
+    switch (std::min<int64_t>(kGroup, (S) - g0)) {                          \
+      case 4: what<T, 4>(__VA_ARGS__); break;                               \
+      case 3: what<T, 3>(__VA_ARGS__); break;                               \
+      case 2: what<T, 2>(__VA_ARGS__); break;                               \
+      default: what<T, 1>(__VA_ARGS__); break;                              \
+    }                                                                       \
   }
 
 // All N steps of streams [b0, b1), with the state copied in and out of the call's (L, B, H).
@@ -254,21 +254,12 @@ GENFAST_INLINE void run_streams(const Net<T>& net, const Call& c, T* h, T* cs, i
   for (int64_t p = 1; p < c.N; ++p) {
     for (int64_t l = 0; l < L; ++l) {
       for (int64_t b = 0; b < net.nb; ++b)
-        groups(S, [&](int64_t g0, int64_t ns) {
-#define GENFAST_LSTM_LAYER(k) layer_block<T, k>(net, st, c, l, b, g0, b0, p)
-          GENFAST_LSTM_GROUP(ns, GENFAST_LSTM_LAYER)
-#undef GENFAST_LSTM_LAYER
-        });
+        GENFAST_LSTM_GROUPS(S, layer_block, net, st, c, l, b, g0, b0, p)
       // Only layer l's rows swap: layer l+1 reads the new h of layer l and its own old h.
       std::swap_ranges(st.at(st.h, l, 0), st.at(st.h, l, 0) + S * net.Hp, st.at(st.hn, l, 0));
     }
     if (p < c.start) continue;  // a given token: no logits needed
-    for (int64_t b = 0; b < net.vb; ++b)
-      groups(S, [&](int64_t g0, int64_t ns) {
-#define GENFAST_LSTM_HEAD(k) head_block<T, k>(net, st, b, g0)
-        GENFAST_LSTM_GROUP(ns, GENFAST_LSTM_HEAD)
-#undef GENFAST_LSTM_HEAD
-      });
+    for (int64_t b = 0; b < net.vb; ++b) GENFAST_LSTM_GROUPS(S, head_block, net, st, b, g0)
     for (int64_t s = 0; s < S; ++s) {
       const int64_t bb = b0 + s;
       const auto row = static_cast<uint64_t>(c.offset + p) * static_cast<uint64_t>(B) +
