@@ -4,7 +4,8 @@ held-out sample-quality figures, and `genfast train gsgan` / `genfast sample gsg
 Text (``normalize``): lower case; hyphens split words; tokens holding a digit are dropped
 (a number's leftovers, "4:00pm" -> "pm", would be noise no model can learn); characters outside
 the alphabet (quotes, brackets) are deleted; words are joined by single spaces. Sequences are
-the ``seq_len``-character windows starting at every word start (57k in the training split).
+the ``seq_len``-character windows starting at every word start (55,841 of 12 characters
+in the training split).
 
 Figures (``HeldOut.scores``), each a fraction in [0, 1], of sampled strings against the
 held-out documents (genfast.data.text.split_text, the same fixed split as char-RNN):
