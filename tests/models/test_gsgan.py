@@ -158,6 +158,21 @@ def test_penalty_and_step_through_genfast_lstm_equal_torch_lstm(corpus):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=k)
 
 
+def test_generator_outputs_relaxed_or_straight_through_one_hots():
+    torch.manual_seed(0)
+    for hard in (False, True):
+        model = GSGAN(GSGANConfig(**TINY, hard=hard))
+        model.generator.gumbel.tau = 0.5
+        y = model.generator.run(3, model.latent(3), TINY["seq_len"])
+        assert y.shape == (3, TINY["seq_len"], len(text.ALPHABET))
+        torch.testing.assert_close(y.sum(-1), torch.ones(3, TINY["seq_len"]))
+        assert bool(((y == 0) | (y == 1)).all()) == hard
+        # Gradients reach the generator through every fed-back step (straight-through too).
+        (y[:, -1] * torch.randn_like(y[:, -1])).sum().backward()
+        assert float(model.generator.lstm.weight_hh_l0.grad.abs().max()) > 0
+        assert float(model.generator.embed.weight.grad[: len(text.ALPHABET)].abs().max()) > 0
+
+
 def test_resume_is_exact_across_the_pretraining_boundary(corpus, tmp_path):
     def make():
         return GSGAN(GSGANConfig(**TINY, loss="wgan-gp", pretrain_steps=2, n_critic=2))
