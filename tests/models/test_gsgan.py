@@ -13,8 +13,8 @@ from _resume import _records
 import genfast
 from genfast.cli import main
 from genfast.data.text import load_text
+from genfast.models import REGISTRY, _trainer
 from genfast.models import _gsgan_text as text
-from genfast.models import _trainer
 from genfast.models.gsgan import GSGAN, GSGANConfig
 from genfast.nn import LSTM, revert_lstm
 from genfast.ops.gradient_penalty import gradient_penalty
@@ -80,6 +80,7 @@ def test_config_errors():
     assert GSGANConfig(loss="wgan-gp").betas == (0.5, 0.9)
     assert GSGAN.defaults_for(GSGANConfig(loss="wgan-gp"))["lr"] == 5e-4
     assert GSGAN.defaults_for(GSGANConfig())["lr"] == GSGAN.train_defaults["lr"] == 1e-4
+    assert REGISTRY["gsgan"] is GSGAN and GSGAN.description
     model = GSGAN(GSGANConfig(**TINY))
     assert isinstance(model.generator.lstm, LSTM) and isinstance(model.discriminator.lstm, LSTM)
     for bad, match in [(dict(n=0), "n must"), (dict(n=2, temperature=0.0), "temperature")]:
