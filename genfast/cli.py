@@ -147,6 +147,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu")
     t.add_argument("--levels", type=int, help="pixelcnn, gated-pixelcnn: values per channel "
                    "(2: binarised; default 16)")
+    t.add_argument("--loss", choices=("gan", "wgan-gp"),
+                   help="gsgan: adversarial loss (default gan; wgan-gp: LSTM critic whose "
+                        "gradient penalty runs genfast.nn.LSTM's double backward)")
     t.add_argument("--threads", type=int,
                    help="torch CPU threads (small models train fastest with 1 on a busy box)")
     t.add_argument("--no-progress", action="store_true")
@@ -167,8 +170,8 @@ def parser() -> argparse.ArgumentParser:
                    help="resample components with |z| > PSI (BigGAN), or scale z by PSI")
     s.add_argument("--seconds", type=float, help="wavenet: seconds of audio to generate "
                    "(default 2)")
-    s.add_argument("--temperature", type=float, help="wavenet, pixelcnn, gated-pixelcnn: sampling "
-                   "temperature (0: greedy)")
+    s.add_argument("--temperature", type=float, help="wavenet, pixelcnn, gated-pixelcnn, char-rnn, "
+                   "music-lstm, gsgan: sampling temperature (0: greedy)")
     s.add_argument("--top-k", type=int, help="wavenet, pixelcnn, gated-pixelcnn: sample "
                    "among the k most likely values")
     s.add_argument("--top-p", type=float, help="wavenet, pixelcnn, gated-pixelcnn: nucleus "
