@@ -1,6 +1,7 @@
-"""What the char-RNN and the music LSTM share: the token LSTM model base, windowed batches of a
-token stream, held-out scoring with the state carried across chunks, the training loop, and the
-sampling knobs and checkpoint loading of their CLIs.
+"""What the char-RNN and the music LSTM share: the token LSTM model base (genfast.nn.
+LSTMLanguageModel: embedding -> genfast.nn.LSTM -> linear head, generation in one native
+call), windowed batches of a token stream, held-out scoring with the state carried across
+chunks, the training loop, and the sampling knobs and checkpoint loading of their CLIs.
 
 Training uses the image trainer's loop (genfast/models/_trainer.train_loop), so its guarantees
 hold: a batch is ``batch_size`` windows of ``seq_len + 1`` tokens at starts drawn by
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._lm_net import language_model
+from ..nn import LSTMLanguageModel
 from ._trainer import TrainConfig, _isolated_rng, batch_indices, load_checkpoint, train_loop
 
 
@@ -44,8 +45,8 @@ class TokenLMModel(nn.Module):
     def _build(self, vocab_size: int) -> None:
         c = self.config
         self.vocab_size = vocab_size
-        self.lm = language_model(vocab_size, c.embedding_dim, c.hidden_size, c.num_layers,
-                                 c.dropout)
+        self.lm = LSTMLanguageModel(vocab_size, c.embedding_dim, c.hidden_size, c.num_layers,
+                                    c.dropout)
 
     def forward(self, tokens: Tensor, state: tuple[Tensor, Tensor] | None = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
