@@ -172,15 +172,21 @@ def parser() -> argparse.ArgumentParser:
                    "(default 2)")
     s.add_argument("--temperature", type=float, help="wavenet, pixelcnn, gated-pixelcnn, char-rnn, "
                    "music-lstm, gsgan: sampling temperature (0: greedy)")
-    s.add_argument("--top-k", type=int, help="wavenet, pixelcnn, gated-pixelcnn: sample "
-                   "among the k most likely values")
-    s.add_argument("--top-p", type=float, help="wavenet, pixelcnn, gated-pixelcnn: nucleus "
-                   "(top-p) sampling mass")
+    s.add_argument("--top-k", type=int, help="wavenet, pixelcnn, gated-pixelcnn, char-rnn, "
+                   "music-lstm: sample among the k most likely values")
+    s.add_argument("--top-p", type=float, help="wavenet, pixelcnn, gated-pixelcnn, char-rnn, "
+                   "music-lstm: nucleus (top-p) sampling mass")
     s.add_argument("--class", dest="cls", type=int, metavar="K",
                    help="gated-pixelcnn: draw every image of class K (default: one row per "
                         "class)")
     s.add_argument("--speaker", type=int,
                    help="wavenet: global-conditioning id (one per --data file)")
+    s.add_argument("--prime", help="char-rnn: text the sample continues (default a newline); "
+                   "music-lstm: how many notes of the held-out tune to start from (default 8)")
+    s.add_argument("--length", type=int, help="char-rnn: characters to generate (default 500); "
+                   "music-lstm: notes to generate at most (default 64)")
+    s.add_argument("--tune", type=int, help="music-lstm: index of the held-out tune to continue "
+                   "(default 0)")
     return p
 
 

@@ -10,11 +10,14 @@ from torch import nn
 
 from .aae import AAE, AAEConfig
 from .autoencoder import Autoencoder, AutoencoderConfig, ConvAutoencoder, ConvAutoencoderConfig
+from .char_rnn import CharRNN, CharRNNConfig
 from .conv_vae import ConvVAE, ConvVAEConfig
 from .dcgan import DCGAN, DCGANConfig
 from .gmm import GaussianMixture, GMMConfig
+from .gsgan import GSGAN, GSGANConfig
 from .gumbel_vae import GumbelVAE, GumbelVAEConfig
 from .lda import LatentDirichletAllocation, LDAConfig
+from .music_lstm import MusicLSTM, MusicLSTMConfig
 from .pixelcnn import GatedPixelCNNConfig, GatedPixelCNNModel, PixelCNNConfig, PixelCNNModel
 from .sngan import SNGAN, SNGANConfig
 from .vae import VAE, VAEConfig
@@ -36,6 +39,9 @@ REGISTRY: dict[str, type[nn.Module]] = {
     "wavenet": WaveNetModel,
     "pixelcnn": PixelCNNModel,
     "gated-pixelcnn": GatedPixelCNNModel,
+    "char-rnn": CharRNN,
+    "music-lstm": MusicLSTM,
+    "gsgan": GSGAN,
 }
 
 
@@ -54,4 +60,5 @@ __all__ = ["AAE", "VAE", "AAEConfig", "Autoencoder", "AutoencoderConfig", "ConvA
            "GumbelVAEConfig", "SNGANConfig", "WGANGPConfig", "get",
            "GMMConfig", "GaussianMixture", "LDAConfig", "LatentDirichletAllocation",
            "WaveNetConfig", "WaveNetModel", "GatedPixelCNNConfig", "GatedPixelCNNModel",
-           "PixelCNNConfig", "PixelCNNModel"]
+           "PixelCNNConfig", "PixelCNNModel", "GSGAN", "GSGANConfig",
+           "CharRNN", "CharRNNConfig", "MusicLSTM", "MusicLSTMConfig"]
