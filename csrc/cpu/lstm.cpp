@@ -2,7 +2,7 @@
 //
 // Cost model. Per step the recurrence is a (B, P) x (P, 4H) GEMM plus pointwise math, and steps
 // are sequential, so the kernel keeps one team of threads for the whole call and splits every
-// step among them with a spin barrier between the phases (fwd: one per step, two with a
+// step among them with a barrier between phases (lstm_team.h; fwd: one per step, two with a
 // projection; bwd: two per step). Threads own fixed slices: the forward splits hidden units (in
 // panels of VL units carrying all four gates, packed once per call by the thread that reads
 // them, so the c state and the cell math of a unit never leave its thread), the backward's dh =
@@ -11,102 +11,21 @@
 // Inactive rows (t >= lengths[b]) are left out of the GEMM rows entirely.
 #include "cpu/lstm.h"
 
-#include <sched.h>
-
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <new>
 #include <stdexcept>
 #include <string>
-#include <thread>
-#include <vector>
 
 #include "common/dtype.h"
-#include "common/openmp.h"
+#include "cpu/lstm_team.h"
 #include "cpu/lstm_tile.h"
 
 namespace genfast::cpu {
 namespace {
 
 using namespace lstm_tile;
-
-// A sense-counting spin barrier. Threads spin (the next phase is microseconds away), then yield
-// so a team sharing its cores with other work still progresses.
-class Barrier {
- public:
-  void wait(int team) {
-    if (team <= 1) return;
-    const int ph = phase_.load(std::memory_order_acquire);
-    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == team - 1) {
-      arrived_.store(0, std::memory_order_relaxed);
-      phase_.store(ph + 1, std::memory_order_release);
-      return;
-    }
-    for (int spin = 0; phase_.load(std::memory_order_acquire) == ph; ++spin) {
-      if (spin < 20000) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-      } else {
-        sched_yield();
-      }
-    }
-  }
-
- private:
-  alignas(64) std::atomic<int> arrived_{0};
-  alignas(64) std::atomic<int> phase_{0};
-};
-
-// Runs f(tid, team) on a team of up to `want` threads that all run together (f waits on
-// barriers, so a thread must never run two tids): torch's OpenMP team when found (warm
-// threads), else std::threads. The team may come out smaller than asked (nested regions,
-// spawn failures); f splits work by the team it gets, which never changes the results.
-template <typename F>
-void run_team(int want, const F& f) {
-  if (want <= 1) return f(0, 1);
-  if (const openmp::Runtime* omp = openmp::runtime()) {
-    struct Region {
-      const openmp::Runtime* omp;
-      const F* f;
-    } r{omp, &f};
-    omp->parallel(
-        [](void* p) {
-          const auto& r = *static_cast<const Region*>(p);
-          (*r.f)(r.omp->thread_num(), r.omp->num_threads());
-        },
-        &r, static_cast<unsigned>(want), 0u);
-    return;
-  }
-  std::atomic<int> team{0};
-  std::vector<std::thread> pool;
-  try {
-    for (int i = 1; i < want; ++i)
-      pool.emplace_back([&team, &f, i] {
-        int n;
-        while ((n = team.load(std::memory_order_acquire)) == 0) std::this_thread::yield();
-        if (i < n) f(i, n);
-      });
-  } catch (...) {
-    // Could not spawn them all: the team is the threads that started.
-  }
-  const int n = static_cast<int>(pool.size()) + 1;
-  team.store(n, std::memory_order_release);
-  f(0, n);
-  for (auto& th : pool) th.join();
-}
-
-template <typename T>
-struct Buffer {
-  std::unique_ptr<T[]> p;
-  explicit Buffer(int64_t n) {
-    if (n > 0) p.reset(new (std::align_val_t(64)) T[static_cast<size_t>(n)]);
-  }
-  T* get() const { return p.get(); }
-};
+using namespace lstm_team;
 
 template <typename T>
 struct Fwd {
@@ -410,13 +329,14 @@ void fwd_typed(const void* gx, const void* w_hh, const void* w_hr, const void* h
   a.npan = (H + VL - 1) / VL, a.npv = (P + VL - 1) / VL, a.Hp = a.npan * VL;
   const int team = team_size(num_threads, B * 4 * H * P + (proj ? B * H * P : 0),
                              std::max(a.npan, a.npv));
-  Buffer<T> wp(a.npan * P * 4 * VL), wr(proj ? a.npv * H * VL : 0), hb(2 * B * P),
-      cb(B * a.Hp), htb(proj ? B * H : 0);
-  Buffer<int64_t> rows(int64_t{team} * 2 * B);
-  Buffer<T> ap(int64_t{team} * B * std::max(P, H));
+  carve([&](Layout& l) {
+    a.wp = l.take<T>(a.npan * P * 4 * VL), a.wr = l.take<T>(proj ? a.npv * H * VL : 0);
+    a.hb = l.take<T>(2 * B * P), a.cb = l.take<T>(B * a.Hp), a.htb = l.take<T>(proj ? B * H : 0);
+    a.rows = l.take<int64_t>(int64_t{team} * 2 * B);
+    a.ap = l.take<T>(int64_t{team} * B * std::max(P, H));
+  });
   Barrier bar;
-  a.wp = wp.get(), a.wr = wr.get(), a.hb = hb.get(), a.cb = cb.get(), a.htb = htb.get();
-  a.rows = rows.get(), a.ap = ap.get(), a.bar = &bar;
+  a.bar = &bar;
   run_team(team, [&](int tid, int n) { fwd_run(isa, &a, tid, n); });
 }
 
@@ -439,12 +359,14 @@ void bwd_typed(const void* w_hh, const void* w_hr, const void* c0, const int64_t
   a.npan = (H + VL - 1) / VL, a.npv = (P + VL - 1) / VL, a.Hp = a.npan * VL;
   const int team = team_size(num_threads, B * 4 * H * P + (proj ? B * H * P : 0),
                              std::max(a.npan, a.npv));
-  Buffer<T> wp(a.npv * 4 * H * VL), wr(proj ? a.npan * P * VL : 0), dh(B * P), dcb(B * a.Hp);
-  Buffer<int64_t> rows(int64_t{team} * 2 * B);
-  Buffer<T> ap(int64_t{team} * B * std::max(4 * H, P));
+  carve([&](Layout& l) {
+    a.wp = l.take<T>(a.npv * 4 * H * VL), a.wr = l.take<T>(proj ? a.npan * P * VL : 0);
+    a.dh = l.take<T>(B * P), a.dcb = l.take<T>(B * a.Hp);
+    a.rows = l.take<int64_t>(int64_t{team} * 2 * B);
+    a.ap = l.take<T>(int64_t{team} * B * std::max(4 * H, P));
+  });
   Barrier bar;
-  a.wp = wp.get(), a.wr = wr.get(), a.dh = dh.get(), a.dcb = dcb.get();
-  a.rows = rows.get(), a.ap = ap.get(), a.bar = &bar;
+  a.bar = &bar;
   run_team(team, [&](int tid, int n) { bwd_run(isa, &a, tid, n); });
 }
 

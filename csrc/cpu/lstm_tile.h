@@ -254,32 +254,51 @@ inline void pack_rows(const T* A, int64_t lda, const int64_t* act, int64_t na, i
 }
 
 // Packs panels u0 .. u1 - 1 of the forward's gate panels: wp[u][k][g][l] = w_hh[g*H + u*VL +
-// l][k] (zero past unit H), w_hh (4H, P) row-major.
+// l][k] (zero past unit H), w_hh (4H, P) row-major. A transpose: it runs in blocks of kKB
+// columns, so each source cache line is read once and the block written stays in L1.
+constexpr int64_t kKB = 16;
 template <typename T>
 void pack_gates(const T* w, T* wp, int64_t H, int64_t P, int64_t VL, int64_t u0, int64_t u1) {
   for (int64_t u = u0; u < u1; ++u) {
     T* dst = wp + u * P * 4 * VL;
-    for (int64_t g = 0; g < 4; ++g)
-      for (int64_t l = 0; l < VL; ++l) {
-        const int64_t j = u * VL + l;
-        const T* src = j < H ? w + (g * H + j) * P : nullptr;
-        for (int64_t k = 0; k < P; ++k) dst[(k * 4 + g) * VL + l] = src ? src[k] : T(0);
-      }
+    for (int64_t k0 = 0; k0 < P; k0 += kKB) {
+      const int64_t kn = std::min(kKB, P - k0);
+      for (int64_t g = 0; g < 4; ++g)
+        for (int64_t l = 0; l < VL; ++l) {
+          const int64_t j = u * VL + l;
+          T* d = dst + (k0 * 4 + g) * VL + l;
+          if (j >= H) {
+            for (int64_t k = 0; k < kn; ++k) d[k * 4 * VL] = T(0);
+            continue;
+          }
+          const T* src = w + (g * H + j) * P + k0;
+          for (int64_t k = 0; k < kn; ++k) d[k * 4 * VL] = src[k];
+        }
+    }
   }
 }
 
 // Packs column vectors v0 .. v1 - 1 of the (K, C) matrix m[k][c] = w[k*sk + c*sc]:
-// wp[v][k][l] = m[k][v*VL + l] (zero past column C).
+// wp[v][k][l] = m[k][v*VL + l] (zero past column C). Rows of w along c (sc == 1) copy
+// straight; a transposed source (sc != 1) goes in blocks of kKB like pack_gates.
 template <typename T>
 void pack_cols(const T* w, int64_t sk, int64_t sc, int64_t K, int64_t C, int64_t VL, T* wp,
                int64_t v0, int64_t v1) {
   for (int64_t v = v0; v < v1; ++v) {
     T* dst = wp + v * K * VL;
     const int64_t n = std::min(VL, C - v * VL);
-    for (int64_t k = 0; k < K; ++k) {
-      const T* src = w + k * sk + v * VL * sc;
-      for (int64_t l = 0; l < n; ++l) dst[k * VL + l] = src[l * sc];
-      for (int64_t l = n; l < VL; ++l) dst[k * VL + l] = T(0);
+    if (sc == 1) {
+      for (int64_t k = 0; k < K; ++k) {
+        std::memcpy(dst + k * VL, w + k * sk + v * VL, static_cast<size_t>(n) * sizeof(T));
+        for (int64_t l = n; l < VL; ++l) dst[k * VL + l] = T(0);
+      }
+      continue;
+    }
+    for (int64_t k0 = 0; k0 < K; k0 += kKB) {
+      const int64_t kn = std::min(kKB, K - k0);
+      for (int64_t l = 0; l < VL; ++l)
+        for (int64_t k = 0; k < kn; ++k)
+          dst[(k0 + k) * VL + l] = l < n ? w[(k0 + k) * sk + (v * VL + l) * sc] : T(0);
     }
   }
 }
