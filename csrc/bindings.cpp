@@ -32,6 +32,7 @@
 #include "cuda/masked_conv.h"
 #include "cuda/masked_conv_layer.h"
 #include "cuda/masked_conv_generate.h"
+#include "cuda/lstm_generate.h"
 #include "cuda/lstm.h"
 // [include:cuda]
 #define GENFAST_MODULE _cuda
@@ -704,7 +705,6 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
   }
 #endif
   // [bind:lstm_generate]
-#ifndef GENFAST_WITH_CUDA
   m.def(
       "lstm_generate",
       [](Ptr weights, Ptr meta, int64_t meta_len, Ptr tokens, Ptr h, Ptr c, int64_t B, int64_t N,
@@ -729,7 +729,6 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("c"), py::arg("B"), py::arg("N"), py::arg("start"), py::arg("offset"),
       py::arg("seed"), py::arg("inv_temperature"), py::arg("top_k"), py::arg("top_p"),
       py::arg("dtype"), GENFAST_TAIL_NAME);
-#endif
 
 #ifndef GENFAST_WITH_CUDA
   // [bind:cpu:isa] Which copy of the multiversioned loops runs (common/isa.h). GENFAST_ISA is
