@@ -19,6 +19,7 @@ import genfast
 from genfast import backends
 from genfast import nn as gnn
 from genfast.ops import spectral_norm as S
+from genfast.ops.lstm_generate import LSTMPack
 
 Step = Callable[[], tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]
 
@@ -316,6 +317,48 @@ def _lstm(xs, b):
                               lengths=lengths, reverse=bool(reverse), backend=b)
 
 
+# ------------------------------------------------------------- lstm_generate
+def _lstm_gen_inputs(shape, device):
+    V, H, L, B, Tp, n, top_k, p100 = shape
+    ts = [randn((V, 4 * H), device, 1), randn((4 * H, H), device, 2, H ** -0.5)]
+    for i in range(1, L):
+        s = 10 * i
+        ts += [randn((4 * H, H), device, s, H ** -0.5), randn((4 * H, H), device, s + 1, H ** -0.5),
+               randn(4 * H, device, s + 2, 0.1)]
+    ts += [randn((V, H), device, 3, 3 * H ** -0.5), randn(V, device, 4, 0.1),
+           randn((L, B, H), device, 5, 0.5), randn((L, B, H), device, 6, 0.5)]
+    return ts + [_carrier(B, Tp, n, top_k, p100, device=device)]
+
+
+def _lstm_generator(model_dtype: bool) -> Callable[[list[Tensor], str], Step]:
+    """As _generator: the packed model in float64 where the backend takes it (every index must
+    then match the reference's), else in float32; model_dtype: in float32 always. top_p * 100 = 0
+    is greedy."""
+    def prepare(xs, b):
+        *ws, h0, c0, cfg = xs
+        B, Tp, n, top_k, p100 = _settings(cfg)
+        takes64 = torch.float64 in backends.registered_ops()["lstm_generate"].dtypes[b]
+        dt = torch.float64 if takes64 and not model_dtype else torch.float32
+        V, H, L = ws[0].shape[0], ws[1].shape[1], (len(ws) - 4) // 3 + 1
+        pack = LSTMPack(torch.cat([w.reshape(-1) for w in ws]).to(dt),
+                        torch.tensor([L, V, H]), L, V, H)
+        g = torch.Generator(h0.device).manual_seed(12)
+        prime = torch.randint(0, V, (B, Tp), generator=g, device=h0.device)
+        state = (h0.to(dt), c0.to(dt))
+
+        def step():
+            tokens, (h, c) = genfast.lstm_generate(
+                pack, prime, n, state=state, temperature=0.8 if p100 else 0.0,
+                top_k=top_k or None, top_p=p100 / 100 if 0 < p100 < 100 else None, seed=11,
+                offset=3, backend=b)
+            return (tokens, h, c), ()
+        return step
+    return prepare
+
+
+# ROWS entries:
+
+
 # ------------------------------------------------------------- masked_conv (+ layer, generation)
 def _masked_inputs(shape, device):
     B, cin, cout, H, W, k, mask_b, G, stride = shape
@@ -534,4 +577,22 @@ ROWS: list[Row] = [
     Row("masked_conv_generate", "generate_fp32", _pixelcnn_inputs, _pixelcnn_generator(True),
         ((256, 64, 256, 7, 10, 4, 28, 28, 1, 0, 100),),
         (4, 4, 6, 3, 2, 2, 4, 5, 1, 2, 90), compile=False),
+    # Shapes (V, H, L, B, prime length, n, top_k, top_p * 100; 100 = off, 0 = greedy). CUDA (one
+    # cooperative kernel, hidden units over up to one CTA per SM, U >= 2 units a CTA): 2 x 512
+    # at batch 1 with every CTA's weight rows in shared memory (float64: 200 KB a CTA on 132
+    # SMs); batch 32 in groups of streams (float64: 2 a pass, the cache beside them; the float32
+    # row: 8 a pass); 2 x 1024 float64 (786 KB a CTA: rows from L2, 2 streams a pass); odd sizes
+    # (H 33: 17 CTAs, the last with one unit; V 37: some CTAs without head rows; 3 layers; 8
+    # streams a pass with 5 live); greedy one-layer tiny; batch 70 (CUDA: 9 groups, the last of
+    # 6; Triton: 16 streams a program, tl.dot GEMVs) with top_p. Triton otherwise one program per
+    # stream. The draws are compared by index; the state (h, c) at the float tolerance.
+    Row("lstm_generate", "generate", _lstm_gen_inputs, _lstm_generator(False),
+        ((96, 512, 2, 1, 8, 200, 0, 100), (96, 512, 2, 32, 4, 64, 40, 90),
+         (256, 1024, 2, 3, 2, 40, 0, 100), (37, 33, 3, 5, 4, 30, 5, 100),
+         (5, 7, 1, 2, 3, 20, 0, 0), (40, 64, 2, 70, 2, 10, 0, 80)),
+        (7, 6, 2, 2, 2, 5, 3, 90), compile=False),
+    # The float32 kernel (the float64 row covers the math exactly): a near-tie that another
+    # summation order breaks the other way could change the rest of one stream.
+    Row("lstm_generate", "generate_fp32", _lstm_gen_inputs, _lstm_generator(True),
+        ((96, 512, 2, 32, 4, 64, 40, 90),), (7, 6, 2, 2, 2, 5, 3, 90), compile=False),
 ]
