@@ -162,17 +162,23 @@ struct Call {
   double top_p;
 };
 
-// A thread's streams [b0, b0 + S): per layer the state h (two buffers: the GEMVs of a step read
-// the old h while the cells write the new one) and c, each (S, Hp); the head's logits (S, Vp).
+// Streams [b0, b0 + S) of the call: per layer the state h in two buffers (step p reads buffer
+// (p-1)&1, the old h, while the cells write buffer p&1) and c, each (S, Hp); the logits (S, Vp).
 template <typename T>
 struct State {
-  int64_t S, Hp;
-  std::vector<T> h, hn, c, logits;
+  int64_t S, Hp, L;
+  std::vector<T> h, c, logits;
   FilterScratch<T> filter;
-  State(int64_t S_, int64_t L, int64_t Hp_, int64_t Vp)
-      : S(S_), Hp(Hp_), h(size_t(L * S_ * Hp_), T(0)), hn(h.size(), T(0)), c(h.size(), T(0)),
-        logits(size_t(S_ * Vp)) {}
-  T* at(std::vector<T>& v, int64_t l, int64_t s) { return v.data() + (l * S + s) * Hp; }
+  State(int64_t S_, int64_t L_, int64_t Hp_, int64_t Vp)
+      : S(S_), Hp(Hp_), L(L_), h(size_t(2 * L_ * S_ * Hp_), T(0)), c(size_t(L_ * S_ * Hp_), T(0)),
+        logits(size_t(S_ * Vp)) {
+    // The sampler's scratch at full size up front: no allocation inside the loop.
+    for (auto* v : {&filter.s, &filter.top}) v->reserve(size_t(Vp));
+    filter.mass.reserve(2048);
+    filter.bucket.reserve(size_t(Vp));
+  }
+  T* hb(int64_t buf, int64_t l, int64_t s) { return h.data() + ((buf * L + l) * S + s) * Hp; }
+  T* cb(int64_t l, int64_t s) { return c.data() + (l * S + s) * Hp; }
 };
 
 // Layer l's step for streams g0 .. g0+NS-1 of the thread, gate block b.
@@ -180,7 +186,7 @@ template <typename T, int NS>
 GENFAST_INLINE void layer_block(const Net<T>& net, State<T>& st, const Call& c, int64_t l,
                                 int64_t b, int64_t g0, int64_t b0, int64_t p) {
   constexpr int64_t W = kOut<T>, U = kUnits<T>;
-  const int64_t H = net.m.H;
+  const int64_t H = net.m.H, cur = (p - 1) & 1, nxt = p & 1;
   alignas(64) T acc[NS][W];
   const T* x[NS];
   const T* x2[NS];
@@ -192,26 +198,27 @@ GENFAST_INLINE void layer_block(const Net<T>& net, State<T>& st, const Call& c, 
         for (int64_t u = 0; u < units; ++u) acc[s][q * U + u] = row[q * H + u];
         for (int64_t u = units; u < U; ++u) acc[s][q * U + u] = T(0);
       }
-      x[s] = st.at(st.h, 0, g0 + s);
+      x[s] = st.hb(cur, 0, g0 + s);
     }
     block_gemv<T, NS>(net.w.data() + net.off[0] + b * H * W, H, x, acc);
   } else {
     const T* bias = net.w.data() + net.off[size_t(2 * l)] + b * W;
     for (int s = 0; s < NS; ++s) {
       std::copy(bias, bias + W, acc[s]);
-      x[s] = st.at(st.h, l - 1, g0 + s);  // layer l-1's new h (already swapped in)
-      x2[s] = st.at(st.h, l, g0 + s);
+      x[s] = st.hb(nxt, l - 1, g0 + s);  // layer l-1's new h
+      x2[s] = st.hb(cur, l, g0 + s);
     }
     const T* w = net.w.data() + net.off[size_t(2 * l - 1)] + b * 2 * H * W;
     block_gemv<T, NS>(w, H, x, acc);
     block_gemv<T, NS>(w + H * W, H, x2, acc);
   }
   for (int s = 0; s < NS; ++s)
-    cell(acc[s], st.at(st.c, l, g0 + s) + b * U, st.at(st.hn, l, g0 + s) + b * U);
+    cell(acc[s], st.cb(l, g0 + s) + b * U, st.hb(nxt, l, g0 + s) + b * U);
 }
 
 template <typename T, int NS>
-GENFAST_INLINE void head_block(const Net<T>& net, State<T>& st, int64_t b, int64_t g0) {
+GENFAST_INLINE void head_block(const Net<T>& net, State<T>& st, int64_t b, int64_t g0,
+                               int64_t p) {
   constexpr int64_t W = kOut<T>;
   const int64_t H = net.m.H, L = net.m.L;
   alignas(64) T acc[NS][W];
@@ -219,7 +226,7 @@ GENFAST_INLINE void head_block(const Net<T>& net, State<T>& st, int64_t b, int64
   const T* bias = net.w.data() + net.off[size_t(2 * L)] + b * W;
   for (int s = 0; s < NS; ++s) {
     std::copy(bias, bias + W, acc[s]);
-    x[s] = st.at(st.h, L - 1, g0 + s);
+    x[s] = st.hb(p & 1, L - 1, g0 + s);
   }
   block_gemv<T, NS>(net.w.data() + net.off[size_t(2 * L - 1)] + b * H * W, H, x, acc);
   for (int s = 0; s < NS; ++s)
@@ -239,60 +246,67 @@ GENFAST_INLINE void head_block(const Net<T>& net, State<T>& st, int64_t b, int64
     }                                                                       \
   }
 
-// All N steps of streams [b0, b1), with the state copied in and out of the call's (L, B, H).
+// All N steps of streams [b0, b0 + st.S), their state in st.
 template <typename T>
-GENFAST_INLINE void run_streams(const Net<T>& net, const Call& c, T* h, T* cs, int64_t b0,
-                                int64_t b1) {
-  const int64_t L = net.m.L, H = net.m.H, V = net.m.V, B = c.B, S = b1 - b0;
-  State<T> st(S, L, net.Hp, net.Vp);
-  for (int64_t l = 0; l < L; ++l)
-    for (int64_t s = 0; s < S; ++s) {
-      std::copy(h + (l * B + b0 + s) * H, h + (l * B + b0 + s + 1) * H, st.at(st.h, l, s));
-      std::copy(cs + (l * B + b0 + s) * H, cs + (l * B + b0 + s + 1) * H, st.at(st.c, l, s));
-    }
+GENFAST_INLINE void run_streams(const Net<T>& net, const Call& c, State<T>& st, int64_t b0) {
+  const int64_t L = net.m.L, S = st.S;
   const T inv_temp = to_scale<T>(c.inv_temp);
   for (int64_t p = 1; p < c.N; ++p) {
     for (int64_t l = 0; l < L; ++l) {
       for (int64_t b = 0; b < net.nb; ++b)
         GENFAST_LSTM_GROUPS(S, layer_block, net, st, c, l, b, g0, b0, p)
-      // Only layer l's rows swap: layer l+1 reads the new h of layer l and its own old h.
-      std::swap_ranges(st.at(st.h, l, 0), st.at(st.h, l, 0) + S * net.Hp, st.at(st.hn, l, 0));
     }
     if (p < c.start) continue;  // a given token: no logits needed
-    for (int64_t b = 0; b < net.vb; ++b) GENFAST_LSTM_GROUPS(S, head_block, net, st, b, g0)
+    for (int64_t b = 0; b < net.vb; ++b) GENFAST_LSTM_GROUPS(S, head_block, net, st, b, g0, p)
     for (int64_t s = 0; s < S; ++s) {
-      const int64_t bb = b0 + s;
-      const auto row = static_cast<uint64_t>(c.offset + p) * static_cast<uint64_t>(B) +
-                       static_cast<uint64_t>(bb);
-      c.tokens[bb * c.N + p] = sample_row(st.logits.data() + s * net.Vp, V, c.seed, row,
-                                          inv_temp, c.top_k, c.top_p, st.filter);
+      const auto row = static_cast<uint64_t>(c.offset + p) * static_cast<uint64_t>(c.B) +
+                       static_cast<uint64_t>(b0 + s);
+      c.tokens[(b0 + s) * c.N + p] = sample_row(st.logits.data() + s * net.Vp, net.m.V, c.seed,
+                                                row, inv_temp, c.top_k, c.top_p, st.filter);
     }
   }
-  for (int64_t l = 0; l < L; ++l)
-    for (int64_t s = 0; s < S; ++s) {
-      std::copy(st.at(st.h, l, s), st.at(st.h, l, s) + H, h + (l * B + b0 + s) * H);
-      std::copy(st.at(st.c, l, s), st.at(st.c, l, s) + H, cs + (l * B + b0 + s) * H);
+}
+
+GENFAST_MULTIVERSIONED(run_f32, (const Net<float>& net, const Call& c, State<float>& st,
+                                 int64_t b0),
+                       (net, c, st, b0), run_streams<float>(net, c, st, b0))
+GENFAST_MULTIVERSIONED(run_f64, (const Net<double>& net, const Call& c, State<double>& st,
+                                 int64_t b0),
+                       (net, c, st, b0), run_streams<double>(net, c, st, b0))
+
+// Streams [b0, b0 + S) of the call's state (L, B, H) into st's buffer 0, or back from the
+// buffer the last step wrote.
+template <typename T>
+void copy_state(State<T>& st, const Call& c, T* h, T* cs, int64_t b0, int64_t H, bool in) {
+  const int64_t buf = in ? 0 : (c.N - 1) & 1;
+  for (int64_t l = 0; l < st.L; ++l)
+    for (int64_t s = 0; s < st.S; ++s) {
+      T *uh = h + (l * c.B + b0 + s) * H, *uc = cs + (l * c.B + b0 + s) * H;
+      if (in) {
+        std::copy(uh, uh + H, st.hb(buf, l, s));
+        std::copy(uc, uc + H, st.cb(l, s));
+      } else {
+        std::copy(st.hb(buf, l, s), st.hb(buf, l, s) + H, uh);
+        std::copy(st.cb(l, s), st.cb(l, s) + H, uc);
+      }
     }
 }
 
-GENFAST_MULTIVERSIONED(run_f32, (const Net<float>& net, const Call& c, float* h, float* cs,
-                                 int64_t b0, int64_t b1),
-                       (net, c, h, cs, b0, b1), run_streams<float>(net, c, h, cs, b0, b1))
-GENFAST_MULTIVERSIONED(run_f64, (const Net<double>& net, const Call& c, double* h, double* cs,
-                                 int64_t b0, int64_t b1),
-                       (net, c, h, cs, b0, b1), run_streams<double>(net, c, h, cs, b0, b1))
-
 template <typename T>
-void generate(const void* weights, const Meta& m, const Call& c, void* h, void* cs,
+void generate(const void* weights, const Meta& m, const Call& c, void* hv, void* cv,
               int num_threads) {
   const Net<T> net = build_net(static_cast<const T*>(weights), m);
+  T *h = static_cast<T*>(hv), *cs = static_cast<T*>(cv);
   // MACs per stream over the call, the unit of parallel_for's single-thread cut-off.
   const int64_t work = c.N * (m.L * 8 * m.H * m.H + m.V * m.H);
   parallel_for(c.B, work, num_threads, [&](int64_t b0, int64_t b1) {
+    State<T> st(b1 - b0, m.L, net.Hp, net.Vp);
+    copy_state(st, c, h, cs, b0, m.H, true);
     if constexpr (sizeof(T) == 4)
-      run_f32(net, c, static_cast<float*>(h), static_cast<float*>(cs), b0, b1);
+      run_f32(net, c, st, b0);
     else
-      run_f64(net, c, static_cast<double*>(h), static_cast<double*>(cs), b0, b1);
+      run_f64(net, c, st, b0);
+    copy_state(st, c, h, cs, b0, m.H, false);
   });
 }
 
