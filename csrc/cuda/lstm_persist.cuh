@@ -100,13 +100,17 @@ __device__ __forceinline__ int clamp_count(int64_t v, int64_t hi) {
 }
 
 // Stage rows b0 .. b0+S-1 of the exchanged vectors: X[bb][k] = row(b0+bb)[k] for k < K, zero for
-// k in [K, K4) and for rows past nb or without a source (row() == nullptr: an inactive step).
+// k in [K, K4) and for rows past nb or without a source (row() == nullptr: an inactive step). A
+// thread moves quads: one vector load where the source row is aligned (common.cuh's load_quad).
 template <typename A, typename Src, class RowOf>
 __device__ __forceinline__ void stage(A* X, int S, int nb, int K, int K4, int b0, RowOf&& row) {
-  for (int e = tid(); e < S * K4; e += kThreads) {
-    const int bb = e / K4, k = e - bb * K4;
+  const int nq = K4 / 4;
+  for (int e = tid(); e < S * nq; e += kThreads) {
+    const int bb = e / nq, q = e - bb * nq;
     const Src* r = bb < nb ? row(b0 + bb) : nullptr;
-    X[e] = r != nullptr && k < K ? static_cast<A>(ld(r + k)) : A(0);
+    A v[4] = {A(0), A(0), A(0), A(0)};
+    if (r != nullptr) dev::load_quad(r, q, K, dev::vec_ok(r), A(0), v);
+    dev::Io<A>::store4(X + static_cast<int64_t>(bb) * K4 + 4 * q, v);
   }
 }
 
