@@ -311,8 +311,9 @@ def _lstm(xs, b):
     x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, cfg = xs
     proj, reverse, with_lengths = _settings(cfg)
     T, B = x.shape[:2]
-    # lengths T, T-3, T-6, ... (wrapping, >= 1): full, short and (reverse) late-starting rows
-    lengths = (T - (torch.arange(B, device=x.device) * 3) % T) if with_lengths else None
+    # lengths T, T-3, T-6, ... wrapping through 0: full, short, empty and (reverse)
+    # late-starting sequences
+    lengths = (T - (torch.arange(B, device=x.device) * 3) % (T + 1)) if with_lengths else None
     return genfast.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr if proj else None, h0, c0,
                               lengths=lengths, reverse=bool(reverse), backend=b)
 
@@ -543,7 +544,12 @@ ROWS: list[Row] = [
     # has none.
     Row("lstm", "lstm_layer", _lstm_inputs, _fn(_lstm),
         ((64, 1, 128, 256, 0, 0, 0), (64, 16, 512, 512, 0, 0, 0), (32, 64, 256, 1024, 0, 1, 0),
-         (33, 5, 17, 129, 64, 0, 1), (17, 7, 9, 33, 0, 1, 1), (9, 3, 5, 7, 3, 1, 1)),
+         (33, 5, 17, 129, 64, 0, 1), (17, 7, 9, 33, 0, 1, 1), (9, 3, 5, 7, 3, 1, 1),
+         # persistent: a partial last CTA (H 1001 on 132 SMs) and the backward's batch chunks
+         (16, 8, 32, 1001, 0, 0, 1), (8, 16, 64, 1024, 0, 1, 1),
+         # GEMM path (B > 32): the cells' element path with projection, reverse and lengths,
+         # and their vector path with inactive rows
+         (12, 40, 9, 35, 17, 1, 1), (6, 48, 8, 64, 0, 0, 1)),
         (5, 3, 4, 6, 0, 1, 0), diff=tuple(range(8)), gradgradcheck=True, rtol=2e-4,
         atol=2e-5),
     # Shapes (B, C_in, C_out, H, W, k, mask B, colour groups, stride): the issue's 7x7 mask B

@@ -69,17 +69,23 @@ def _guard_bwd(fn):
 
 
 # --------------------------------------------------------------------------- native (C++/CUDA)
-def _persistent_fits(gx: Tensor, H: int, P: int) -> bool:
-    """Whether the CUDA persistent kernel takes this shape on this GPU (its own query)."""
+# Above this batch one step's GEMM (cuBLAS) fills the GPU and the GEMM path wins; at and below
+# it the persistent kernel's on-chip weights and one grid barrier per step do (tune on a GPU).
+PERSISTENT_MAX_B = 32
+
+
+def _persistent_fits(gx: Tensor, H: int, P: int, proj: bool) -> bool:
+    """Whether the CUDA persistent kernel takes this shape on this GPU (its own query: shared
+    memory, cooperative occupancy) and the batch is small enough for it to be the faster."""
     fits = getattr(cuda_module(), "lstm_persistent_fits", None)
-    if fits is None:
+    if fits is None or gx.shape[1] > PERSISTENT_MAX_B:
         return False
-    return bool(fits(gx.shape[1], H, P, dtype_code(gx), gx.device.index or 0))
+    return bool(fits(gx.shape[1], H, P, dtype_code(gx), gx.device.index or 0, proj))
 
 
 def _native_fwd(backend, gx, w_hh, w_hr, h0, c0, lengths, reverse, save):
     T, B, H, P = _sizes(gx, w_hh)
-    if backend == "cuda" and not _persistent_fits(gx, H, P):
+    if backend == "cuda" and not _persistent_fits(gx, H, P, w_hr is not None):
         return gemm_fwd(_cuda_cell_fwd, gx, w_hh, w_hr, h0, c0, lengths, reverse, save)
     wd = work_dtype(gx.dtype)
     y = gx.new_empty(T, B, P)
@@ -95,7 +101,8 @@ def _native_bwd(backend, w_hh, w_hr, c0, lengths, gates, c_all, dy, dhT, dcT, wa
                 reverse, dtype):
     T, B, H4 = gates.shape
     H, P = H4 // 4, w_hh.shape[1]
-    if backend == "cuda" and not _persistent_fits(w_hh.new_empty(T, B, 0), H, P):
+    if backend == "cuda" and not _persistent_fits(gates.new_empty(T, B, 0, dtype=dtype), H, P,
+                                                  w_hr is not None):
         return gemm_bwd(_cuda_cell_bwd, w_hh, w_hr, c0, lengths, gates, c_all, dy, dhT, dcT,
                         want_dh_all, reverse, dtype)
     dgx = gates.new_empty(T, B, H4, dtype=dtype)
