@@ -159,8 +159,8 @@ def test_empty_sizes():
 
 @pytest.mark.parametrize("proj", [False, True])
 def test_same_bits_for_any_thread_count(proj):
-    # Big enough per step for the kernel to split across a team of two.
-    case = _case(6, 7, 70, 48 if proj else 70, proj, True, True, torch.float32, seed=6)
+    # Big enough per step (B*4H*P + B*H*P >= 2^17 multiply-adds) for the kernel to split.
+    case = _case(6, 7, 70, 64 if proj else 70, proj, True, True, torch.float32, seed=6)
     T = case[0].shape[0]
     dy = torch.randn(T, 7, case[1].shape[1])
     outs = []

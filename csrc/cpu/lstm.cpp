@@ -280,9 +280,11 @@ GENFAST_INLINE void bwd_thread(const Bwd<T>& a, int tid, int team) {
   }
 }
 
-// Below this many recurrent multiply-adds per step a second thread costs more (two barriers'
-// cache-line round trips) than it saves.
-constexpr int64_t kSplitMacs = int64_t{1} << 15;
+// Below this many recurrent multiply-adds per step (B = 1 at H = 128: 3 us a step on one
+// core) a second thread gains little over the barriers' cache-line round trips (measured here:
+// 0.77 -> 0.6-0.7 ms for 256 steps), and a team whose cores are shared with other processes
+// loses far more (one barrier per step waits on the partner's time slice).
+constexpr int64_t kSplitMacs = int64_t{1} << 17;
 
 int team_size(int num_threads, int64_t macs_per_step, int64_t slices) {
   if (macs_per_step < kSplitMacs) return 1;
