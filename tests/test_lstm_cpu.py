@@ -110,6 +110,10 @@ GRID = [
     (9, 3, 17, 40, True, True, True, True),
     (1, 7, 5, 3, True, False, False, False),
     (9, 7, 64, 64, False, True, True, False),
+    # calls of <= 2 steps read w_hh in place (fwd: dot products; bwd: when P fills whole vectors)
+    (2, 7, 32, 32, False, True, True, True),
+    (1, 3, 40, 32, True, True, True, False),
+    (2, 5, 16, 64, True, False, False, True),
 ]
 
 
@@ -157,10 +161,11 @@ def test_empty_sizes():
     kfwd(torch.randn(4, 0, 8), w_hh)  # B == 0: nothing to do, nothing touched
 
 
+@pytest.mark.parametrize("steps", [6, 2])  # 2: the short-call (unpacked) paths
 @pytest.mark.parametrize("proj", [False, True])
-def test_same_bits_for_any_thread_count(proj):
+def test_same_bits_for_any_thread_count(proj, steps):
     # Big enough per step (B*4H*P + B*H*P >= 2^17 multiply-adds) for the kernel to split.
-    case = _case(6, 7, 70, 64 if proj else 70, proj, True, True, torch.float32, seed=6)
+    case = _case(steps, 7, 80, 64 if proj else 80, proj, True, True, torch.float32, seed=6)
     T = case[0].shape[0]
     dy = torch.randn(T, 7, case[1].shape[1])
     outs = []

@@ -35,6 +35,7 @@ struct Fwd {
   int64_t steps, B, H, P;
   bool reverse;
   int64_t npan, npv, Hp;  // unit panels, P column vectors, H padded to whole panels
+  bool direct;            // gates from w_hh rows by dot products, w_hh not packed (short calls)
   T *wp, *wr;             // packed w_hh gate panels (npan, P, 4, VL), w_hr^T (npv, H, VL)
   T *hb, *cb, *htb;       // h (2, B, P) double buffer, c (B, Hp), h tilde (B, H)
   int64_t* rows;          // per thread: active and inactive rows (2, B)
@@ -52,6 +53,7 @@ struct Bwd {
   bool reverse;
   int64_t npan, npv, Hp;
   T *wp, *wr;  // packed w_hh (npv, 4H, VL), w_hr (npan, P, VL)
+  bool direct;  // w_hh read in place (short calls with P a whole number of vectors): same bits
   T *dh, *dcb;  // running dh (B, P), dc (B, Hp)
   int64_t* rows;
   T* ap;  // per thread: packed GEMM rows (B, max(4H, P))
@@ -92,7 +94,7 @@ GENFAST_INLINE void fwd_thread(const Fwd<T>& a, int tid, int team) {
   // The h columns this thread writes: its units' (no projection) or its output vectors'.
   const int64_t hc0 = std::min(P, (proj ? v0 : u0) * VL), hc1 = std::min(P, (proj ? v1 : u1) * VL);
   const int64_t jc0 = std::min(H, u0 * VL), jc1 = std::min(H, u1 * VL);
-  pack_gates(a.w_hh, a.wp, H, P, VL, u0, u1);
+  if (!a.direct) pack_gates(a.w_hh, a.wp, H, P, VL, u0, u1);
   if (proj) pack_cols(a.w_hr, 1, H, H, P, VL, a.wr, v0, v1);
   for (int64_t b = 0; b < B; ++b) {
     copy_or_zero(a.hb + b * P + hc0, a.h0 ? a.h0 + b * P + hc0 : nullptr, hc1 - hc0);
@@ -114,7 +116,7 @@ GENFAST_INLINE void fwd_thread(const Fwd<T>& a, int tid, int team) {
     T* hn = a.hb + ((s + 1) & 1) * B * P;
     T* yt = a.y + t * B * P;
     const T* gxt = a.gx + t * B * H4;
-    if (u1 > u0) pack_rows(hp, P, act, na, nb, P, ap);
+    if (u1 > u0 && !a.direct) pack_rows(hp, P, act, na, nb, P, ap);
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t j = u * VL, n = std::min<int64_t>(VL, H - j);
       for (int64_t ib = 0; ib < nb; ++ib) {
@@ -124,7 +126,13 @@ GENFAST_INLINE void fwd_thread(const Fwd<T>& a, int tid, int team) {
           for (int64_t g = 0; g < 4; ++g)
             load_lanes<T, VL>(buf + (m * 4 + g) * VL, gxt + b * H4 + g * H + j, n);
         }
-        gate_rows<T, Isa>(r, a.wp + u * P * 4 * VL, P, ap + r0 * P, buf);
+        if (a.direct) {
+          const T* hrow[MR];
+          for (int64_t m = 0; m < r; ++m) hrow[m] = hp + act[r0 + m] * P;
+          direct_rows<T, Isa>(r, a.w_hh, H, P, hrow, j, n, buf);
+        } else {
+          gate_rows<T, Isa>(r, a.wp + u * P * 4 * VL, P, ap + r0 * P, buf);
+        }
         for (int64_t m = 0; m < r; ++m) {
           const int64_t b = act[r0 + m];
           T* G = buf + m * 4 * VL;
@@ -152,7 +160,7 @@ GENFAST_INLINE void fwd_thread(const Fwd<T>& a, int tid, int team) {
         const int64_t n = std::min(nv * VL, P - p);
         for (int64_t ib = 0; ib < nb; ++ib) {
           const int64_t r0 = na * ib / nb, r = na * (ib + 1) / nb - r0;
-          col_rows<T, Isa>(r, nv, a.wr + v * H * VL, H * VL, H, ap + r0 * H, buf);
+          col_rows<T, Isa>(r, nv, a.wr + v * H * VL, H * VL, VL, H, ap + r0 * H, buf);
           for (int64_t m = 0; m < r; ++m) {
             const int64_t b = act[r0 + m];
             store_lanes<T, 4 * VL>(hn + b * P + p, buf + m * 4 * VL, n);
@@ -185,7 +193,7 @@ GENFAST_INLINE void bwd_thread(const Bwd<T>& a, int tid, int team) {
   const int64_t v0 = a.npv * tid / team, v1 = a.npv * (tid + 1) / team;
   const int64_t pc0 = std::min(P, v0 * VL), pc1 = std::min(P, v1 * VL);
   const int64_t jc0 = std::min(H, u0 * VL), jc1 = std::min(H, u1 * VL);
-  pack_cols(a.w_hh, P, 1, H4, P, VL, a.wp, v0, v1);
+  if (!a.direct) pack_cols(a.w_hh, P, 1, H4, P, VL, a.wp, v0, v1);
   if (proj) pack_cols(a.w_hr, H, 1, P, H, VL, a.wr, u0, u1);
   const auto step_at = [&](int64_t q) { return a.reverse ? q : T_ - 1 - q; };
   // dh of the rows active at step t gains dy[t] and is recorded in dh_all (own columns).
@@ -229,7 +237,7 @@ GENFAST_INLINE void bwd_thread(const Bwd<T>& a, int tid, int team) {
       for (int64_t ib = 0; ib < nb; ++ib) {
         const int64_t r0 = na * ib / nb, r = na * (ib + 1) / nb - r0;
         if (proj)
-          col_rows<T, Isa>(r, nv, a.wr + u * P * VL, P * VL, P, ap + r0 * P, buf);
+          col_rows<T, Isa>(r, nv, a.wr + u * P * VL, P * VL, VL, P, ap + r0 * P, buf);
         else
           for (int64_t m = 0; m < r; ++m)
             load_lanes<T, VL>(buf + m * 4 * VL, a.dh + act[r0 + m] * P + u * VL,
@@ -266,7 +274,10 @@ GENFAST_INLINE void bwd_thread(const Bwd<T>& a, int tid, int team) {
       const int64_t n = std::min(nv * VL, P - p);
       for (int64_t ib = 0; ib < nb; ++ib) {
         const int64_t r0 = na * ib / nb, r = na * (ib + 1) / nb - r0;
-        col_rows<T, Isa>(r, nv, a.wp + v * H4 * VL, H4 * VL, H4, ap + r0 * H4, buf);
+        if (a.direct)
+          col_rows<T, Isa>(r, nv, a.w_hh + v * VL, VL, P, H4, ap + r0 * H4, buf);
+        else
+          col_rows<T, Isa>(r, nv, a.wp + v * H4 * VL, H4 * VL, VL, H4, ap + r0 * H4, buf);
         for (int64_t m = 0; m < r; ++m)
           store_lanes<T, 4 * VL>(a.dh + act[r0 + m] * P + p, buf + m * 4 * VL, n);
       }
@@ -285,6 +296,9 @@ GENFAST_INLINE void bwd_thread(const Bwd<T>& a, int tid, int team) {
 // 0.77 -> 0.6-0.7 ms for 256 steps), and a team whose cores are shared with other processes
 // loses far more (one barrier per step waits on the partner's time slice).
 constexpr int64_t kSplitMacs = int64_t{1} << 17;
+
+// Calls of at most this many steps take the forward's unpacked (direct) gate path.
+constexpr int64_t kDirectSteps = 2;
 
 int team_size(int num_threads, int64_t macs_per_step, int64_t slices) {
   if (macs_per_step < kSplitMacs) return 1;
@@ -329,10 +343,15 @@ void fwd_typed(const void* gx, const void* w_hh, const void* w_hr, const void* h
   a.hT = static_cast<T*>(hT), a.cT = static_cast<T*>(cT);
   a.steps = T_, a.B = B, a.H = H, a.P = P, a.reverse = reverse;
   a.npan = (H + VL - 1) / VL, a.npv = (P + VL - 1) / VL, a.Hp = a.npan * VL;
+  // Packing w_hh costs about what a few steps at B = 1 cost (it is a transpose), so a call of
+  // a few steps (a cell, a short chunk) reads w_hh's rows as they are. The two paths round
+  // differently (dot products vs k-ordered FMA chains); each is thread-count independent.
+  a.direct = T_ <= kDirectSteps;
   const int team = team_size(num_threads, B * 4 * H * P + (proj ? B * H * P : 0),
                              std::max(a.npan, a.npv));
   carve([&](Layout& l) {
-    a.wp = l.take<T>(a.npan * P * 4 * VL), a.wr = l.take<T>(proj ? a.npv * H * VL : 0);
+    a.wp = l.take<T>(a.direct ? 0 : a.npan * P * 4 * VL);
+    a.wr = l.take<T>(proj ? a.npv * H * VL : 0);
     a.hb = l.take<T>(2 * B * P), a.cb = l.take<T>(B * a.Hp), a.htb = l.take<T>(proj ? B * H : 0);
     a.rows = l.take<int64_t>(int64_t{team} * 2 * B);
     a.ap = l.take<T>(int64_t{team} * B * std::max(P, H));
@@ -359,10 +378,15 @@ void bwd_typed(const void* w_hh, const void* w_hr, const void* c0, const int64_t
   a.dh0 = static_cast<T*>(dh0), a.dc0 = static_cast<T*>(dc0), a.dh_all = static_cast<T*>(dh_all);
   a.steps = T_, a.B = B, a.H = H, a.P = P, a.reverse = reverse;
   a.npan = (H + VL - 1) / VL, a.npv = (P + VL - 1) / VL, a.Hp = a.npan * VL;
+  // The column tile reads w_hh's rows in place as well as packed (the same FMA chains, so the
+  // same bits); in place, whole vectors must not run past a row, and long calls stream the
+  // packed panels better.
+  a.direct = T_ <= kDirectSteps && P % VL == 0;
   const int team = team_size(num_threads, B * 4 * H * P + (proj ? B * H * P : 0),
                              std::max(a.npan, a.npv));
   carve([&](Layout& l) {
-    a.wp = l.take<T>(a.npv * 4 * H * VL), a.wr = l.take<T>(proj ? a.npan * P * VL : 0);
+    a.wp = l.take<T>(a.direct ? 0 : a.npv * 4 * H * VL);
+    a.wr = l.take<T>(proj ? a.npan * P * VL : 0);
     a.dh = l.take<T>(B * P), a.dcb = l.take<T>(B * a.Hp);
     a.rows = l.take<int64_t>(int64_t{team} * 2 * B);
     a.ap = l.take<T>(int64_t{team} * B * std::max(4 * H, P));

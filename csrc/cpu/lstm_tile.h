@@ -73,13 +73,13 @@ GENFAST_INLINE void gate_tile(const T* wp, int64_t K, const T* a,
   }
 }
 
-// acc[m][v] = sum_k a[k][m] * wp[v * pstride + k * VL + 0..VL) for k < K: NV column vectors,
-// each its own (K, VL) panel pstride apart; a as for gate_tile.
+// acc[m][v] = sum_k a[k][m] * wp[v * pstride + k * ks + 0..VL) for k < K: NV column vectors,
+// each its own (K, VL) panel pstride apart (ks = VL), or a row-major matrix read in place
+// (pstride = VL, ks = its row length); a as for gate_tile.
 template <typename T, int Isa, int MR, int NV>
-GENFAST_INLINE void col_tile(const T* wp, int64_t pstride, int64_t K, const T* a,
+GENFAST_INLINE void col_tile(const T* wp, int64_t pstride, int64_t ks, int64_t K, const T* a,
                              typename Shape<T, Isa>::V (&acc)[MR][NV]) {
   using V = typename Shape<T, Isa>::V;
-  constexpr int VL = Shape<T, Isa>::VL;
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
@@ -87,7 +87,7 @@ GENFAST_INLINE void col_tile(const T* wp, int64_t pstride, int64_t K, const T* a
   for (int64_t k = 0; k < K; ++k) {
     V w[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) w[v] = loadu<V>(wp + v * pstride + k * VL);
+    for (int v = 0; v < NV; ++v) w[v] = loadu<V>(wp + v * pstride + k * ks);
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
       const T am = a[k * MR + m];
@@ -201,12 +201,13 @@ GENFAST_INLINE void gate_rows(int64_t r, const T* wp, int64_t K, const T* a, T* 
 }
 
 template <typename T, int Isa, int R, int NV>
-GENFAST_INLINE void col_run(const T* wp, int64_t ps, int64_t K, const T* a, T* buf) {
+GENFAST_INLINE void col_run(const T* wp, int64_t ps, int64_t ks, int64_t K, const T* a,
+                            T* buf) {
   if constexpr (R <= Shape<T, Isa>::MR) {
     using V = typename Shape<T, Isa>::V;
     constexpr int VL = Shape<T, Isa>::VL;
     V acc[R][NV];
-    col_tile<T, Isa, R, NV>(wp, ps, K, a, acc);
+    col_tile<T, Isa, R, NV>(wp, ps, ks, K, a, acc);
 #pragma GCC unroll 8
     for (int m = 0; m < R; ++m)
 #pragma GCC unroll 4
@@ -215,26 +216,26 @@ GENFAST_INLINE void col_run(const T* wp, int64_t ps, int64_t K, const T* a, T* b
 }
 
 template <typename T, int Isa, int R>
-GENFAST_INLINE void col_nv(int64_t nv, const T* wp, int64_t ps, int64_t K, const T* a,
+GENFAST_INLINE void col_nv(int64_t nv, const T* wp, int64_t ps, int64_t ks, int64_t K, const T* a,
                            T* buf) {
   switch (nv) {
-    case 1: return col_run<T, Isa, R, 1>(wp, ps, K, a, buf);
-    case 2: return col_run<T, Isa, R, 2>(wp, ps, K, a, buf);
-    case 3: return col_run<T, Isa, R, 3>(wp, ps, K, a, buf);
-    default: return col_run<T, Isa, R, 4>(wp, ps, K, a, buf);
+    case 1: return col_run<T, Isa, R, 1>(wp, ps, ks, K, a, buf);
+    case 2: return col_run<T, Isa, R, 2>(wp, ps, ks, K, a, buf);
+    case 3: return col_run<T, Isa, R, 3>(wp, ps, ks, K, a, buf);
+    default: return col_run<T, Isa, R, 4>(wp, ps, ks, K, a, buf);
   }
 }
 
 template <typename T, int Isa>
-GENFAST_INLINE void col_rows(int64_t r, int64_t nv, const T* wp, int64_t ps, int64_t K,
+GENFAST_INLINE void col_rows(int64_t r, int64_t nv, const T* wp, int64_t ps, int64_t ks, int64_t K,
                              const T* a, T* buf) {
   switch (r) {
-    case 1: return col_nv<T, Isa, 1>(nv, wp, ps, K, a, buf);
-    case 2: return col_nv<T, Isa, 2>(nv, wp, ps, K, a, buf);
-    case 3: return col_nv<T, Isa, 3>(nv, wp, ps, K, a, buf);
-    case 4: return col_nv<T, Isa, 4>(nv, wp, ps, K, a, buf);
-    case 5: return col_nv<T, Isa, 5>(nv, wp, ps, K, a, buf);
-    default: return col_nv<T, Isa, 6>(nv, wp, ps, K, a, buf);
+    case 1: return col_nv<T, Isa, 1>(nv, wp, ps, ks, K, a, buf);
+    case 2: return col_nv<T, Isa, 2>(nv, wp, ps, ks, K, a, buf);
+    case 3: return col_nv<T, Isa, 3>(nv, wp, ps, ks, K, a, buf);
+    case 4: return col_nv<T, Isa, 4>(nv, wp, ps, ks, K, a, buf);
+    case 5: return col_nv<T, Isa, 5>(nv, wp, ps, ks, K, a, buf);
+    default: return col_nv<T, Isa, 6>(nv, wp, ps, ks, K, a, buf);
   }
 }
 
@@ -250,6 +251,42 @@ inline void pack_rows(const T* A, int64_t lda, const int64_t* act, int64_t na, i
       const T* src = A + act[r0 + m] * lda;
       for (int64_t k = 0; k < K; ++k) d[k * r + m] = src[k];
     }
+  }
+}
+
+// The forward's gates without packed weights (short calls, where packing w_hh would cost more
+// than the steps): buf[m][g][l] += h_m . w_hh[g*H + j + l] for l < n, dot products whose VL
+// lanes stay apart until a fixed-order total (conv_tile::dot_tile).
+template <typename T, int Isa, int R>
+GENFAST_INLINE void direct_run(const T* w, int64_t H, int64_t P, const T* const* a, int64_t j,
+                               int64_t n, T* buf) {
+  if constexpr (R <= Shape<T, Isa>::MR) {
+    using V = typename Shape<T, Isa>::V;
+    constexpr int VL = Shape<T, Isa>::VL;
+    for (int64_t l = 0; l < n; ++l) {
+      const T* wr[4];
+      for (int g = 0; g < 4; ++g) wr[g] = w + (g * H + j + l) * P;
+      V acc[R][4];
+      for (int m = 0; m < R; ++m)
+        for (int g = 0; g < 4; ++g) acc[m][g] = V{};
+      conv_tile::dot_tile<T, Isa, R, 4>(a, wr, P, acc);
+      for (int m = 0; m < R; ++m)
+        for (int g = 0; g < 4; ++g)
+          buf[(m * 4 + g) * VL + l] += conv_tile::lane_total<T>(acc[m][g]);
+    }
+  }
+}
+
+template <typename T, int Isa>
+GENFAST_INLINE void direct_rows(int64_t r, const T* w, int64_t H, int64_t P, const T* const* a,
+                                int64_t j, int64_t n, T* buf) {
+  switch (r) {
+    case 1: return direct_run<T, Isa, 1>(w, H, P, a, j, n, buf);
+    case 2: return direct_run<T, Isa, 2>(w, H, P, a, j, n, buf);
+    case 3: return direct_run<T, Isa, 3>(w, H, P, a, j, n, buf);
+    case 4: return direct_run<T, Isa, 4>(w, H, P, a, j, n, buf);
+    case 5: return direct_run<T, Isa, 5>(w, H, P, a, j, n, buf);
+    default: return direct_run<T, Isa, 6>(w, H, P, a, j, n, buf);
   }
 }
 
