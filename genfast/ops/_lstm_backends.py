@@ -11,6 +11,7 @@ Kernel 1 (backward): bwd(w_hh, w_hr, c0, lengths, gates, c_all, dy, dhT, dcT, wa
 from __future__ import annotations
 
 import functools
+import threading
 
 import torch
 from torch import Tensor
@@ -19,6 +20,23 @@ from ._boundary import cuda_module, dtype_code, implementations, native, triton_
 from ._lstm_ref import active_masks, prev_cell, ref_bwd, ref_fwd, step_order
 
 FWD, BWD = 0, 1
+_workspaces = threading.local()
+
+
+def workspace(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """A scratch tensor reused across calls of this thread (CPU only: torch's CPU allocator hands
+    large buffers back to the OS, so every fresh one is page-faulted in again; CUDA's caching
+    allocator does not). For buffers a call drops before returning, never for its outputs."""
+    cache = _workspaces.__dict__
+    n = 1
+    for s in shape:
+        n *= s
+    buf = cache.get((name, like.dtype))
+    if buf is None or buf.numel() < n:
+        with torch.inference_mode(False):  # usable in and out of inference mode
+            buf = torch.empty(n, dtype=like.dtype)
+        cache[(name, like.dtype)] = buf
+    return buf[:n].view(shape)
 
 
 def _opt(t: Tensor | None):
@@ -105,7 +123,9 @@ def _native_bwd(backend, w_hh, w_hr, c0, lengths, gates, c_all, dy, dhT, dcT, wa
                                                   w_hr is not None):
         return gemm_bwd(_cuda_cell_bwd, w_hh, w_hr, c0, lengths, gates, c_all, dy, dhT, dcT,
                         want_dh_all, reverse, dtype)
-    dgx = gates.new_empty(T, B, H4, dtype=dtype)
+    # dgx only feeds the caller's GEMMs (dx, dW, db), none of which returns it: a CPU workspace
+    dgx = (workspace("dgx", (T, B, H4), gates.new_empty(0, dtype=dtype)) if backend == "cpu"
+           else gates.new_empty(T, B, H4, dtype=dtype))
     dh0, dc0 = gates.new_empty(B, P, dtype=dtype), gates.new_empty(B, H, dtype=dtype)
     dh_all = gates.new_empty(T, B, P, dtype=dtype) if want_dh_all else None
     native(backend, "lstm_bwd", w_hh, _opt(w_hr), _opt(c0), _opt(lengths), gates, c_all,
