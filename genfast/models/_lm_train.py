@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,11 @@ def check_lm_config(config: Any) -> None:
 class TokenLMModel(nn.Module):
     """A token LSTM language model with the trainer's hooks. Subclasses set ``config`` (with
     the fields check_lm_config reads) and call ``_build(vocab_size)``."""
+
+    # Karpathy's char-rnn schedule sized for the 2-core CPU (both models use it)
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "steps": 1500, "batch_size": 32, "lr": 2e-3, "checkpoint_every": 250,
+        "sample_every": 500, "log_every": 50, "n_samples": 1}
 
     def _build(self, vocab_size: int) -> None:
         c = self.config

@@ -72,9 +72,6 @@ class CharRNN(TokenLMModel):
 
     config_cls: ClassVar[type] = CharRNNConfig
     description: ClassVar[str] = "char-RNN LSTM language model, English text (Karpathy 2015)"
-    train_defaults: ClassVar[dict[str, Any]] = {
-        "steps": 1500, "batch_size": 32, "lr": 2e-3, "checkpoint_every": 250,
-        "sample_every": 500, "log_every": 50, "n_samples": 1}
 
     def __init__(self, config: CharRNNConfig | None = None) -> None:
         super().__init__()

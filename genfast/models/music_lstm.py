@@ -69,9 +69,6 @@ class MusicLSTM(TokenLMModel):
 
     config_cls: ClassVar[type] = MusicLSTMConfig
     description: ClassVar[str] = "monophonic music LSTM, Essen folk tunes -> MIDI/WAV/piano roll"
-    train_defaults: ClassVar[dict[str, Any]] = {
-        "steps": 1500, "batch_size": 32, "lr": 2e-3, "checkpoint_every": 250,
-        "sample_every": 500, "log_every": 50, "n_samples": 1}
 
     def __init__(self, config: MusicLSTMConfig | None = None) -> None:
         super().__init__()
