@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..backends import BackendError, use_backend
 from ..nn import LSTMLanguageModel
 from ._trainer import TrainConfig, _isolated_rng, batch_indices, load_checkpoint, train_loop
 
@@ -179,12 +180,27 @@ def sampling_knobs(args: Any, temperature: float) -> dict[str, Any]:
 def timed_generate(model: TokenLMModel, prime: Tensor, n: int, knobs: dict[str, Any]
                    ) -> tuple[Tensor, float]:
     """(tokens (1, Tp + n), seconds) of one generate call after a short warm-up call."""
-    import genfast
-
     try:
         model.generate(prime, min(n, 4), **knobs)
         t0 = time.perf_counter()
         tokens = model.generate(prime, n, **knobs)
         return tokens, time.perf_counter() - t0
-    except (ValueError, TypeError, genfast.BackendError) as e:
+    except (ValueError, TypeError, BackendError) as e:
         raise SystemExit(f"genfast: {e}") from None
+
+
+def fit_from_args(cls: type, model: TokenLMModel, args: Any, train: Tensor, test: Tensor,
+                  out: str, snapshot: Callable | None) -> tuple[TrainConfig, dict, float]:
+    """`genfast train`'s run of fit for a token LM: the TrainConfig from the CLI over the model's
+    defaults, args' backend, resume, device and progress; bad settings exit with the message.
+    Returns (the config, fit's metrics, wall seconds)."""
+    try:
+        tc = TrainConfig.from_args(cls.train_defaults, args)
+        t0 = time.perf_counter()
+        with use_backend(args.backend):
+            metrics = fit(model, args.model, train, test, tc, out, snapshot=snapshot,
+                          resume=args.resume, device=args.device,
+                          progress=not args.no_progress)
+    except ValueError as e:
+        raise SystemExit(f"genfast: {e}") from None
+    return tc, metrics, time.perf_counter() - t0

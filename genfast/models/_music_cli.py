@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from typing import Any
 
 import torch
 
 from ..data.music import Melodies, NoteVocab, load_melodies
-from ._lm_train import fit, load_model, sampling_knobs, timed_generate, unigram_bits
+from ._lm_train import fit_from_args, load_model, sampling_knobs, timed_generate, unigram_bits
 from ._music_io import write_melody
-from ._trainer import TrainConfig, resumed_config
+from ._trainer import resumed_config
 
 SNAPSHOT_PRIME, SNAPSHOT_NOTES = 8, 48
 
@@ -32,7 +31,6 @@ def _names(vocab: NoteVocab, ids: torch.Tensor) -> str:
 
 
 def train(cls: type, args: Any) -> int:
-    import genfast
 
     out = args.out or os.path.join("runs", args.model)
     overrides = resumed_config(args, out, dict(getattr(args, "config", None) or {}))
@@ -60,16 +58,7 @@ def train(cls: type, args: Any) -> int:
                      f"{held_out['bits_per_note']:.3f} bits/note", SNAPSHOT_PRIME,
                      config.tempo)
 
-    try:
-        tc = TrainConfig.from_args(cls.train_defaults, args)
-        t0 = time.perf_counter()
-        with genfast.use_backend(args.backend):
-            metrics = fit(model, args.model, train_ids, test_ids, tc, out, snapshot=snapshot,
-                          resume=args.resume, device=args.device,
-                          progress=not args.no_progress)
-    except ValueError as e:
-        raise SystemExit(f"genfast: {e}") from None
-    wall = time.perf_counter() - t0
+    tc, metrics, wall = fit_from_args(cls, model, args, train_ids, test_ids, out, snapshot)
     n_notes = int((test_ids != 0).sum())
     uni = unigram_bits(train_ids, test_ids, len(model.vocab))
     print(f"{args.model}: {tc.steps} steps on {config.corpus} ({data.parsed:,} tunes parsed, "

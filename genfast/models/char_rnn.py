@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,13 +24,13 @@ from ..data.text import UNK, CharVocab, load_text, split_text
 from ._lm_train import (
     TokenLMModel,
     check_lm_config,
-    fit,
+    fit_from_args,
     load_model,
     sampling_knobs,
     timed_generate,
     unigram_bits,
 )
-from ._trainer import TrainConfig, resumed_config
+from ._trainer import resumed_config
 
 SNAPSHOT_CHARS = 300
 
@@ -107,7 +106,6 @@ class CharRNN(TokenLMModel):
 
 
 def train(cls: type[CharRNN], args: Any) -> int:
-    import genfast
 
     out = args.out or os.path.join("runs", args.model)
     overrides = resumed_config(args, out, dict(getattr(args, "config", None) or {}))
@@ -135,16 +133,7 @@ def train(cls: type[CharRNN], args: Any) -> int:
             f.write(f"# {args.model} step {step}, held-out {held_out['bits_per_char']:.3f} "
                     f"bits/char, temperature 0.8\n{sample.lstrip()}\n")
 
-    try:
-        tc = TrainConfig.from_args(cls.train_defaults, args)
-        t0 = time.perf_counter()
-        with genfast.use_backend(args.backend):
-            metrics = fit(model, args.model, train_ids, test_ids, tc, out, snapshot=snapshot,
-                          resume=args.resume, device=args.device,
-                          progress=not args.no_progress)
-    except ValueError as e:
-        raise SystemExit(f"genfast: {e}") from None
-    wall = time.perf_counter() - t0
+    tc, metrics, wall = fit_from_args(cls, model, args, train_ids, test_ids, out, snapshot)
     n_docs = test_text.count("\n")
     print(f"{args.model}: {tc.steps} steps on {source} ({len(train_text):,} training characters, "
           f"{len(vocab)} symbols, {config.num_layers}x{config.hidden_size} LSTM), "

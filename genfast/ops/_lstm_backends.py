@@ -16,7 +16,15 @@ import threading
 import torch
 from torch import Tensor
 
-from ._boundary import cuda_module, dtype_code, implementations, native, triton_kernels, work_dtype
+from ._boundary import (
+    DTYPE_CODE,
+    cuda_module,
+    dtype_code,
+    implementations,
+    native,
+    triton_kernels,
+    work_dtype,
+)
 from ._lstm_ref import active_masks, prev_cell, ref_bwd, ref_fwd, step_order
 
 FWD, BWD = 0, 1
@@ -68,21 +76,25 @@ def _empty_bwd(gates, w_hh, dhT, dcT, want_dh_all, dtype):
 
 
 def _guard_fwd(fn):
+    """fn, or the pass-through when T == 0 or B == 0; fn may take a leading backend argument
+    (the kernel's own arguments are the last eight)."""
     @functools.wraps(fn)
-    def run(gx, w_hh, w_hr, h0, c0, lengths, reverse, save):
+    def run(*args):
+        gx, w_hh, _, h0, c0, _, _, save = args[-8:]
         if gx.shape[0] == 0 or gx.shape[1] == 0:
             return _empty_fwd(gx, w_hh, h0, c0, save)
-        return fn(gx, w_hh, w_hr, h0, c0, lengths, reverse, save)
+        return fn(*args)
     return run
 
 
 def _guard_bwd(fn):
+    """As _guard_fwd for the backward (its own arguments are the last twelve)."""
     @functools.wraps(fn)
-    def run(w_hh, w_hr, c0, lengths, gates, c_all, dy, dhT, dcT, want_dh_all, reverse, dtype):
+    def run(*args):
+        w_hh, _, _, _, gates, _, _, dhT, dcT, want_dh_all, _, dtype = args[-12:]
         if gates.shape[0] == 0 or gates.shape[1] == 0:
             return _empty_bwd(gates, w_hh, dhT, dcT, want_dh_all, dtype)
-        return fn(w_hh, w_hr, c0, lengths, gates, c_all, dy, dhT, dcT, want_dh_all, reverse,
-                  dtype)
+        return fn(*args)
     return run
 
 
@@ -130,11 +142,9 @@ def _native_bwd(backend, w_hh, w_hr, c0, lengths, gates, c_all, dy, dhT, dcT, wa
     dh_all = gates.new_empty(T, B, P, dtype=dtype) if want_dh_all else None
     native(backend, "lstm_bwd", w_hh, _opt(w_hr), _opt(c0), _opt(lengths), gates, c_all,
            _opt(dy), _opt(dhT), _opt(dcT), dgx, dh0, dc0, _opt(dh_all), T, B, H, P, reverse,
-           DTYPE_OF[dtype])
+           DTYPE_CODE[dtype])
     return dgx, dh0, dc0, dh_all
 
-
-DTYPE_OF = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
 
 def _cuda_cell_fwd(G, c_state, gates_t, c_t, ht, lengths, t):
@@ -231,14 +241,6 @@ def _triton_bwd(w_hh, w_hr, c0, lengths, gates, c_all, dy, dhT, dcT, want_dh_all
                     want_dh_all, reverse, dtype)
 
 
-def _with_guards(fwd, bwd):
-    return _guard_fwd(fwd), _guard_bwd(bwd)
-
-
-def _native_pair():
-    return (lambda backend, *a: _guard_fwd(functools.partial(_native_fwd, backend))(*a),
-            lambda backend, *a: _guard_bwd(functools.partial(_native_bwd, backend))(*a))
-
-
-implementations("lstm", reference=_with_guards(ref_fwd, ref_bwd), native=_native_pair(),
-                triton=_with_guards(_triton_fwd, _triton_bwd))
+implementations("lstm", reference=(_guard_fwd(ref_fwd), _guard_bwd(ref_bwd)),
+                native=(_guard_fwd(_native_fwd), _guard_bwd(_native_bwd)),
+                triton=(_guard_fwd(_triton_fwd), _guard_bwd(_triton_bwd)))
