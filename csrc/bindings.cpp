@@ -49,6 +49,7 @@
 #include "cpu/masked_conv_layer.h"
 #include "cpu/lstm.h"
 #include "cpu/lstm_generate.h"
+#include "cpu/attention.h"
 // [include:cpu]
 #include "common/fastmath.h"  // the ISA switch and the Philox path of the CPU kernels
 #include "common/openmp.h"
@@ -729,6 +730,10 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("c"), py::arg("B"), py::arg("N"), py::arg("start"), py::arg("offset"),
       py::arg("seed"), py::arg("inv_temperature"), py::arg("top_k"), py::arg("top_p"),
       py::arg("dtype"), GENFAST_TAIL_NAME);
+
+  // [bind:attention]
+
+  // [bind:attention_bwd2]
 
 #ifndef GENFAST_WITH_CUDA
   // [bind:cpu:isa] Which copy of the multiversioned loops runs (common/isa.h). GENFAST_ISA is
