@@ -7,6 +7,8 @@ probed on first use (genfast.backends), so it imports on a CPU-only box without 
 from . import backends, nn, ops
 from ._info import info
 from .backends import BackendError, use_backend
+from .ops.attention import attention
+from .ops.attention2d import attention2d
 from .ops.causal_conv import causal_conv1d, causal_conv1d_update
 from .ops.causal_conv_generate import pack_wavenet, wavenet_generate
 from .ops.causal_conv_layer import wavenet_layer
@@ -20,7 +22,8 @@ from .ops.masked_conv_layer import gated_pixelcnn_layer
 from .ops.sample import sample_categorical
 
 __version__ = "0.1.0"
-__all__ = ["BackendError", "GradientPenalty", "backends", "causal_conv1d",
+__all__ = ["BackendError", "GradientPenalty", "attention", "attention2d", "backends",
+           "causal_conv1d",
            "causal_conv1d_update", "gated_pixelcnn_layer", "gradient_penalty", "gumbel_softmax",
            "info", "lstm", "lstm_cell", "lstm_generate", "lstm_layer", "masked_conv2d", "nn", "ops",
            "pack_lstm", "pack_pixelcnn", "pack_wavenet",

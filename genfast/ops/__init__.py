@@ -3,6 +3,8 @@ torch.library ops; the public functions are re-exported at the top level (genfas
 so that ``genfast.ops.gradient_penalty`` stays the module and never shadows it with a function."""
 
 from . import (
+    attention,
+    attention2d,
     causal_conv,
     causal_conv_generate,
     causal_conv_layer,
@@ -17,6 +19,7 @@ from . import (
     spectral_norm,
 )
 
-__all__ = ["causal_conv", "causal_conv_generate", "causal_conv_layer", "gradient_penalty",
+__all__ = ["attention", "attention2d", "causal_conv", "causal_conv_generate", "causal_conv_layer",
+           "gradient_penalty",
            "gumbel", "lstm", "lstm_generate", "masked_conv", "masked_conv_generate",
            "masked_conv_layer", "sample", "spectral_norm"]
