@@ -98,9 +98,9 @@ def _store_routed(src_base, dst_base, j, jmask, cols, cmask, s_src, D, Wp, Ws, g
     x11 = _load_tile(src_base, r + Ws + 1, jmask, cols, cmask, s_src)
     mx = tl.maximum(tl.maximum(x00, x01), tl.maximum(x10, x11))
     s00 = x00 == mx
-    s01 = (x01 == mx) & (s00 == 0)
-    s10 = (x10 == mx) & ((s00 | s01) == 0)
-    s11 = (s00 | s01 | s10) == 0
+    s01 = (x01 == mx) & ~s00
+    s10 = (x10 == mx) & ~(s00 | s01)
+    s11 = ~(s00 | s01 | s10)
     g = g.to(dst_base.dtype.element_ty)
     zero = tl.zeros_like(g)
     m = jmask[:, None] & cmask[None, :]
@@ -446,8 +446,12 @@ def _bwd_config(q: torch.Tensor, bd: int):
     if not q.is_cuda:
         return (16, 16), (16, 16), 4, 1
     if q.dtype != torch.float32:
-        return ((32, 128), (128, 32), 4, 3) if bd <= 128 else ((16, 64), (64, 16), 8, 1)
-    return ((32, 64), (64, 32), 4, 2) if bd <= 64 else ((16, 32), (32, 16), 8, 1)
+        if bd <= 64:
+            return (32, 128), (128, 32), 4, 3
+        return ((32, 64), (64, 32), 8, 2) if bd <= 128 else ((16, 64), (64, 16), 8, 1)
+    if bd <= 64:
+        return (32, 64), (64, 32), 4, 2
+    return ((16, 64), (64, 16), 8, 1) if bd <= 128 else ((16, 32), (32, 16), 8, 1)
 
 
 def _decode_splits(q: torch.Tensor, programs: int, M: int, BN: int) -> int:
