@@ -32,6 +32,7 @@ OPS = {
     "causal_conv": "genfast.benchmarks.causal_conv",
     "masked_conv": "genfast.benchmarks.masked_conv",
     "lstm": "genfast.benchmarks.lstm",
+    "attention": "genfast.benchmarks.attention",
 }
 
 
