@@ -132,10 +132,9 @@ def _stats_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, do_ptr, gq_ptr, gk_ptr, g
     q = _rows(q_ptr + bh * N * DK, offs_m, N, DK, PDK)
     do = _rows(do_ptr + bh * N * DV, offs_m, N, DV, PDV)
     lse2 = _lse2(lse_ptr + bh * N, offs_m, N)
-    HAS_X: tl.constexpr = HAS_GQ or HAS_GK
     D = tl.zeros([BM], tl.float32)
     gq = q
-    if HAS_X:
+    if HAS_GQ or HAS_GK:
         o = _rows(o_ptr + bh * N * DV, offs_m, N, DV, PDV)
         D = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     if HAS_GQ:
@@ -148,7 +147,7 @@ def _stats_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, do_ptr, gq_ptr, gk_ptr, g
         offs_n = start_n + tl.arange(0, BN)
         k = _rows(k_ptr + bh * M * DK, offs_n, M, DK, PDK)
         p = _probs(q, k, lse2, offs_m, offs_n, N, M, shift, qk2, CAUSAL, PREC)
-        if HAS_X:
+        if HAS_GQ or HAS_GK:
             v = _rows(v_ptr + bh * M * DV, offs_n, M, DV, PDV)
             x = tl.zeros_like(p)
             if HAS_GQ:

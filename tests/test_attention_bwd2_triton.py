@@ -4,7 +4,9 @@ Triton interpreter.
 Oracle: torch autograd through a materialised float64 attention written here (the design's
 math: bottom-right causal mask, rows without keys give o = 0 and lse = -inf): the gradients of
 <gq, dQ> + <gk, dK> + <gv, dV> w.r.t. (q, k, v, dO), with (dQ, dK, dV) from
-torch.autograd.grad(create_graph=True). The kernel gets o and lse from the same oracle."""
+torch.autograd.grad(create_graph=True). The kernel gets o and lse from the same oracle. Also
+checked against the committed reference kernel (genfast/ops/_attention_ref.py ref_bwd2) and end
+to end: torch.autograd.grad twice through genfast.attention(backend="triton")."""
 
 import os
 
@@ -15,7 +17,9 @@ import torch
 
 pytest.importorskip("triton")
 
+import genfast  # noqa: E402
 from genfast.kernels import attention_bwd2 as K  # noqa: E402
+from genfast.ops._attention_ref import attention_reference, ref_bwd2, ref_fwd  # noqa: E402
 
 pytestmark = pytest.mark.triton
 TOL32 = dict(rtol=2e-5, atol=2e-5)
@@ -171,6 +175,57 @@ def test_float16():
         assert gt.dtype == dt
         err = (gt.double() - wt).abs().max() / wt.abs().max()
         assert err < 3e-3, err
+
+
+@pytest.mark.parametrize("causal,given", [(True, (1, 1, 1)), (False, (0, 1, 1))],
+                         ids=["causal-qkv", "kv"])
+def test_matches_reference_kernel(causal, given):
+    # The reference backend's bwd2 (explicit formulas), with its own o and lse (float64).
+    q, k, v, dout, cots = make(2, 1, 19, 11, 6, 9, given, seed=7)
+    o, lse = ref_fwd(q, k, v, causal, 0.4, None, True)
+    want = ref_bwd2(q, k, v, o, lse, dout, *cots, causal, 0.4)
+    got = run_kernel(q, k, v, o, lse, dout, cots, causal, 0.4, block=16)
+    for gt, wt in zip(got, want, strict=True):
+        torch.testing.assert_close(gt, wt.float(), **TOL32)
+
+
+# (genfast.attention kwargs, N, rows of k / v, penalty): "all" differentiates <c, dq> +
+# <c, dk> + <c, dv>; "r1" is |dq|^2 alone (an R1 / WGAN-GP penalty through the attention
+# input: no dk / dv cotangent reaches bwd2). pooled: SAGAN's 2x2-pooled keys, scale 1.
+E2E = [(dict(causal=True), 13, 9, "all"), (dict(causal=True), 5, 19, "r1"),
+       (dict(causal=False, scale=1.0, pool=(5, 6)), 9, 30, "all")]
+
+
+@pytest.mark.parametrize("kw,N,Sk,penalty", E2E, ids=["causal-N>M", "causal-N<M-r1", "pooled"])
+def test_double_backward_through_genfast_attention(kw, N, Sk, penalty, monkeypatch):
+    calls = []
+    launch = K.bwd2
+    monkeypatch.setattr(K, "bwd2", lambda *a, **kw: calls.append(a[6:9]) or launch(*a, **kw))
+    g = torch.Generator().manual_seed(11)
+    base = [torch.randn(*s, generator=g) for s in ((1, 2, N, 8), (1, 2, Sk, 8), (1, 2, Sk, 5),
+                                                  (1, 2, N, 5))]
+    cots = [torch.randn(*s, generator=g) for s in ((1, 2, N, 8), (1, 2, Sk, 8), (1, 2, Sk, 5))]
+
+    def second_order(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in base]
+        o = fn(*leaves[:3])
+        firsts = torch.autograd.grad(o, leaves[:3], leaves[3], create_graph=True)
+        if penalty == "r1":
+            loss = firsts[0].square().sum()
+        else:
+            loss = sum((f * c.to(dtype)).sum() for f, c in zip(firsts, cots, strict=True))
+        return firsts, torch.autograd.grad(loss, leaves)
+
+    got1, got2 = second_order(lambda q, k, v: genfast.attention(q, k, v, backend="triton", **kw),
+                              torch.float32)
+    want1, want2 = second_order(
+        lambda q, k, v: attention_reference(q, k, v, kw["causal"], kw.get("scale"),
+                                            kw.get("pool")), torch.float64)
+    for gt, wt in zip(got1 + got2, want1 + want2, strict=True):
+        torch.testing.assert_close(gt, wt.float(), rtol=5e-5, atol=5e-5)
+    assert max(w.abs().max().item() for w in want2) > 1e-3
+    # The second order ran on this launcher, once (with gq: the loss has a dq cotangent).
+    assert len(calls) == 1 and calls[0][0] is not None
 
 
 def _args(**over):
