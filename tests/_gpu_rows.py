@@ -318,6 +318,21 @@ def _lstm(xs, b):
                               lengths=lengths, reverse=bool(reverse), backend=b)
 
 
+# ------------------------------------------------------------- attention
+def _attention_inputs(shape, device):
+    B, Hh, N, M, Dk, Dv, causal, ph, pw = shape
+    Sk = ph * pw if ph else M
+    return [randn((B, Hh, N, Dk), device, 1), randn((B, Hh, Sk, Dk), device, 2),
+            randn((B, Hh, Sk, Dv), device, 3), _carrier(causal, ph, pw, device=device)]
+
+
+def _attention(xs, b):
+    q, k, v, cfg = xs
+    causal, ph, pw = _settings(cfg)
+    return genfast.attention(q, k, v, causal=bool(causal), pool=(ph, pw) if ph else None,
+                             scale=1.0 if ph else None, backend=b)
+
+
 # ------------------------------------------------------------- lstm_generate
 def _lstm_gen_inputs(shape, device):
     V, H, L, B, Tp, n, top_k, p100 = shape
@@ -583,6 +598,19 @@ ROWS: list[Row] = [
     Row("masked_conv_generate", "generate_fp32", _pixelcnn_inputs, _pixelcnn_generator(True),
         ((256, 64, 256, 7, 10, 4, 28, 28, 1, 0, 100),),
         (4, 4, 6, 3, 2, 2, 4, 5, 1, 2, 90), compile=False),
+    # Shapes (B, Hh, N, M, Dk, Dv, causal, pool_h, pool_w; 0 = no pooling): GPT shapes (causal,
+    # D 64 / 128, T up to 2048: the on-band / off-band split, many key blocks), SAGAN's (one
+    # head, Dk 8-32 != Dv, keys pooled on load from 64x64 and odd 33x17 grids), N != M both
+    # ways (rows with no key), odd sizes past every tile edge, decode (N 1-4 against long
+    # caches: the split-K path and its combine) and head dims 1 / 40 / 256 (padded tiles).
+    Row("attention", "attention", _attention_inputs, _fn(_attention),
+        ((4, 8, 256, 256, 64, 64, 1, 0, 0), (2, 4, 2048, 2048, 128, 128, 1, 0, 0),
+         (8, 1, 4096, 4096, 8, 32, 0, 64, 64), (3, 1, 561, 561, 16, 64, 0, 33, 17),
+         (2, 3, 77, 131, 40, 24, 1, 0, 0), (2, 2, 131, 77, 32, 32, 1, 0, 0),
+         (3, 5, 1, 1000, 64, 64, 1, 0, 0), (2, 2, 4, 4099, 128, 128, 1, 0, 0),
+         (1, 2, 33, 65, 1, 3, 0, 0, 0), (1, 1, 70, 70, 256, 256, 1, 0, 0)),
+        (2, 2, 7, 9, 8, 4, 1, 0, 0), diff=(0, 1, 2), gradgradcheck=True, rtol=2e-4,
+        atol=2e-5),
     # Shapes (V, H, L, B, prime length, n, top_k, top_p * 100; 100 = off, 0 = greedy). CUDA (one
     # cooperative kernel, hidden units over up to one CTA per SM, U >= 2 units a CTA): 2 x 512
     # at batch 1 with every CTA's weight rows in shared memory (float64: 200 KB a CTA on 132
