@@ -137,20 +137,27 @@ def test_empty_rows_and_empty_keys(backend):
 
 @pytest.mark.parametrize("backend", ALL)
 def test_double_backward_matches_reference(backend):
-    """The kernels' double backward (what an R1 / WGAN-GP penalty through attention runs)."""
+    """The kernels' double backward (what an R1 / WGAN-GP penalty through attention runs),
+    against the reference in float64; in float32 the flash-attention rule: at most twice the
+    float32 reference's own error (plus a hair), since second-order sums amplify rounding."""
     dt = _dtype(backend)
     for B, Hh, N, M, Dk, Dv, causal, pool in _grid(backend)[1:6]:
-        base = _inputs(B, Hh, N, M, Dk, Dv, dt)
+        base = _inputs(B, Hh, N, M, Dk, Dv, torch.float64)
         scale = 1.0 if pool else None
-        res = []
-        for be in (backend, "reference"):
-            q, k, v = (t.clone().requires_grad_() for t in base)
+        res = {}
+        for be, d in ((backend, dt), ("reference", dt), ("reference", torch.float64)):
+            q, k, v = (t.to(d).requires_grad_() for t in base)
             o = genfast.attention(q, k, v, causal=causal, scale=scale, pool=pool, backend=be)
             g = torch.autograd.grad((o * o).sum(), (q, k, v), create_graph=True)
             pen = sum((x * x).sum() for x in g)
-            res.append(torch.autograd.grad(pen, (q, k, v)))
-        for g, r in zip(*res, strict=True):
-            torch.testing.assert_close(g, r, **_tol(dt))
+            res[be, d] = torch.autograd.grad(pen, (q, k, v))
+        for got, lo, want in zip(res[backend, dt], res["reference", dt],
+                                 res["reference", torch.float64], strict=True):
+            if dt == torch.float64:
+                torch.testing.assert_close(got, want, **_tol(dt))
+                continue
+            err, own = (got.double() - want).abs().max(), (lo.double() - want).abs().max()
+            assert err <= 2 * own + 1e-5 * want.abs().max(), (backend, causal, pool, err, own)
 
 
 @pytest.mark.parametrize("backend", [b for b in ALL if gradcheck_dtype(b) == torch.float64])
