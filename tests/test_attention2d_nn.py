@@ -160,6 +160,38 @@ def test_float32_spectral_norm_layer_equals_biggan_in_eval():
     torch.testing.assert_close(layer(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
+def test_saved_for_backward_is_linear_in_positions():
+    """Memory O(H W): nothing the backward keeps has the (H W) x (H W / 4) attention map's size
+    (the reference layer saves that map, 16x the input here)."""
+    torch.manual_seed(12)
+    layer = SelfAttention2d(16)
+    with torch.no_grad():
+        layer.gamma.fill_(0.5)
+    x = torch.randn(1, 16, 32, 32, requires_grad=True)
+    n, m = 32 * 32, 16 * 16
+    for module, small in ((layer, True), (BigGANAttention(16, sn=False), False)):
+        sizes = []
+
+        def pack(t, sizes=sizes):
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            module(x).sum().backward()
+        assert (max(sizes) < n * m) == small, (max(sizes), n * m)
+
+
+def test_channels_last_and_strided_input():
+    torch.manual_seed(13)
+    layer = SelfAttention2d(16).eval()
+    with torch.no_grad():
+        layer.gamma.fill_(0.5)
+    x = torch.randn(2, 16, 6, 10)
+    want = layer(x)
+    torch.testing.assert_close(layer(x.to(memory_format=torch.channels_last)), want)
+    torch.testing.assert_close(layer(torch.randn(2, 16, 6, 20)[..., ::2].copy_(x)), want)
+
+
 def test_gamma_zero_at_init_is_identity_with_gradients():
     torch.manual_seed(3)
     layer = SelfAttention2d(16)

@@ -25,31 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.attention2d import attention2d as _attention2d
 from .spectral_norm import spectral_norm as _spectral_norm
 
 __all__ = ["SelfAttention2d"]
 
 _CONVS = ("theta", "phi", "g", "o")
-
-
-def _materialised_attention2d(theta: Tensor, phi: Tensor, g: Tensor, *, pool: bool = True,
-                              scale: float | None = 1.0, backend: str | None = None) -> Tensor:
-    """The attention core as plain torch ops (stores the (H W) x M map): a stand-in with
-    genfast.attention2d's signature, used while genfast.ops.attention is not importable."""
-    del backend
-    B, _, H, W = theta.shape
-    if pool:
-        phi, g = F.max_pool2d(phi, 2), F.max_pool2d(g, 2)
-    if scale is None:
-        scale = theta.shape[1] ** -0.5
-    s = scale * theta.flatten(2).transpose(1, 2) @ phi.flatten(2)  # (B, HW, M)
-    return (g.flatten(2) @ torch.softmax(s, -1).transpose(1, 2)).view(B, -1, H, W)
-
-
-try:
-    from ..ops.attention import attention2d as _attention2d
-except ImportError:
-    _attention2d = _materialised_attention2d
 
 
 def _ratio(name: str, value: object, channels: int) -> int:
@@ -123,14 +104,19 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        cq, cv = self.channels // self.qk_ratio, self.channels // self.v_ratio
-        # One GEMM over x for the three projections (each weight is still its own, spectral
-        # norm included); the attention kernel reads the channel slices in place.
-        w = torch.cat([self.theta.weight, self.phi.weight, self.g.weight])
-        theta, phi, g = F.conv2d(x, w).split([cq, cq, cv], dim=1)
+        B, C, H, W = x.shape
+        cq, cv = C // self.qk_ratio, C // self.v_ratio
+        xf = x.flatten(2)  # (B, C, HW)
+        # The three projections as one GEMM (each weight still its own, spectral norm
+        # included), written position-major (B, HW, 2 Cq + Cv): every slice then has a unit
+        # channel stride, the layout the attention kernel reads in place (no transposed copy).
+        w = torch.cat([self.theta.weight, self.phi.weight, self.g.weight]).flatten(1)
+        y = torch.bmm(xf.transpose(1, 2), w.t().expand(B, -1, -1))
+        theta, phi, g = (t.transpose(1, 2).unflatten(2, (H, W)) for t in y.split([cq, cq, cv], 2))
         a = _attention2d(theta, phi, g, pool=self.pool, scale=self.scale, backend=self.backend)
-        # gamma scales the (C, C/v_ratio) weight rather than the (B, C, H, W) output.
-        return x + F.conv2d(a, self.gamma * self.o.weight)
+        # x + gamma * o(a) in one call; gamma scales the (C, Cv) weight, not the output.
+        wo = (self.gamma * self.o.weight).flatten(1).expand(B, -1, -1)
+        return torch.baddbmm(xf, wo, a.flatten(2)).view(B, C, H, W)
 
     # -- checkpoints --------------------------------------------------------------------------
     @staticmethod
