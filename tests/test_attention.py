@@ -261,3 +261,14 @@ def test_head_dim_limit():
     with pytest.warns(genfast.backends.BackendFallbackWarning, match="exceed"):
         got = genfast.attention(q, k, v)
     torch.testing.assert_close(got.double(), naive(q, k, v))
+
+
+def test_cpu_autocast_runs_in_bfloat16_like_sdpa():
+    """SDPA is on the CPU autocast list: under it genfast returns bfloat16 too (through the
+    reference: the C++ kernels take float32 / float64), with SDPA's values."""
+    q, k, v = _inputs(1, 2, 6, 6, 8, 8, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = genfast.attention(q, k, v, causal=True, backend="reference")
+        want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)

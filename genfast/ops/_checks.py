@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import torch
 from torch import Tensor
 
 from ._boundary import FLOATS
@@ -80,3 +81,15 @@ def _bounds(low, high, low_open, high_open) -> str:
     if high is not None:
         return f" and {'<' if high_open else '<='} {high}"
     return ""
+
+
+def autocast_args(*tensors: Tensor | None) -> list[Tensor | None]:
+    """The tensors cast to the autocast dtype when autocast is on for their device (CUDA, or the
+    CPU's bfloat16), for ops torch runs in that dtype (LSTM, attention: both on autocast's
+    lower-precision lists), so genfast stays a drop-in under AMP. On the CPU that dtype then
+    goes to the reference backend (the C++ kernels take float32 / float64)."""
+    dev = tensors[0].device.type
+    if dev not in ("cuda", "cpu") or not torch.is_autocast_enabled(dev):
+        return list(tensors)
+    dt = torch.get_autocast_dtype(dev)
+    return [None if t is None else t.to(dt) for t in tensors]

@@ -289,17 +289,6 @@ def _route(be: str, Dk: int, Dv: int) -> str:
     return backends.AUTO_PREFIX + "reference"
 
 
-def _autocast(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Under autocast SDPA runs in the autocast dtype (on CUDA's lower-precision list; the CPU's
-    bfloat16 too): the same cast keeps genfast a drop-in under AMP. On the CPU that dtype goes
-    to the reference backend (the C++ kernels take float32 / float64)."""
-    dev = q.device.type
-    if dev not in ("cuda", "cpu") or not torch.is_autocast_enabled(dev):
-        return q, k, v
-    dt = torch.get_autocast_dtype(dev)
-    return q.to(dt), k.to(dt), v.to(dt)
-
-
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
               scale: float | None = None, pool: tuple[int, int] | None = None,
               backend: str | None = None) -> Tensor:
@@ -324,7 +313,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     causal = _checks.boolean("causal", causal)
     grid = _check(q4, k4, v4, pool, causal)
     scale = q4.shape[3] ** -0.5 if scale is None else _checks.real("scale", scale)
-    q4, k4, v4 = _autocast(q4, k4, v4)
+    q4, k4, v4 = _checks.autocast_args(q4, k4, v4)
     be = _route(backends.resolve("attention", q4, backend), q4.shape[3], v4.shape[3])
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (q4, k4, v4))
     ph, pw = grid if grid is not None else (0, 0)

@@ -71,17 +71,6 @@ SPEC = backends.register_op(backends.OpSpec(
 OptT = Optional[Tensor]  # noqa: UP045  (torch.library parses the annotation)
 
 
-def _autocast(*tensors: Tensor | None) -> list[Tensor | None]:
-    """Under autocast (CUDA, or the CPU's bfloat16) torch's LSTM runs in the autocast dtype
-    (it is on both lower-precision lists): the same cast keeps genfast a drop-in under AMP.
-    On the CPU that dtype goes to the reference backend (the C++ kernels take float32/64)."""
-    dev = tensors[0].device.type
-    if dev not in ("cuda", "cpu") or not torch.is_autocast_enabled(dev):
-        return list(tensors)
-    dt = torch.get_autocast_dtype(dev)
-    return [None if t is None else t.to(dt) for t in tensors]
-
-
 # --------------------------------------------------------------------------- forward op
 def _input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None):
     T, B, n_in = x.shape
@@ -329,7 +318,7 @@ def lstm_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None
         _check_param("c0", c0, (B, H), x)
     reverse = _checks.boolean("reverse", reverse)
     lengths = _check_lengths(lengths, T, B, x)
-    args = _autocast(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
+    args = _checks.autocast_args(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
     be = backends.resolve("lstm", args[0], backend)
     save = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args)
     if torch.compiler.is_compiling():
