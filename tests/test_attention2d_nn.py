@@ -268,7 +268,14 @@ def test_biggan_sn_checkpoint_loads_into_both():
     sn = SelfAttention2d(16).double().eval()
     sn.load_state_dict(sd)  # strict: every key mapped
     assert torch.equal(sn.theta.parametrizations.weight.original, sd["theta.weight"])
+    for name in ("theta", "phi", "g", "o"):  # the same W / sigma as BigGAN's eval forward
+        conv = getattr(ref, name)
+        torch.testing.assert_close(getattr(sn, name).weight, conv.weight / conv.sigma(),
+                                   rtol=1e-13, atol=1e-15)
     torch.testing.assert_close(sn(x), want, rtol=1e-12, atol=1e-12)
+    nested = nn.Sequential(nn.Identity(), SelfAttention2d(16)).double().eval()
+    nested.load_state_dict({f"1.{k}": v for k, v in sd.items()})  # the hook sees the prefix
+    torch.testing.assert_close(nested(x), want, rtol=1e-12, atol=1e-12)
     plain = SelfAttention2d(16, spectral_norm=False).double().eval()
     plain.load_state_dict(sd)  # W / sigma folded into the plain weights
     torch.testing.assert_close(plain(x), want, rtol=1e-12, atol=1e-12)
