@@ -734,6 +734,37 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
   // [bind:attention]
 
   // [bind:attention_bwd2]
+#ifndef GENFAST_WITH_CUDA
+  m.def(
+      "attention_bwd2",
+      [](Ptr q, Ptr k, Ptr v, Ptr o, Ptr lse, Ptr dout, Ptr gq, Ptr gk, Ptr gv, Ptr Gq, Ptr Gk,
+         Ptr Gv, Ptr Gdout, int64_t B, int64_t Hh, int64_t N, int64_t M, int64_t Dk,
+         int64_t Dv, bool causal, double scale, int dtype, GENFAST_TAIL) {
+        check_dtype(dtype, GENFAST_HALF);
+        if (B < 0 || Hh < 0 || N < 0 || M < 0 || Dk < 0 || Dv < 0)
+          throw std::invalid_argument("attention_bwd2: negative size");
+        const auto need = [](const char* name, Ptr p, int64_t n) {
+          if (n > 0 && p == 0)
+            throw std::invalid_argument(std::string("attention_bwd2: ") + name +
+                                        ": null data pointer");
+        };
+        const int64_t BH = B * Hh;
+        need("q", q, BH * N * Dk), need("k", k, BH * M * Dk), need("v", v, BH * M * Dv);
+        need("o", o, BH * N * Dv), need("lse", lse, BH * N), need("dout", dout, BH * N * Dv);
+        need("Gq", Gq, BH * N * Dk), need("Gk", Gk, BH * M * Dk), need("Gv", Gv, BH * M * Dv);
+        need("Gdout", Gdout, BH * N * Dv);
+        const auto c = [](Ptr p) { return reinterpret_cast<const void*>(p); };
+        const auto w = [](Ptr p) { return reinterpret_cast<void*>(p); };
+        py::gil_scoped_release nogil;
+        GENFAST_CALL(K::attention_bwd2(c(q), c(k), c(v), c(o), c(lse), c(dout), c(gq), c(gk),
+                                       c(gv), w(Gq), w(Gk), w(Gv), w(Gdout), B, Hh, N, M, Dk,
+                                       Dv, causal, scale, dtype, GENFAST_TAIL_ARG));
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("dout"),
+      py::arg("gq"), py::arg("gk"), py::arg("gv"), py::arg("Gq"), py::arg("Gk"), py::arg("Gv"),
+      py::arg("Gdout"), py::arg("B"), py::arg("Hh"), py::arg("N"), py::arg("M"), py::arg("Dk"),
+      py::arg("Dv"), py::arg("causal"), py::arg("scale"), py::arg("dtype"), GENFAST_TAIL_NAME);
+#endif
 
 #ifndef GENFAST_WITH_CUDA
   // [bind:cpu:isa] Which copy of the multiversioned loops runs (common/isa.h). GENFAST_ISA is
