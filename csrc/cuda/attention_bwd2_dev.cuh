@@ -1,0 +1,255 @@
+// Device code of the attention double backward (launched by csrc/cuda/attention_bwd2.cu). With
+// P recomputed from lse, dP = dO v^T, X = s (gq k^T + q gk^T), Y = dO gv^T (the design note's
+// names; gq / gk / gv null read as zeros) the kernels run two sweeps:
+//   stats: per query row D = dO.o, r = sum P X, and w = a + c - 2 r D with a = sum P Y,
+//          c = sum P X dP (the row sums the gradients below need before any of them);
+//   gradq: per query block  GQ = s dS gk + s U k  and  GdO = P gv + Z v;
+//   gradk: per key block    GK = s dS^T gq + s U^T q  and  GV = Z^T dO;
+// with dS = P (dP - D), W = Y + X (dP - D) - r dP, U = P (W - w), Z = P (X - r). No pooling
+// (the caller pools and routes). Deterministic as the first backward: fixed-order sums, no
+// atomics.
+#pragma once
+#include "cuda/attention_dev.cuh"
+
+namespace genfast::cuda::attn_dev {
+
+template <typename A>
+struct PairVals {
+  A p, dp, x, y;  // zero for masked pairs and for pairs past the tiles
+};
+
+// Tiles of one (query block, key block) step: rows q, gq, dO; keys k, gk, v, gv.
+template <typename A>
+struct Tiles2 {
+  A *q, *gq, *dO, *k, *gk, *v, *gv;
+};
+
+template <typename A>
+__device__ __forceinline__ PairVals<A> pair_vals(const Args& a, const Tiles2<A>& t, const A* slse,
+                                                 int64_t i0, int i, int nq, int64_t j0, int j,
+                                                 int nk) {
+  PairVals<A> r{0, 0, 0, 0};
+  if (i >= nq || j >= nk || slse[i] == neg_inf<A>() || !visible(a, i0 + i, j0 + j)) return r;
+  const int64_t pk = pad(a.Dk), pv = pad(a.Dv);
+  const A scale = scale_of<A>(a);
+  const A *q = t.q + i * pk, *k = t.k + j * pk, *g = t.dO + i * pv;
+  r.p = dexp(scale * dot(q, k, a.Dk) - slse[i]);
+  r.dp = dot(g, t.v + j * pv, a.Dv);
+  A x = 0;
+  if (a.gq != nullptr) x += dot(t.gq + i * pk, k, a.Dk);
+  if (a.gk != nullptr) x += dot(q, t.gk + j * pk, a.Dk);
+  r.x = scale * x;
+  r.y = a.gv != nullptr ? dot(g, t.gv + j * pv, a.Dv) : A(0);
+  return r;
+}
+
+template <typename T, typename A>
+__device__ void load_query_tiles(const Args& a, const Tiles2<A>& t, int64_t bh, int64_t i0,
+                                 int nq) {
+  const int64_t Dk = a.Dk, Dv = a.Dv, off_k = bh * a.N * Dk, off_v = bh * a.N * Dv;
+  const T* gq = static_cast<const T*>(a.gq);
+  load_rows(t.q, a.bq, pad(Dk), static_cast<const T*>(a.q) + off_k, Dk, i0, nq, Dk);
+  load_rows(t.gq, a.bq, pad(Dk), gq ? gq + off_k : gq, Dk, i0, nq, Dk);
+  load_rows(t.dO, a.bq, pad(Dv), static_cast<const T*>(a.dout) + off_v, Dv, i0, nq, Dv);
+}
+
+template <typename T, typename A>
+__device__ void load_key_tiles(const Args& a, const Tiles2<A>& t, int64_t bh, int64_t j0,
+                               int nk) {
+  const int64_t Dk = a.Dk, Dv = a.Dv, off_k = bh * a.M * Dk, off_v = bh * a.M * Dv;
+  const T* gk = static_cast<const T*>(a.gk);
+  const T* gv = static_cast<const T*>(a.gv);
+  load_keys(t.k, a.bk, pad(Dk), static_cast<const T*>(a.k) + off_k, Dk, j0, nk, Dk, 0);
+  load_keys(t.gk, a.bk, pad(Dk), gk ? gk + off_k : gk, Dk, j0, nk, Dk, 0);
+  load_keys(t.v, a.bk, pad(Dv), static_cast<const T*>(a.v) + off_v, Dv, j0, nk, Dv, 0);
+  load_keys(t.gv, a.bk, pad(Dv), gv ? gv + off_v : gv, Dv, j0, nk, Dv, 0);
+}
+
+// lse, D, r, w of query rows [i0, i0 + nq) from the stats sweep (rows past nq: lse = -inf).
+template <typename A>
+__device__ void load_stats2(const Args& a, A* s, int64_t row0, int nq) {
+  const A* src[4] = {static_cast<const A*>(a.lse), static_cast<const A*>(a.ws_D),
+                     static_cast<const A*>(a.ws_r), static_cast<const A*>(a.ws_w)};
+  for (int i = tid(); i < a.bq; i += kThreads)
+    for (int c = 0; c < 4; ++c)
+      s[c * a.bq + i] = i < nq ? src[c][row0 + i] : (c == 0 ? neg_inf<A>() : A(0));
+}
+
+template <typename T>
+__device__ void stats_body(const Args& a) {
+  using A = acc_t<T>;
+  const int bq = a.bq, bk = a.bk;
+  const int64_t N = a.N, M = a.M, pk = pad(a.Dk), pv = pad(a.Dv), pp = int64_t{bq} * bk;
+  Tiles2<A> t;
+  t.q = reinterpret_cast<A*>(smem());
+  t.gq = t.q + bq * pk, t.dO = t.gq + bq * pk, t.k = t.dO + bq * pv, t.gk = t.k + bk * pk;
+  t.v = t.gk + bk * pk, t.gv = t.v + bk * pv;
+  A* m1 = t.gv + bk * pv;  // P X, P Y, P X dP of the step's pairs
+  A* m2 = m1 + pp;
+  A* m3 = m2 + pp;
+  A *slse = m3 + pp, *sD = slse + bq, *sr = sD + bq, *sa = sr + bq, *sc = sa + bq;
+  const int64_t nqb = (N + bq - 1) / bq, nwork = a.BH * nqb;
+  for (int64_t w = cta(); w < nwork; w += ncta()) {
+    const int64_t qb = w % nqb, bh = w / nqb, i0 = qb * bq, row0 = bh * N + i0;
+    const int nq = static_cast<int>(lo<int64_t>(bq, N - i0));
+    load_query_tiles<T>(a, t, bh, i0, nq);
+    const T* o = static_cast<const T*>(a.o) + row0 * a.Dv;
+    const T* g = static_cast<const T*>(a.dout) + row0 * a.Dv;
+    for (int i = tid(); i < bq; i += kThreads) {
+      A d = 0;
+      for (int64_t c = 0; i < nq && c < a.Dv; ++c) d += ld(g + i * a.Dv + c) * ld(o + i * a.Dv + c);
+      slse[i] = i < nq ? static_cast<const A*>(a.lse)[row0 + i] : neg_inf<A>();
+      sD[i] = d, sr[i] = 0, sa[i] = 0, sc[i] = 0;
+    }
+    const int64_t ke = a.causal ? lo(M, i0 + nq + M - N) : M;
+    block_sync();
+    for (int64_t j0 = 0; j0 < ke; j0 += bk) {
+      const int nk = static_cast<int>(lo<int64_t>(bk, ke - j0));
+      load_key_tiles<T>(a, t, bh, j0, nk);
+      block_sync();
+      for (int64_t e = tid(); e < pp; e += kThreads) {
+        const PairVals<A> v =
+            pair_vals(a, t, slse, i0, static_cast<int>(e / bk), nq, j0, static_cast<int>(e % bk), nk);
+        m1[e] = v.p * v.x, m2[e] = v.p * v.y, m3[e] = v.p * v.x * v.dp;
+      }
+      block_sync();
+      for (int i = tid(); i < bq; i += kThreads)
+        for (int j = 0; j < nk; ++j)
+          sr[i] += m1[i * bk + j], sa[i] += m2[i * bk + j], sc[i] += m3[i * bk + j];
+      block_sync();
+    }
+    for (int i = tid(); i < nq; i += kThreads) {
+      static_cast<A*>(a.ws_D)[row0 + i] = sD[i];
+      static_cast<A*>(a.ws_r)[row0 + i] = sr[i];
+      static_cast<A*>(a.ws_w)[row0 + i] = sa[i] + sc[i] - 2 * sr[i] * sD[i];
+    }
+    block_sync();
+  }
+}
+
+// dS, U, Z (and P when sp is given) of every pair of the step's tiles.
+template <typename A>
+__device__ void pair_grads(const Args& a, const Tiles2<A>& t, const A* st4, A* sp, A* sds, A* su,
+                           A* sz, int64_t i0, int nq, int64_t j0, int nk) {
+  const int bq = a.bq, bk = a.bk;
+  const A *slse = st4, *sD = st4 + bq, *sr = sD + bq, *sw = sr + bq;
+  for (int64_t e = tid(); e < int64_t{bq} * bk; e += kThreads) {
+    const int i = static_cast<int>(e / bk), j = static_cast<int>(e % bk);
+    const PairVals<A> v = pair_vals(a, t, slse, i0, i, nq, j0, j, nk);
+    const A dpd = v.dp - sD[i];
+    const A W = v.y + v.x * dpd - sr[i] * v.dp;
+    if (sp != nullptr) sp[e] = v.p;
+    sds[e] = v.p * dpd, su[e] = v.p * (W - sw[i]), sz[e] = v.p * (v.x - sr[i]);
+  }
+}
+
+template <typename T>
+__device__ void gradq_body(const Args& a) {
+  using A = acc_t<T>;
+  const int bq = a.bq, bk = a.bk;
+  const int64_t N = a.N, M = a.M, Dk = a.Dk, Dv = a.Dv, pk = pad(Dk), pv = pad(Dv);
+  const int64_t pp = int64_t{bq} * bk;
+  Tiles2<A> t;
+  t.q = reinterpret_cast<A*>(smem());
+  t.gq = t.q + bq * pk, t.dO = t.gq + bq * pk, t.k = t.dO + bq * pv, t.gk = t.k + bk * pk;
+  t.v = t.gk + bk * pk, t.gv = t.v + bk * pv;
+  A* sGq = t.gv + bk * pv;
+  A* sGdo = sGq + bq * pk;
+  A* sp = sGdo + bq * pv;
+  A *sds = sp + pp, *su = sds + pp, *sz = su + pp, *st4 = sz + pp;
+  const A scale = scale_of<A>(a);
+  const int64_t nqb = (N + bq - 1) / bq, nwork = a.BH * nqb;
+  for (int64_t w = cta(); w < nwork; w += ncta()) {
+    const int64_t qb = w % nqb, bh = w / nqb, i0 = qb * bq, row0 = bh * N + i0;
+    const int nq = static_cast<int>(lo<int64_t>(bq, N - i0));
+    load_query_tiles<T>(a, t, bh, i0, nq);
+    load_stats2(a, st4, row0, nq);
+    fill(sGq, bq * pk, A(0));
+    fill(sGdo, bq * pv, A(0));
+    const int64_t ke = a.causal ? lo(M, i0 + nq + M - N) : M;
+    block_sync();
+    for (int64_t j0 = 0; j0 < ke; j0 += bk) {
+      const int nk = static_cast<int>(lo<int64_t>(bk, ke - j0));
+      load_key_tiles<T>(a, t, bh, j0, nk);
+      block_sync();
+      pair_grads(a, t, st4, sp, sds, su, sz, i0, nq, j0, nk);
+      block_sync();
+      for (int64_t e = tid(); e < bq * Dk; e += kThreads) {
+        const int64_t i = e / Dk, d = e - i * Dk;
+        A acc = 0;
+        for (int j = 0; j < nk; ++j)
+          acc += sds[i * bk + j] * t.gk[j * pk + d] + su[i * bk + j] * t.k[j * pk + d];
+        sGq[i * pk + d] += scale * acc;
+      }
+      for (int64_t e = tid(); e < bq * Dv; e += kThreads) {
+        const int64_t i = e / Dv, d = e - i * Dv;
+        A acc = 0;
+        for (int j = 0; j < nk; ++j)
+          acc += sp[i * bk + j] * t.gv[j * pv + d] + sz[i * bk + j] * t.v[j * pv + d];
+        sGdo[i * pv + d] += acc;
+      }
+      block_sync();
+    }
+    T* Gq = static_cast<T*>(a.Gq) + row0 * Dk;
+    T* Gdo = static_cast<T*>(a.Gdo) + row0 * Dv;
+    for (int64_t e = tid(); e < nq * Dk; e += kThreads) st(Gq + e, sGq[(e / Dk) * pk + e % Dk]);
+    for (int64_t e = tid(); e < nq * Dv; e += kThreads) st(Gdo + e, sGdo[(e / Dv) * pv + e % Dv]);
+    block_sync();
+  }
+}
+
+template <typename T>
+__device__ void gradk_body(const Args& a) {
+  using A = acc_t<T>;
+  const int bq = a.bq, bk = a.bk;
+  const int64_t N = a.N, M = a.M, Dk = a.Dk, Dv = a.Dv, pk = pad(Dk), pv = pad(Dv);
+  const int64_t pp = int64_t{bq} * bk;
+  Tiles2<A> t;
+  t.k = reinterpret_cast<A*>(smem());
+  t.gk = t.k + bk * pk, t.v = t.gk + bk * pk, t.gv = t.v + bk * pv;
+  A* sGk = t.gv + bk * pv;
+  A* sGv = sGk + bk * pk;
+  t.q = sGv + bk * pv, t.gq = t.q + bq * pk, t.dO = t.gq + bq * pk;
+  A* sds = t.dO + bq * pv;
+  A *su = sds + pp, *sz = su + pp, *st4 = sz + pp;
+  const A scale = scale_of<A>(a);
+  const int64_t nkb = (M + bk - 1) / bk, nwork = a.BH * nkb;
+  for (int64_t w = cta(); w < nwork; w += ncta()) {
+    const int64_t kb = w % nkb, bh = w / nkb, j0 = kb * bk;
+    const int nk = static_cast<int>(lo<int64_t>(bk, M - j0));
+    load_key_tiles<T>(a, t, bh, j0, nk);
+    fill(sGk, bk * pk, A(0));
+    fill(sGv, bk * pv, A(0));
+    const int64_t istart = a.causal ? hi<int64_t>(0, j0 - (M - N)) : 0;
+    block_sync();
+    for (int64_t i0 = istart; i0 < N; i0 += bq) {
+      const int nq = static_cast<int>(lo<int64_t>(bq, N - i0));
+      load_query_tiles<T>(a, t, bh, i0, nq);
+      load_stats2(a, st4, bh * N + i0, nq);
+      block_sync();
+      pair_grads<A>(a, t, st4, nullptr, sds, su, sz, i0, nq, j0, nk);
+      block_sync();
+      for (int64_t e = tid(); e < bk * Dk; e += kThreads) {
+        const int64_t j = e / Dk, d = e - j * Dk;
+        A acc = 0;
+        for (int i = 0; i < nq; ++i)
+          acc += sds[i * bk + j] * t.gq[i * pk + d] + su[i * bk + j] * t.q[i * pk + d];
+        sGk[j * pk + d] += scale * acc;
+      }
+      for (int64_t e = tid(); e < bk * Dv; e += kThreads) {
+        const int64_t j = e / Dv, d = e - j * Dv;
+        A acc = 0;
+        for (int i = 0; i < nq; ++i) acc += sz[i * bk + j] * t.dO[i * pv + d];
+        sGv[j * pv + d] += acc;
+      }
+      block_sync();
+    }
+    T* Gk = static_cast<T*>(a.Gk) + (bh * M + j0) * Dk;
+    T* Gv = static_cast<T*>(a.Gv) + (bh * M + j0) * Dv;
+    for (int64_t e = tid(); e < nk * Dk; e += kThreads) st(Gk + e, sGk[(e / Dk) * pk + e % Dk]);
+    for (int64_t e = tid(); e < nk * Dv; e += kThreads) st(Gv + e, sGv[(e / Dv) * pv + e % Dv]);
+    block_sync();
+  }
+}
+
+}  // namespace genfast::cuda::attn_dev

@@ -1,0 +1,341 @@
+// Device code shared by the fused-attention CUDA kernels (csrc/cuda/attention.cu and
+// attention_bwd2.cu launch it; contract: csrc/cpu/attention.h, csrc/cuda/attention.h).
+//
+// Every kernel is a tile loop in shared memory: a CTA owns a block of query rows (forward, dq,
+// the double backward's row statistics and its query-side gradients) or of keys (dk / dv and the
+// double backward's key-side gradients), walks the other side tile by tile, forms the (bq x bk)
+// pair values (S, P, dS, ...) with one thread per pair, and accumulates the products into
+// shared-memory accumulators with one thread per output element. Each output value is one
+// thread's fixed-order sum, so results do not depend on the GPU or on the grid size, and no
+// kernel uses atomics. Tiles hold the math type (float, or double for float64); tile sizes are
+// chosen per kernel and head dims so the whole working set fits the default 48 KB of shared
+// memory (plan_tiles). The primitives below (thread / CTA index, barrier, shared memory) are the
+// only GPU-specific calls: tests/cuda_emu/attention_emu.cpp defines them with host threads and
+// runs these bodies on the CPU.
+#pragma once
+#include <cstdint>
+
+#include "cuda/common.cuh"
+
+#ifndef GENFAST_ATTENTION_EMU
+namespace genfast::cuda::attn_dev {
+constexpr int kThreads = 128;
+__device__ __forceinline__ int tid() { return static_cast<int>(threadIdx.x); }
+__device__ __forceinline__ int64_t cta() { return blockIdx.x; }
+__device__ __forceinline__ int64_t ncta() { return gridDim.x; }
+__device__ __forceinline__ void block_sync() { __syncthreads(); }
+__device__ __forceinline__ unsigned char* smem() {
+  extern __shared__ __align__(16) unsigned char attn_smem[];
+  return attn_smem;
+}
+}  // namespace genfast::cuda::attn_dev
+#endif  // else the host emulation harness defines these (a test of the index logic)
+
+namespace genfast::cuda::attn_dev {
+
+using dev::acc_t;
+using dev::dexp;
+using dev::dlog;
+using dev::Io;
+using dev::neg_inf;
+
+constexpr int64_t kSmemBudget = 48 * 1024;  // dynamic shared memory without an opt-in
+
+// Kernel kinds, for the tile plan.
+enum Kind { kFwd = 0, kDkDv, kDq, kStats, kGradQ, kGradK };
+
+template <typename X>
+__host__ __device__ inline X lo(X a, X b) {
+  return a < b ? a : b;
+}
+template <typename X>
+__host__ __device__ inline X hi(X a, X b) {
+  return a < b ? b : a;
+}
+// Tile row stride: odd, so threads reading the same column of consecutive key rows hit
+// different shared-memory banks.
+__host__ __device__ inline int64_t pad(int64_t d) { return d | 1; }
+
+// Elements (of the math type) of a kernel's shared-memory working set.
+__host__ __device__ inline int64_t tile_elems(int kind, int64_t bq, int64_t bk, int64_t Dk,
+                                              int64_t Dv) {
+  const int64_t pk = pad(Dk), pv = pad(Dv), pp = bq * bk;
+  switch (kind) {
+    case kFwd: return bq * (pk + Dv) + bk * (pk + pv) + pp + 3 * bq;
+    case kDkDv: return 2 * bk * (pk + pv) + bq * (pk + pv) + 2 * pp + 2 * bq;
+    case kDq: return bq * (2 * pk + pv) + bk * (pk + pv) + pp + 2 * bq;
+    case kStats: return bq * (2 * pk + pv) + 2 * bk * (pk + pv) + 3 * pp + 5 * bq;
+    case kGradQ: return bq * (3 * pk + 2 * pv) + 2 * bk * (pk + pv) + 4 * pp + 4 * bq;
+    default: return 3 * bk * (pk + pv) + bq * (2 * pk + pv) + 3 * pp + 4 * bq;  // kGradK
+  }
+}
+
+struct Tiles {
+  int bq, bk;     // query rows and keys per tile
+  int64_t bytes;  // dynamic shared memory of the launch
+};
+
+// Largest tiles (from 16 queries x 64 keys for the forward, 16 x 32 otherwise) whose working set
+// fits the budget: halve the larger side first. Head dims <= 256 always fit (1 x 1 needs at most
+// 18 rows of 257 doubles).
+__host__ __device__ inline Tiles plan_tiles(int kind, int64_t Dk, int64_t Dv, int64_t ea) {
+  int bq = 16, bk = kind == kFwd ? 64 : 32;
+  while (tile_elems(kind, bq, bk, Dk, Dv) * ea > kSmemBudget && (bq > 1 || bk > 1)) {
+    if (bk >= bq && bk > 1) bk /= 2;
+    else bq /= 2;
+  }
+  return {bq, bk, tile_elems(kind, bq, bk, Dk, Dv) * ea};
+}
+
+// Key splits of the forward: short query blocks against long key ranges (KV-cache decode) do
+// not fill the GPU with one CTA per (batch, head, query block), so the keys are cut into
+// `nsplit` chunks of `chunk` keys (a multiple of bk), each a CTA writing a partial (m, l, acc)
+// that a combine kernel merges (flash-decoding). The split depends on the shape only, so results
+// do not depend on the GPU.
+struct Split {
+  int64_t nsplit, chunk;
+};
+constexpr int64_t kDecodeRows = 16;   // queries per (batch, head) that count as decode
+constexpr int64_t kTargetCtas = 256;  // about two waves on the largest GPUs
+__host__ __device__ inline Split plan_split(int64_t BH, int64_t N, int64_t M, int bk) {
+  const int64_t ktiles = (M + bk - 1) / bk, ctas = BH * ((N + 15) / 16);
+  if (N > kDecodeRows || ktiles < 4 || ctas >= kTargetCtas || BH == 0) return {1, hi<int64_t>(M, 1)};
+  const int64_t want = lo<int64_t>(ktiles / 2, (kTargetCtas + ctas - 1) / ctas);
+  const int64_t chunk = (ktiles + want - 1) / want * bk;
+  return {(M + chunk - 1) / chunk, chunk};
+}
+
+// Everything a kernel reads; each kernel uses its part. Element strides (batch, head, row) of
+// q, k, v; every other buffer is contiguous (B, Hh, rows, D), or (B, Hh, rows) for row values.
+struct Args {
+  const void *q, *k, *v, *o, *dout, *gq, *gk, *gv;
+  void *out, *lse;                  // forward outputs (lse is an input of the backward kernels)
+  void *dq, *dk, *dv;               // first backward
+  void *Gq, *Gk, *Gv, *Gdo;         // double backward
+  void *ws_m, *ws_l, *ws_acc;       // forward key-split partials (math type)
+  void *ws_D, *ws_r, *ws_w;         // row statistics (math type): D, and r, w for bwd2
+  int64_t Hh, BH, N, M, Sk, Dk, Dv;
+  int64_t sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n;
+  int64_t pool_h, pool_w;           // 0: no pooling
+  bool causal;
+  float scale_f;                    // scale in the math type (float clamped to FLT_MAX)
+  double scale_d;
+  int bq, bk;
+  int64_t nsplit, chunk;            // forward key split (1, M) when not split
+};
+
+template <typename A>
+__device__ __forceinline__ A scale_of(const Args& a) {
+  if constexpr (sizeof(A) == sizeof(float)) return a.scale_f;
+  else return a.scale_d;
+}
+
+// First of the 4 unpooled rows of pooled key j; the window is rows r, r+1, r+W, r+W+1, in the
+// order (0,0), (0,1), (1,0), (1,1).
+__host__ __device__ inline int64_t pooled_row(int64_t j, int64_t pool_w) {
+  const int64_t wp = pool_w / 2;
+  return 2 * (j / wp) * pool_w + 2 * (j % wp);
+}
+
+template <typename T>
+__device__ __forceinline__ acc_t<T> ld(const T* p) {
+  return static_cast<acc_t<T>>(Io<T>::load1(p));
+}
+template <typename T, typename A>
+__device__ __forceinline__ void st(T* p, A v) {
+  Io<T>::store1(p, v);
+}
+
+// Rows [r0, r0 + n) of a matrix with row stride rs into a tile of `cap` rows (row stride ldt);
+// rows past n, and every row of a null matrix, read as zeros.
+template <typename T, typename A>
+__device__ void load_rows(A* dst, int cap, int64_t ldt, const T* src, int64_t rs, int64_t r0,
+                          int n, int64_t D) {
+  for (int64_t e = tid(); e < cap * D; e += kThreads) {
+    const int64_t i = e / D, d = e - i * D;
+    dst[i * ldt + d] = (src != nullptr && i < n) ? ld(src + (r0 + i) * rs + d) : A(0);
+  }
+}
+
+// Keys [j0, j0 + n) into a tile; pooled (pool_w > 0): each key is the per-channel max of its
+// 2x2 window (the first of equal values; the choice matters only to the backward's routing).
+template <typename T, typename A>
+__device__ void load_keys(A* dst, int cap, int64_t ldt, const T* src, int64_t rs, int64_t j0,
+                          int n, int64_t D, int64_t pool_w) {
+  for (int64_t e = tid(); e < cap * D; e += kThreads) {
+    const int64_t j = e / D, d = e - j * D;
+    A val = 0;
+    if (src != nullptr && j < n) {
+      if (pool_w > 0) {
+        const T* p = src + pooled_row(j0 + j, pool_w) * rs + d;
+        val = ld(p);
+        const int64_t off[3] = {rs, pool_w * rs, (pool_w + 1) * rs};
+        for (int t = 0; t < 3; ++t) {
+          const A x = ld(p + off[t]);
+          val = x > val ? x : val;
+        }
+      } else {
+        val = ld(src + (j0 + j) * rs + d);
+      }
+    }
+    dst[j * ldt + d] = val;
+  }
+}
+
+template <typename A>
+__device__ __forceinline__ A dot(const A* x, const A* y, int64_t n) {
+  A s = 0;
+  for (int64_t d = 0; d < n; ++d) s += x[d] * y[d];
+  return s;
+}
+
+template <typename A>
+__device__ __forceinline__ void fill(A* p, int64_t n, A v) {
+  for (int64_t e = tid(); e < n; e += kThreads) p[e] = v;
+}
+
+// Causal horizon: query i sees key j iff j <= i + (M - N) (bottom-right aligned).
+__device__ __forceinline__ bool visible(const Args& a, int64_t i, int64_t j) {
+  return !a.causal || j <= i + (a.M - a.N);
+}
+
+// ---- forward -------------------------------------------------------------------------------
+
+// One work item per (batch*head, query block, key split). The online softmax keeps the running
+// max m, sum l and the unnormalised accumulator per row; tiles past the causal horizon of the
+// block's last row are never loaded.
+template <typename T>
+__device__ void fwd_body(const Args& a) {
+  using A = acc_t<T>;
+  const int bq = a.bq, bk = a.bk;
+  const int64_t Dk = a.Dk, Dv = a.Dv, N = a.N, M = a.M, pk = pad(Dk), pv = pad(Dv);
+  A* sq = reinterpret_cast<A*>(smem());
+  A* sacc = sq + bq * pk;
+  A* sk = sacc + bq * Dv;
+  A* sv = sk + bk * pk;
+  A* ss = sv + bk * pv;
+  A* sm = ss + bq * bk;
+  A* sl = sm + bq;
+  A* sal = sl + bq;
+  const A scale = scale_of<A>(a), ninf = neg_inf<A>();
+  const int64_t nqb = (N + bq - 1) / bq, nwork = a.BH * nqb * a.nsplit;
+  for (int64_t w = cta(); w < nwork; w += ncta()) {
+    const int64_t split = w % a.nsplit, qb = (w / a.nsplit) % nqb, bh = w / a.nsplit / nqb;
+    const int64_t b = bh / a.Hh, h = bh % a.Hh, i0 = qb * bq;
+    const int nq = static_cast<int>(lo<int64_t>(bq, N - i0));
+    const T* q = static_cast<const T*>(a.q) + b * a.sq_b + h * a.sq_h;
+    const T* k = static_cast<const T*>(a.k) + b * a.sk_b + h * a.sk_h;
+    const T* v = static_cast<const T*>(a.v) + b * a.sv_b + h * a.sv_h;
+    const int64_t ks = split * a.chunk;
+    int64_t ke = lo(M, ks + a.chunk);
+    if (a.causal) ke = lo(ke, i0 + nq + M - N);
+    load_rows(sq, bq, pk, q, a.sq_n, i0, nq, Dk);
+    fill(sacc, bq * Dv, A(0));
+    for (int i = tid(); i < bq; i += kThreads) sm[i] = ninf, sl[i] = 0;
+    block_sync();
+    for (int64_t j0 = ks; j0 < ke; j0 += bk) {
+      const int nk = static_cast<int>(lo<int64_t>(bk, ke - j0));
+      load_keys(sk, bk, pk, k, a.sk_n, j0, nk, Dk, a.pool_w);
+      load_keys(sv, bk, pv, v, a.sv_n, j0, nk, Dv, a.pool_w);
+      block_sync();
+      for (int64_t e = tid(); e < bq * bk; e += kThreads) {
+        const int i = static_cast<int>(e / bk), j = static_cast<int>(e % bk);
+        const bool ok = i < nq && j < nk && visible(a, i0 + i, j0 + j);
+        ss[e] = ok ? scale * dot(sq + i * pk, sk + j * pk, Dk) : ninf;
+      }
+      block_sync();
+      for (int i = tid(); i < bq; i += kThreads) {
+        A* s = ss + i * bk;
+        A mx = sm[i];
+        for (int j = 0; j < bk; ++j) mx = s[j] > mx ? s[j] : mx;
+        if (mx == ninf) {  // nothing visible yet: keep m = -inf, l = 0, acc = 0
+          sal[i] = 1;
+          for (int j = 0; j < bk; ++j) s[j] = 0;
+          continue;
+        }
+        const A al = dexp(sm[i] - mx);
+        A sum = 0;
+        for (int j = 0; j < bk; ++j) {
+          const A p = dexp(s[j] - mx);
+          s[j] = p;
+          sum += p;
+        }
+        sl[i] = sl[i] * al + sum, sm[i] = mx, sal[i] = al;
+      }
+      block_sync();
+      for (int64_t e = tid(); e < bq * Dv; e += kThreads) {
+        const int64_t i = e / Dv, d = e - i * Dv;
+        const A* p = ss + i * bk;
+        A acc = 0;
+        for (int j = 0; j < nk; ++j) acc += p[j] * sv[j * pv + d];
+        sacc[e] = sacc[e] * sal[i] + acc;
+      }
+      block_sync();
+    }
+    const int64_t row0 = bh * N + i0;
+    if (a.nsplit == 1) {
+      T* o = static_cast<T*>(a.out);
+      for (int64_t e = tid(); e < nq * Dv; e += kThreads) {
+        const A l = sl[e / Dv];
+        st(o + row0 * Dv + e, l > 0 ? sacc[e] / l : A(0));
+      }
+      if (a.lse != nullptr)
+        for (int i = tid(); i < nq; i += kThreads)
+          static_cast<A*>(a.lse)[row0 + i] = sl[i] > 0 ? sm[i] + dlog(sl[i]) : ninf;
+    } else {
+      A* wm = static_cast<A*>(a.ws_m);
+      A* wl = static_cast<A*>(a.ws_l);
+      A* wacc = static_cast<A*>(a.ws_acc);
+      for (int i = tid(); i < nq; i += kThreads) {
+        const int64_t pw = (row0 + i) * a.nsplit + split;
+        wm[pw] = sm[i], wl[pw] = sl[i];
+      }
+      for (int64_t e = tid(); e < nq * Dv; e += kThreads) {
+        const int64_t i = e / Dv, d = e - i * Dv;
+        wacc[((row0 + i) * a.nsplit + split) * Dv + d] = sacc[e];
+      }
+    }
+    block_sync();  // the next work item overwrites the tiles
+  }
+}
+
+// Merges the key splits: one thread per output element, splits in order.
+template <typename T>
+__device__ void combine_body(const Args& a) {
+  using A = acc_t<T>;
+  const A ninf = neg_inf<A>();
+  const int64_t ns = a.nsplit, total = a.BH * a.N * a.Dv;
+  const A* wm = static_cast<const A*>(a.ws_m);
+  const A* wl = static_cast<const A*>(a.ws_l);
+  const A* wacc = static_cast<const A*>(a.ws_acc);
+  for (int64_t e = cta() * kThreads + tid(); e < total; e += ncta() * kThreads) {
+    const int64_t row = e / a.Dv, d = e - row * a.Dv;
+    A mx = ninf;
+    for (int64_t s = 0; s < ns; ++s) mx = wm[row * ns + s] > mx ? wm[row * ns + s] : mx;
+    A l = 0, acc = 0;
+    if (mx != ninf) {
+      for (int64_t s = 0; s < ns; ++s) {
+        const A f = dexp(wm[row * ns + s] - mx);
+        l += wl[row * ns + s] * f;
+        acc += wacc[(row * ns + s) * a.Dv + d] * f;
+      }
+    }
+    st(static_cast<T*>(a.out) + e, l > 0 ? acc / l : A(0));
+    if (d == 0 && a.lse != nullptr) static_cast<A*>(a.lse)[row] = l > 0 ? mx + dlog(l) : ninf;
+  }
+}
+
+// D_i = dout_i . o_i, one thread per row.
+template <typename T>
+__device__ void rowdot_body(const Args& a) {
+  using A = acc_t<T>;
+  const T* o = static_cast<const T*>(a.o);
+  const T* g = static_cast<const T*>(a.dout);
+  for (int64_t r = cta() * kThreads + tid(); r < a.BH * a.N; r += ncta() * kThreads) {
+    A s = 0;
+    for (int64_t d = 0; d < a.Dv; ++d) s += ld(g + r * a.Dv + d) * ld(o + r * a.Dv + d);
+    static_cast<A*>(a.ws_D)[r] = s;
+  }
+}
+
+}  // namespace genfast::cuda::attn_dev
