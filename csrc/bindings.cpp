@@ -34,6 +34,7 @@
 #include "cuda/masked_conv_generate.h"
 #include "cuda/lstm_generate.h"
 #include "cuda/lstm.h"
+#include "cuda/attention.h"
 // [include:cuda]
 #define GENFAST_MODULE _cuda
 #else
@@ -734,7 +735,6 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
   // [bind:attention]
 
   // [bind:attention_bwd2]
-#ifndef GENFAST_WITH_CUDA
   m.def(
       "attention_bwd2",
       [](Ptr q, Ptr k, Ptr v, Ptr o, Ptr lse, Ptr dout, Ptr gq, Ptr gk, Ptr gv, Ptr Gq, Ptr Gk,
@@ -764,7 +764,6 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("gq"), py::arg("gk"), py::arg("gv"), py::arg("Gq"), py::arg("Gk"), py::arg("Gv"),
       py::arg("Gdout"), py::arg("B"), py::arg("Hh"), py::arg("N"), py::arg("M"), py::arg("Dk"),
       py::arg("Dv"), py::arg("causal"), py::arg("scale"), py::arg("dtype"), GENFAST_TAIL_NAME);
-#endif
 
 #ifndef GENFAST_WITH_CUDA
   // [bind:cpu:isa] Which copy of the multiversioned loops runs (common/isa.h). GENFAST_ISA is
