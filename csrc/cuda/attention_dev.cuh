@@ -61,7 +61,7 @@ __host__ __device__ inline int64_t tile_elems(int kind, int64_t bq, int64_t bk, 
                                               int64_t Dv) {
   const int64_t pk = pad(Dk), pv = pad(Dv), pp = bq * bk;
   switch (kind) {
-    case kFwd: return bq * (pk + Dv) + bk * (pk + pv) + pp + 3 * bq;
+    case kFwd: return bq * pk + bk * (pk + pv) + pp + 2 * kThreads;
     case kDkDv: return 2 * bk * (pk + pv) + bq * (pk + pv) + 2 * pp + 2 * bq;
     case kDq: return bq * (2 * pk + pv) + bk * (pk + pv) + pp + 2 * bq;
     case kStats: return bq * (2 * pk + pv) + 2 * bk * (pk + pv) + 3 * pp + 5 * bq;
@@ -201,23 +201,29 @@ __device__ __forceinline__ bool visible(const Args& a, int64_t i, int64_t j) {
 
 // ---- forward -------------------------------------------------------------------------------
 
-// One work item per (batch*head, query block, key split). The online softmax keeps the running
-// max m, sum l and the unnormalised accumulator per row; tiles past the causal horizon of the
-// block's last row are never loaded.
+// One work item per (batch*head, query block, key split). Query row i of the block belongs to a
+// group of G = kThreads / bq consecutive threads; lane c of the group computes the scores of keys
+// c, c + G, ... of each key tile in registers and owns the output columns c, c + G, ... of the
+// row, so the online softmax (running max m, sum l, rescaled accumulator) stays in registers,
+// every lane of a group holding the same m and l (same values, same order). Tiles past the causal
+// horizon of the block's last row are never loaded.
+constexpr int kMaxU = (64 * 16 + kThreads - 1) / kThreads;   // keys per lane (bk * bq <= 1024)
+constexpr int kMaxW = (256 * 16 + kThreads - 1) / kThreads;  // columns per lane (Dv <= 256)
+static_assert(kThreads % 16 == 0, "a query block of up to 16 rows splits the CTA evenly");
+
 template <typename T>
 __device__ void fwd_body(const Args& a) {
   using A = acc_t<T>;
-  const int bq = a.bq, bk = a.bk;
+  const int bq = a.bq, bk = a.bk, G = kThreads / bq;
   const int64_t Dk = a.Dk, Dv = a.Dv, N = a.N, M = a.M, pk = pad(Dk), pv = pad(Dv);
   A* sq = reinterpret_cast<A*>(smem());
-  A* sacc = sq + bq * pk;
-  A* sk = sacc + bq * Dv;
+  A* sk = sq + bq * pk;
   A* sv = sk + bk * pk;
   A* ss = sv + bk * pv;
-  A* sm = ss + bq * bk;
-  A* sl = sm + bq;
-  A* sal = sl + bq;
+  A* smax = ss + bq * bk;   // per-lane partial row maxima
+  A* ssum = smax + kThreads;  // per-lane partial row sums
   const A scale = scale_of<A>(a), ninf = neg_inf<A>();
+  const int i = tid() / G, c = tid() % G;
   const int64_t nqb = (N + bq - 1) / bq, nwork = a.BH * nqb * a.nsplit;
   for (int64_t w = cta(); w < nwork; w += ncta()) {
     const int64_t split = w % a.nsplit, qb = (w / a.nsplit) % nqb, bh = w / a.nsplit / nqb;
@@ -230,72 +236,84 @@ __device__ void fwd_body(const Args& a) {
     int64_t ke = lo(M, ks + a.chunk);
     if (a.causal) ke = lo(ke, i0 + nq + M - N);
     load_rows(sq, bq, pk, q, a.sq_n, i0, nq, Dk);
-    fill(sacc, bq * Dv, A(0));
-    for (int i = tid(); i < bq; i += kThreads) sm[i] = ninf, sl[i] = 0;
-    block_sync();
+    A m = ninf, l = 0, acc[kMaxW];
+#pragma unroll
+    for (int u = 0; u < kMaxW; ++u) acc[u] = 0;
     for (int64_t j0 = ks; j0 < ke; j0 += bk) {
       const int nk = static_cast<int>(lo<int64_t>(bk, ke - j0));
       load_keys(sk, bk, pk, k, a.sk_n, j0, nk, Dk, a.pool_w);
       load_keys(sv, bk, pv, v, a.sv_n, j0, nk, Dv, a.pool_w);
       block_sync();
-      for (int64_t e = tid(); e < bq * bk; e += kThreads) {
-        const int i = static_cast<int>(e / bk), j = static_cast<int>(e % bk);
-        const bool ok = i < nq && j < nk && visible(a, i0 + i, j0 + j);
-        ss[e] = ok ? scale * dot(sq + i * pk, sk + j * pk, Dk) : ninf;
-      }
-      block_sync();
-      for (int i = tid(); i < bq; i += kThreads) {
-        A* s = ss + i * bk;
-        A mx = sm[i];
-        for (int j = 0; j < bk; ++j) mx = s[j] > mx ? s[j] : mx;
-        if (mx == ninf) {  // nothing visible yet: keep m = -inf, l = 0, acc = 0
-          sal[i] = 1;
-          for (int j = 0; j < bk; ++j) s[j] = 0;
-          continue;
+      // Each lane's dot products share the q element they read; every sum still runs over d
+      // in order from 0, so S has the bits of the backward's scale * dot(q_i, k_j) (the
+      // backward's P is then <= 1 too).
+      A s[kMaxU];
+#pragma unroll
+      for (int u = 0; u < kMaxU; ++u) s[u] = 0;
+      for (int64_t d = 0; d < Dk; ++d) {
+        const A x = sq[i * pk + d];
+#pragma unroll
+        for (int u = 0; u < kMaxU; ++u) {
+          const int j = c + G * u;
+          if (j < bk) s[u] += x * sk[j * pk + d];
         }
-        const A al = dexp(sm[i] - mx);
-        A sum = 0;
-        for (int j = 0; j < bk; ++j) {
-          const A p = dexp(s[j] - mx);
-          s[j] = p;
-          sum += p;
-        }
-        sl[i] = sl[i] * al + sum, sm[i] = mx, sal[i] = al;
       }
+      A pmax = ninf;
+#pragma unroll
+      for (int u = 0; u < kMaxU; ++u) {
+        const int j = c + G * u;
+        s[u] = j < nk && i < nq && visible(a, i0 + i, j0 + j) ? scale * s[u] : ninf;
+        pmax = s[u] > pmax ? s[u] : pmax;
+      }
+      smax[tid()] = pmax;
       block_sync();
-      for (int64_t e = tid(); e < bq * Dv; e += kThreads) {
-        const int64_t i = e / Dv, d = e - i * Dv;
-        const A* p = ss + i * bk;
-        A acc = 0;
-        for (int j = 0; j < nk; ++j) acc += p[j] * sv[j * pv + d];
-        sacc[e] = sacc[e] * sal[i] + acc;
+      A mx = m;
+      for (int g = 0; g < G; ++g) mx = smax[i * G + g] > mx ? smax[i * G + g] : mx;
+      // Nothing visible yet: m stays -inf, l and acc 0.
+      const A al = mx == ninf ? A(1) : dexp(m - mx);
+      A psum = 0;
+#pragma unroll
+      for (int u = 0; u < kMaxU; ++u) {
+        const int j = c + G * u;
+        const A p = mx == ninf ? A(0) : dexp(s[u] - mx);
+        if (j < bk) ss[i * bk + j] = p;
+        psum += p;
       }
+      ssum[tid()] = psum;
       block_sync();
+      A sum = 0;
+      for (int g = 0; g < G; ++g) sum += ssum[i * G + g];
+      l = l * al + sum, m = mx;
+#pragma unroll
+      for (int u = 0; u < kMaxW; ++u) {
+        const int64_t d = c + int64_t{G} * u;
+        if (d >= Dv) break;
+        A t = 0;
+        for (int j = 0; j < nk; ++j) t += ss[i * bk + j] * sv[j * pv + d];
+        acc[u] = acc[u] * al + t;
+      }
+      block_sync();  // the next tile overwrites sk, sv, ss
     }
-    const int64_t row0 = bh * N + i0;
-    if (a.nsplit == 1) {
-      T* o = static_cast<T*>(a.out);
-      for (int64_t e = tid(); e < nq * Dv; e += kThreads) {
-        const A l = sl[e / Dv];
-        st(o + row0 * Dv + e, l > 0 ? sacc[e] / l : A(0));
+    const int64_t row = bh * N + i0 + i;
+    if (i < nq && a.nsplit == 1) {
+      T* o = static_cast<T*>(a.out) + row * Dv;
+#pragma unroll
+      for (int u = 0; u < kMaxW; ++u) {
+        const int64_t d = c + int64_t{G} * u;
+        if (d < Dv) st(o + d, l > 0 ? acc[u] / l : A(0));
       }
-      if (a.lse != nullptr)
-        for (int i = tid(); i < nq; i += kThreads)
-          static_cast<A*>(a.lse)[row0 + i] = sl[i] > 0 ? sm[i] + dlog(sl[i]) : ninf;
-    } else {
-      A* wm = static_cast<A*>(a.ws_m);
-      A* wl = static_cast<A*>(a.ws_l);
-      A* wacc = static_cast<A*>(a.ws_acc);
-      for (int i = tid(); i < nq; i += kThreads) {
-        const int64_t pw = (row0 + i) * a.nsplit + split;
-        wm[pw] = sm[i], wl[pw] = sl[i];
+      if (c == 0 && a.lse != nullptr) static_cast<A*>(a.lse)[row] = l > 0 ? m + dlog(l) : ninf;
+    } else if (i < nq) {
+      const int64_t pw = row * a.nsplit + split;
+      A* wacc = static_cast<A*>(a.ws_acc) + pw * Dv;
+#pragma unroll
+      for (int u = 0; u < kMaxW; ++u) {
+        const int64_t d = c + int64_t{G} * u;
+        if (d < Dv) wacc[d] = acc[u];
       }
-      for (int64_t e = tid(); e < nq * Dv; e += kThreads) {
-        const int64_t i = e / Dv, d = e - i * Dv;
-        wacc[((row0 + i) * a.nsplit + split) * Dv + d] = sacc[e];
-      }
+      if (c == 0) static_cast<A*>(a.ws_m)[pw] = m, static_cast<A*>(a.ws_l)[pw] = l;
     }
-    block_sync();  // the next work item overwrites the tiles
+    block_sync();  // the next work item overwrites sq
   }
 }
 
