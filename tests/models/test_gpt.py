@@ -6,6 +6,7 @@ the CLI (train / resume / sample with tokens/s) and bad input."""
 import argparse
 import functools
 import math
+import shutil
 
 import pytest
 import torch
@@ -184,7 +185,7 @@ def test_resume_is_exact(one_thread, tmp_path, monkeypatch):
     assert written == [3, 6, 3, 6]
 
 
-def test_cli_train_resume_and_sample(one_thread, tmp_path, capsys):
+def test_cli_train_resume_and_sample(one_thread, tmp_path, capsys, monkeypatch):
     data = tmp_path / "text.txt"
     data.write_text("\n".join(f"line {i}: " + TEXT[:45] for i in range(40)) + "\n")
     out = tmp_path / "run"
@@ -211,9 +212,13 @@ def test_cli_train_resume_and_sample(one_thread, tmp_path, capsys):
     ns.prime = "~"
     with pytest.raises(SystemExit, match="--prime: .*outside"):
         sample(GPT, ns)
-    ns.checkpoint = None
+    ns.checkpoint, ns.prime, ns.out = None, "line ", None
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="needs --checkpoint"):
         sample(GPT, ns)
+    (tmp_path / "runs" / "gpt").mkdir(parents=True)  # `genfast train gpt`'s default run
+    shutil.copy(out / "checkpoint.pt", tmp_path / "runs" / "gpt" / "checkpoint.pt")
+    assert sample(GPT, ns) == 0 and "gpt step 6: 30 characters" in capsys.readouterr().out
 
 
 def test_cli_rejects_a_bad_config(tmp_path):
