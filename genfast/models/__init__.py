@@ -14,12 +14,15 @@ from .char_rnn import CharRNN, CharRNNConfig
 from .conv_vae import ConvVAE, ConvVAEConfig
 from .dcgan import DCGAN, DCGANConfig
 from .gmm import GaussianMixture, GMMConfig
+from .gpt import GPT, GPTConfig
 from .gsgan import GSGAN, GSGANConfig
 from .gumbel_vae import GumbelVAE, GumbelVAEConfig
 from .lda import LatentDirichletAllocation, LDAConfig
 from .music_lstm import MusicLSTM, MusicLSTMConfig
 from .pixelcnn import GatedPixelCNNConfig, GatedPixelCNNModel, PixelCNNConfig, PixelCNNModel
+from .sagan import SAGAN, SAGANConfig
 from .sngan import SNGAN, SNGANConfig
+from .unet_nogan import UNetNoGAN, UNetNoGANConfig
 from .vae import VAE, VAEConfig
 from .wavenet import WaveNetConfig, WaveNetModel
 from .wgan_gp import WGANGP, WGANGPConfig
@@ -28,6 +31,7 @@ REGISTRY: dict[str, type[nn.Module]] = {
     "gumbel-vae": GumbelVAE,
     "dcgan": DCGAN,
     "sngan": SNGAN,
+    "sagan": SAGAN,
     "wgan-gp": WGANGP,
     "autoencoder": Autoencoder,
     "conv-autoencoder": ConvAutoencoder,
@@ -42,6 +46,8 @@ REGISTRY: dict[str, type[nn.Module]] = {
     "char-rnn": CharRNN,
     "music-lstm": MusicLSTM,
     "gsgan": GSGAN,
+    "unet-nogan": UNetNoGAN,
+    "gpt": GPT,
 }
 
 
@@ -61,4 +67,5 @@ __all__ = ["AAE", "VAE", "AAEConfig", "Autoencoder", "AutoencoderConfig", "ConvA
            "GMMConfig", "GaussianMixture", "LDAConfig", "LatentDirichletAllocation",
            "WaveNetConfig", "WaveNetModel", "GatedPixelCNNConfig", "GatedPixelCNNModel",
            "PixelCNNConfig", "PixelCNNModel", "GSGAN", "GSGANConfig",
-           "CharRNN", "CharRNNConfig", "MusicLSTM", "MusicLSTMConfig"]
+           "CharRNN", "CharRNNConfig", "MusicLSTM", "MusicLSTMConfig", "GPT", "GPTConfig",
+           "SAGAN", "SAGANConfig", "UNetNoGAN", "UNetNoGANConfig"]

@@ -1,5 +1,7 @@
 """Modules: drop-in replacements for torch.nn layers, built on genfast.ops."""
 
+from .attention import CausalSelfAttention, KVCache
+from .attention2d import SelfAttention2d
 from .causal_conv import CausalConv1d, WaveNet, WaveNetLayer
 from .gumbel import GumbelSoftmax, TemperatureSchedule
 from .lstm import LSTM, LSTMCell, convert_lstm, revert_lstm
@@ -14,9 +16,10 @@ from .spectral_norm import (
     spectral_norm,
 )
 
-__all__ = ["CausalConv1d", "GatedPixelCNNLayer", "GumbelSoftmax", "LSTM", "LSTMCell",
+__all__ = ["CausalConv1d", "CausalSelfAttention", "GatedPixelCNNLayer", "GumbelSoftmax",
+           "KVCache", "LSTM", "LSTMCell",
            "LSTMLanguageModel",
-           "MaskedConv2d", "PixelCNN",
+           "MaskedConv2d", "PixelCNN", "SelfAttention2d",
            "SpectralNorm", "SpectralNormGroup",
            "TemperatureSchedule",
            "convert_lstm", "convert_spectral_norm", "revert_lstm",
