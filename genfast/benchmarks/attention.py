@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 import genfast
 
-from .runner import COMPILED, Case, Factory, Inputs, backends_for
+from .report import rate_rows
+from .runner import COMPILED, Case, Factory, Inputs, backends_for, threads
 
 MAT, SDPA, FLOOR = "torch bmm+softmax", "torch SDPA", "1x1 convs + pool only (floor)"
 SAGAN = [(16, 64, 32, 32), (16, 64, 64, 64)]  # (B, C, H, W): the issue's CPU target shapes
@@ -30,6 +31,12 @@ CAUSAL = [(8, 8, 256, 64)]  # (B, Hh, T, D): the issue's CPU target
 QUICK_CAUSAL = [(2, 2, 9, 8)]
 GPU_CAUSAL = [(8, 12, T, 64) for T in (256, 1024, 4096)] + [(4, 16, 2048, 128)]
 PENALTY = "attention_double_backward"
+GEN_OP, RECOMPUTE = "gpt_generate", "recompute the prefix (nanoGPT's loop)"
+# (layers, heads, width, block, batch, tokens): the default GPT model's size, 512 tokens (the
+# issue's target), batch 1; the GPU adds a GPT-2-small-sized net
+GPT = [(4, 4, 128, 512, 1, 512)]
+QUICK_GPT = [(2, 2, 16, 16, 2, 12)]
+GPU_GPT = [(4, 4, 128, 512, 1, 512), (12, 12, 768, 1024, 8, 512)]
 
 
 def _no_double_backward(fn):
@@ -191,6 +198,37 @@ def causal_case(shape, dtype, device, mode, backends, compile_default=False,
                 compile_default=compile_default)
 
 
+# ------------------------------------------------------------------ GPT generation
+def _gpt_provider(kind, backend, cfg, dtype, device) -> Factory:
+    from genfast.models._gpt_net import GPTNet
+
+    layers, heads, width, block, B, n = cfg
+
+    def factory(inp: Inputs):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = GPTNet(96, block, layers, heads, width).to(device=device, dtype=dtype).eval()
+        prime = torch.zeros(B, 1, dtype=torch.long, device=device)
+
+        def run():
+            with threads(1 if B == 1 and not device.startswith("cuda") else None), \
+                    genfast.use_backend(backend or "auto"):
+                return net.generate(prime, n - 1, seed=0, use_cache=kind == "cache")
+        return run
+    return factory
+
+
+def gpt_case(cfg, dtype, device, backends) -> Case:
+    providers: dict[str, Factory] = {
+        f"genfast:{be}": _gpt_provider("cache", be, cfg, dtype, device)
+        for be in backends if be != "reference"}
+    providers[RECOMPUTE] = _gpt_provider("recompute", None, cfg, dtype, device)
+    layers, heads, width, block, B, n = cfg
+    return Case(op=GEN_OP, name=f"GPT {layers}x{width} h{heads} batch {B}", shape=cfg,
+                dtype=dtype, device=device, mode="sample", inputs=dict, providers=providers,
+                bytes=0, eager=RECOMPUTE, floor=RECOMPUTE, table=False)
+
+
 def cases(device: str = "cpu", scope: str = "default",
           dtypes: list[torch.dtype] | None = None) -> list[Case]:
     """quick: tiny shapes. default: the issue's SAGAN layer (B=16, C=64, 32x32 and 64x64) and
@@ -217,6 +255,9 @@ def cases(device: str = "cpu", scope: str = "default",
                                        compile_default=not quick and i == 0 and mode != "forward"))
         out.append(causal_case(causal[0], dtype, device, "forward+backward", backends,
                                penalty=True))
+        if dtype == dtypes[0]:
+            for cfg in QUICK_GPT if quick else (GPU_GPT if cuda else GPT):
+                out.append(gpt_case(cfg, dtype, device, backends))
     return out
 
 
@@ -231,6 +272,12 @@ def _tflops(r: dict) -> float | None:
     return f / (r["median_ms"] / 1e3) / 1e12
 
 
+def _tokens_per_s(r: dict) -> float | None:
+    if r.get("median_ms") is None:
+        return None
+    return r["shape"][4] * (r["shape"][5] - 1) / (r["median_ms"] / 1e3)
+
+
 def sections(rows: list[dict]) -> list[str]:
     """Causal attention in TFLOP/s; the SAGAN layer's peak memory (CPU: peak RSS of one
     forward+backward in a fresh process; CUDA: the runner's peak allocation)."""
@@ -241,6 +288,13 @@ def sections(rows: list[dict]) -> list[str]:
                 "| case | mode | provider | TFLOP/s |", "|---|---|---|---:|"]
         out += [f"| {r['case']} {'x'.join(map(str, r['shape']))} | {r['mode']} | "
                 f"{r['provider']} | {_tflops(r):.3g} |" for r in mine]
+        out.append("")
+    gen = [r for r in rows if r["op"] == GEN_OP]
+    if gen:
+        out += [f"### {GEN_OP}: {gen[0]['shape'][5]} tokens per stream from a 1-token prime "
+                "(batch 1 on 1 CPU thread); the KV cache vs recomputing the prefix per token", "",
+                "| case | provider | tokens/s | genfast vs it |", "|---|---|---:|---:|"]
+        out += rate_rows(gen, _tokens_per_s, lambda r, rate: f"{rate:,.4g}")
         out.append("")
     sagan = [r for r in rows if r["op"] == "sagan_attention" and r["mode"] == "forward+backward"]
     if sagan:
