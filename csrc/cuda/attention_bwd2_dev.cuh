@@ -24,23 +24,40 @@ struct Tiles2 {
   A *q, *gq, *dO, *k, *gk, *v, *gv;
 };
 
-template <typename A>
-__device__ __forceinline__ PairVals<A> pair_vals(const Args& a, const Tiles2<A>& t, const A* slse,
-                                                 int64_t i0, int i, int nq, int64_t j0, int j,
-                                                 int nk) {
-  PairVals<A> r{0, 0, 0, 0};
-  if (i >= nq || j >= nk || slse[i] == neg_inf<A>() || !visible(a, i0 + i, j0 + j)) return r;
-  const int64_t pk = pad(a.Dk), pv = pad(a.Dv);
+// The values of this lane's pairs: query-major (lane groups per query row, partners are keys)
+// or key-major (groups per key, partners are query rows). Absent gq / gk / gv skip their dots.
+template <bool kKeyMajor, typename A>
+__device__ void lane_pairs(const Args& a, const Tiles2<A>& t, const A* slse, int64_t i0, int nq,
+                           int64_t j0, int nk, const Lanes& L, PairVals<A> (&v)[kPairU]) {
+  const int64_t pk = pad(a.Dk), pv = pad(a.Dv), Dk = a.Dk, Dv = a.Dv;
+  const int ny = kKeyMajor ? a.bq : a.bk;
   const A scale = scale_of<A>(a);
-  const A *q = t.q + i * pk, *k = t.k + j * pk, *g = t.dO + i * pv;
-  r.p = dexp(scale * dot(q, k, a.Dk) - slse[i]);
-  r.dp = dot(g, t.v + j * pv, a.Dv);
-  A x = 0;
-  if (a.gq != nullptr) x += dot(t.gq + i * pk, k, a.Dk);
-  if (a.gk != nullptr) x += dot(q, t.gk + j * pk, a.Dk);
-  r.x = scale * x;
-  r.y = a.gv != nullptr ? dot(g, t.gv + j * pv, a.Dv) : A(0);
-  return r;
+  A s[kPairU], dp[kPairU], x1[kPairU], x2[kPairU], y[kPairU];
+#pragma unroll
+  for (int u = 0; u < kPairU; ++u) x1[u] = 0, x2[u] = 0, y[u] = 0;
+  if constexpr (kKeyMajor) {
+    const int64_t j = L.x;
+    lane_dots(s, t.k + j * pk, t.q, pk, L, ny, Dk);
+    lane_dots(dp, t.v + j * pv, t.dO, pv, L, ny, Dv);
+    if (a.gq != nullptr) lane_dots(x1, t.k + j * pk, t.gq, pk, L, ny, Dk);
+    if (a.gk != nullptr) lane_dots(x2, t.gk + j * pk, t.q, pk, L, ny, Dk);
+    if (a.gv != nullptr) lane_dots(y, t.gv + j * pv, t.dO, pv, L, ny, Dv);
+  } else {
+    const int64_t i = L.x;
+    lane_dots(s, t.q + i * pk, t.k, pk, L, ny, Dk);
+    lane_dots(dp, t.dO + i * pv, t.v, pv, L, ny, Dv);
+    if (a.gq != nullptr) lane_dots(x1, t.gq + i * pk, t.k, pk, L, ny, Dk);
+    if (a.gk != nullptr) lane_dots(x2, t.q + i * pk, t.gk, pk, L, ny, Dk);
+    if (a.gv != nullptr) lane_dots(y, t.dO + i * pv, t.gv, pv, L, ny, Dv);
+  }
+#pragma unroll
+  for (int u = 0; u < kPairU; ++u) {
+    const int yy = L.c + L.G * u, i = kKeyMajor ? yy : L.x, j = kKeyMajor ? L.x : yy;
+    v[u] = PairVals<A>{0, 0, 0, 0};
+    if (yy >= ny || i >= nq || j >= nk || slse[i] == neg_inf<A>() || !visible(a, i0 + i, j0 + j))
+      continue;
+    v[u] = PairVals<A>{dexp(scale * s[u] - slse[i]), dp[u], scale * (x1[u] + x2[u]), y[u]};
+  }
 }
 
 template <typename T, typename A>
@@ -107,10 +124,17 @@ __device__ void stats_body(const Args& a) {
       const int nk = static_cast<int>(lo<int64_t>(bk, ke - j0));
       load_key_tiles<T>(a, t, bh, j0, nk);
       block_sync();
-      for (int64_t e = tid(); e < pp; e += kThreads) {
-        const PairVals<A> v =
-            pair_vals(a, t, slse, i0, static_cast<int>(e / bk), nq, j0, static_cast<int>(e % bk), nk);
-        m1[e] = v.p * v.x, m2[e] = v.p * v.y, m3[e] = v.p * v.x * v.dp;
+      {
+        const Lanes L = lanes_of(bq);
+        PairVals<A> v[kPairU];
+        lane_pairs<false>(a, t, slse, i0, nq, j0, nk, L, v);
+#pragma unroll
+        for (int u = 0; u < kPairU; ++u) {
+          const int j = L.c + L.G * u;
+          if (j >= bk) continue;
+          const int64_t e = L.x * bk + j;
+          m1[e] = v[u].p * v[u].x, m2[e] = v[u].p * v[u].y, m3[e] = v[u].p * v[u].x * v[u].dp;
+        }
       }
       block_sync();
       for (int i = tid(); i < bq; i += kThreads)
@@ -128,18 +152,25 @@ __device__ void stats_body(const Args& a) {
 }
 
 // dS, U, Z (and P when sp is given) of every pair of the step's tiles.
-template <typename A>
+template <bool kKeyMajor, typename A>
 __device__ void pair_grads(const Args& a, const Tiles2<A>& t, const A* st4, A* sp, A* sds, A* su,
                            A* sz, int64_t i0, int nq, int64_t j0, int nk) {
   const int bq = a.bq, bk = a.bk;
   const A *slse = st4, *sD = st4 + bq, *sr = sD + bq, *sw = sr + bq;
-  for (int64_t e = tid(); e < int64_t{bq} * bk; e += kThreads) {
-    const int i = static_cast<int>(e / bk), j = static_cast<int>(e % bk);
-    const PairVals<A> v = pair_vals(a, t, slse, i0, i, nq, j0, j, nk);
-    const A dpd = v.dp - sD[i];
-    const A W = v.y + v.x * dpd - sr[i] * v.dp;
-    if (sp != nullptr) sp[e] = v.p;
-    sds[e] = v.p * dpd, su[e] = v.p * (W - sw[i]), sz[e] = v.p * (v.x - sr[i]);
+  const Lanes L = lanes_of(kKeyMajor ? bk : bq);
+  const int ny = kKeyMajor ? bq : bk;
+  PairVals<A> v[kPairU];
+  lane_pairs<kKeyMajor>(a, t, slse, i0, nq, j0, nk, L, v);
+#pragma unroll
+  for (int u = 0; u < kPairU; ++u) {
+    const int y = L.c + L.G * u;
+    if (y >= ny) continue;
+    const int i = kKeyMajor ? y : L.x;
+    const int64_t e = kKeyMajor ? int64_t{y} * bk + L.x : int64_t{L.x} * bk + y;
+    const A dpd = v[u].dp - sD[i];
+    const A W = v[u].y + v[u].x * dpd - sr[i] * v[u].dp;
+    if (sp != nullptr) sp[e] = v[u].p;
+    sds[e] = v[u].p * dpd, su[e] = v[u].p * (W - sw[i]), sz[e] = v[u].p * (v[u].x - sr[i]);
   }
 }
 
@@ -172,7 +203,7 @@ __device__ void gradq_body(const Args& a) {
       const int nk = static_cast<int>(lo<int64_t>(bk, ke - j0));
       load_key_tiles<T>(a, t, bh, j0, nk);
       block_sync();
-      pair_grads(a, t, st4, sp, sds, su, sz, i0, nq, j0, nk);
+      pair_grads<false>(a, t, st4, sp, sds, su, sz, i0, nq, j0, nk);
       block_sync();
       for (int64_t e = tid(); e < bq * Dk; e += kThreads) {
         const int64_t i = e / Dk, d = e - i * Dk;
@@ -227,7 +258,7 @@ __device__ void gradk_body(const Args& a) {
       load_query_tiles<T>(a, t, bh, i0, nq);
       load_stats2(a, st4, bh * N + i0, nq);
       block_sync();
-      pair_grads<A>(a, t, st4, nullptr, sds, su, sz, i0, nq, j0, nk);
+      pair_grads<true, A>(a, t, st4, nullptr, sds, su, sz, i0, nq, j0, nk);
       block_sync();
       for (int64_t e = tid(); e < bk * Dk; e += kThreads) {
         const int64_t j = e / Dk, d = e - j * Dk;

@@ -12,23 +12,37 @@
 
 namespace genfast::cuda::attn_dev {
 
-// P_ij and dS_ij = P_ij (dP_ij - D_i) for every pair of the tiles; zero where masked.
-template <typename A>
+// P_ij and dS_ij = P_ij (dP_ij - D_i) for every pair of the tiles; zero where masked. Key-major
+// (dkdv: lane groups per key) or query-major (dq: lane groups per query row); sp null: P not kept.
+template <bool kKeyMajor, typename A>
 __device__ void pair_ds(const Args& a, A* sp, A* sds, const A* sq, const A* sdo, const A* slse,
                         const A* sD, const A* sk, const A* sv, int64_t i0, int nq, int64_t j0,
                         int nk) {
   const int bq = a.bq, bk = a.bk;
   const int64_t pk = pad(a.Dk), pv = pad(a.Dv);
   const A scale = scale_of<A>(a), ninf = neg_inf<A>();
-  for (int64_t e = tid(); e < int64_t{bq} * bk; e += kThreads) {
-    const int i = static_cast<int>(e / bk), j = static_cast<int>(e % bk);
+  const Lanes L = lanes_of(kKeyMajor ? bk : bq);
+  const int ny = kKeyMajor ? bq : bk;
+  A s[kPairU], dp[kPairU];
+  if constexpr (kKeyMajor) {
+    lane_dots(s, sk + L.x * pk, sq, pk, L, ny, a.Dk);
+    lane_dots(dp, sv + L.x * pv, sdo, pv, L, ny, a.Dv);
+  } else {
+    lane_dots(s, sq + L.x * pk, sk, pk, L, ny, a.Dk);
+    lane_dots(dp, sdo + L.x * pv, sv, pv, L, ny, a.Dv);
+  }
+#pragma unroll
+  for (int u = 0; u < kPairU; ++u) {
+    const int y = L.c + L.G * u;
+    if (y >= ny) continue;
+    const int i = kKeyMajor ? y : L.x, j = kKeyMajor ? L.x : y;
     A p = 0, ds = 0;
     if (i < nq && j < nk && slse[i] != ninf && visible(a, i0 + i, j0 + j)) {
-      p = dexp(scale * dot(sq + i * pk, sk + j * pk, a.Dk) - slse[i]);
-      ds = p * (dot(sdo + i * pv, sv + j * pv, a.Dv) - sD[i]);
+      p = dexp(scale * s[u] - slse[i]);
+      ds = p * (dp[u] - sD[i]);
     }
-    if (sp != nullptr) sp[e] = p;
-    sds[e] = ds;
+    if (sp != nullptr) sp[i * bk + j] = p;
+    sds[i * bk + j] = ds;
   }
 }
 
@@ -114,7 +128,7 @@ __device__ void dkdv_body(const Args& a) {
       load_rows(sdo, bq, pv, g, Dv, i0, nq, Dv);
       load_row_stats(a, slse, sD, bh * N + i0, nq);
       block_sync();
-      pair_ds(a, sp, sds, sq, sdo, slse, sD, sk, sv, i0, nq, j0, nk);
+      pair_ds<true>(a, sp, sds, sq, sdo, slse, sD, sk, sv, i0, nq, j0, nk);
       block_sync();
       for (int64_t e = tid(); e < bk * Dv; e += kThreads) {
         const int64_t j = e / Dv, d = e - j * Dv;
@@ -184,7 +198,7 @@ __device__ void dq_body(const Args& a) {
       load_keys(sk, bk, pk, k, Dk, j0, nk, Dk, a.pool_w);
       load_keys(sv, bk, pv, v, Dv, j0, nk, Dv, a.pool_w);
       block_sync();
-      pair_ds<A>(a, nullptr, sds, sq, sdo, slse, sD, sk, sv, i0, nq, j0, nk);
+      pair_ds<false, A>(a, nullptr, sds, sq, sdo, slse, sD, sk, sv, i0, nq, j0, nk);
       block_sync();
       for (int64_t e = tid(); e < bq * Dk; e += kThreads) {
         const int64_t i = e / Dk, d = e - i * Dk;

@@ -189,6 +189,35 @@ __device__ __forceinline__ A dot(const A* x, const A* y, int64_t n) {
   return s;
 }
 
+// Lane layout of the backward kernels' pair step: a group of G = kThreads / nx lanes per x (a
+// query row or a key of the tile), lane c taking the partners y = c, c + G, ... (< ny). A lane
+// reads x's element once per d for all its partners. Tiles have bq * bk <= 16 * 32 pairs.
+constexpr int kPairU = (16 * 32 + kThreads - 1) / kThreads;
+struct Lanes {
+  int x, c, G;
+};
+__device__ __forceinline__ Lanes lanes_of(int nx) {
+  const int G = kThreads / nx;
+  return {tid() / G, tid() % G, G};
+}
+
+// out[u] = x . Y[c + G u] for this lane's partners (0 past ny). Every sum runs over d in order
+// from 0, the bits of dot(x, y) and of the forward's scores.
+template <typename A>
+__device__ __forceinline__ void lane_dots(A (&out)[kPairU], const A* x, const A* Y, int64_t ld,
+                                          const Lanes& L, int ny, int64_t D) {
+#pragma unroll
+  for (int u = 0; u < kPairU; ++u) out[u] = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    const A xv = x[d];
+#pragma unroll
+    for (int u = 0; u < kPairU; ++u) {
+      const int y = L.c + L.G * u;
+      if (y < ny) out[u] += xv * Y[y * ld + d];
+    }
+  }
+}
+
 template <typename A>
 __device__ __forceinline__ void fill(A* p, int64_t n, A v) {
   for (int64_t e = tid(); e < n; e += kThreads) p[e] = v;
