@@ -69,6 +69,20 @@ def test_test_crops_fixed_grid(crops):
     # 128-pixel windows, stride 64, over 427 rows of a 128-column strip: 6 per photo.
     assert t.shape == (12, 3, 32, 32)
     torch.testing.assert_close(t, crops.test_crops(32), rtol=0, atol=0)
+    t2, which = crops.labelled_test_crops(32)
+    assert torch.equal(t, t2) and which.tolist() == [0] * 6 + [1] * 6
+
+
+def test_labelled_batches_name_the_photo():
+    c = PhotoCrops("sklearn", window=(32, 96))
+    x, which = c.labelled_train_batch(16, 16, seed=0, step=0)
+    assert torch.equal(x, c.train_batch(16, 16, seed=0, step=0))
+    assert set(which.tolist()) == {0, 1}
+    # Each crop really comes from the photo it is labelled with: swap the photos' contents
+    # for constants and the crops follow.
+    c.photos = [torch.zeros_like(c.photos[0]), torch.ones_like(c.photos[1])]
+    x, which = c.labelled_train_batch(16, 16, seed=0, step=0)
+    torch.testing.assert_close(x.flatten(1).mean(1), which.float(), rtol=0, atol=1e-6)
 
 
 def test_colour_space_round_trip():

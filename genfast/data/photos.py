@@ -157,6 +157,11 @@ class PhotoCrops:
 
     def train_batch(self, n: int, size: int, seed: int, step: int) -> Tensor:
         """(n, 3, size, size) RGB training crops, a pure function of (seed, step)."""
+        return self.labelled_train_batch(n, size, seed, step)[0]
+
+    def labelled_train_batch(self, n: int, size: int, seed: int, step: int
+                             ) -> tuple[Tensor, Tensor]:
+        """:meth:`train_batch` and the index (into ``names``) of each crop's photo."""
         _check_size(size)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an int >= 1, got {n!r}")
@@ -172,20 +177,26 @@ class PhotoCrops:
             top = int(uy * (p.shape[-2] - side + 1))
             left = int(ux * (self.train_width[i] - side + 1))
             out.append(_window(p, top, left, side, size, flip))
-        return torch.cat(out)
+        return torch.cat(out), torch.tensor(which)
 
     def test_crops(self, size: int, window: int = TEST_WINDOW) -> Tensor:
         """(N, 3, size, size) held-out crops: windows of side `window` tiling each photo's
         held-out strip (stride half a window, the last flush with the border)."""
+        return self.labelled_test_crops(size, window)[0]
+
+    def labelled_test_crops(self, size: int, window: int = TEST_WINDOW
+                            ) -> tuple[Tensor, Tensor]:
+        """:meth:`test_crops` and the index of each crop's photo."""
         _check_size(size)
-        out = []
-        for p, tw in zip(self.photos, self.train_width, strict=False):
+        out, which = [], []
+        for i, (p, tw) in enumerate(zip(self.photos, self.train_width, strict=True)):
             h, w = p.shape[-2:]
             side = min(window, h, w - tw)
             tops = _starts(h, side)
             lefts = _starts(w - tw, side)
             out += [_window(p, t, tw + lft, side, size, False) for t in tops for lft in lefts]
-        return torch.cat(out)
+            which += [i] * (len(tops) * len(lefts))
+        return torch.cat(out), torch.tensor(which)
 
 
 def _starts(extent: int, side: int) -> list[int]:

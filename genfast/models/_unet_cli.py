@@ -150,8 +150,11 @@ def train(cls: type, args: Any) -> int:
         t0 = time.perf_counter()
         net, acc = cached_feature_net(crops)
         model.set_feature_net(net)
-        print(f"feature net (rotation prediction on {', '.join(crops.names)}): held-out "
-              f"accuracy {acc:.3f} (chance 0.25), {time.perf_counter() - t0:.1f} s")
+        n = len(crops.names)
+        print(f"feature net ((rotation, photo) of crops of {', '.join(crops.names)}): held-out "
+              f"accuracy {acc['joint']:.3f} (chance {1 / (4 * n):.3f}), rotation "
+              f"{acc['rotation']:.3f} (chance 0.25), photo {acc['photo']:.3f} (chance "
+              f"{1 / n:.3f}); {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     try:
         with genfast.use_backend(args.backend):

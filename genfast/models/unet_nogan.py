@@ -39,7 +39,7 @@ from genfast.data.photos import resolve_photos, rgb_to_ycbcr, ycbcr_to_rgb
 from genfast.nn.spectral_norm import SpectralNormGroup
 
 from . import _unet_metrics as metrics
-from ._unet_features import FeatureLoss, PhotoFeatureNet
+from ._unet_features import FeatureLoss, PhotoFeatures
 from ._unet_net import UNet, critic
 
 PHASES = ("pretrain", "critic", "gan")
@@ -150,7 +150,7 @@ class UNetNoGAN(nn.Module):
                          if c.baseline else None)
         self.critic = critic(3, c.critic_width, c.critic_blocks)
         # Untrained until set_feature_net (the CLI trains / loads it; a checkpoint holds it).
-        self.feature_loss = FeatureLoss(PhotoFeatureNet(), c.feature_weights)
+        self.feature_loss = FeatureLoss(PhotoFeatures(), c.feature_weights)
         self._sn = [SpectralNormGroup(self.generator), SpectralNormGroup(self.critic)]
         # last losses (generator, baseline, critic, adversarial), reported every step so the
         # trainer's window means are means of real values; GAN switcher mode (1: generator).
@@ -180,7 +180,7 @@ class UNetNoGAN(nn.Module):
                 return ph
         raise ValueError(f"step {step} is past the schedule's {self.total_steps} steps")
 
-    def set_feature_net(self, net: PhotoFeatureNet) -> None:
+    def set_feature_net(self, net: PhotoFeatures) -> None:
         self.feature_loss.net.load_state_dict(net.state_dict())
 
     # -- colourisation ------------------------------------------------------------------------

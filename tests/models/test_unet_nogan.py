@@ -72,7 +72,7 @@ def test_progressive_schedule_and_stage_switch(crops):
 
 def test_feature_loss_finite_differentiable_and_frozen():
     torch.manual_seed(0)
-    fl = _unet_features.FeatureLoss(_unet_features.PhotoFeatureNet(), (0.2, 0.7, 0.1))
+    fl = _unet_features.FeatureLoss(_unet_features.PhotoFeatures(), (0.2, 0.7, 0.1))
     fl.train()
     assert not fl.net.training  # BatchNorm keeps its statistics
     x, t = torch.rand(2, 3, 16, 16, requires_grad=True), torch.rand(2, 3, 16, 16)
@@ -84,7 +84,7 @@ def test_feature_loss_finite_differentiable_and_frozen():
     assert float(fl.distance(t, t)) == 0.0
     assert fl.distance(x, t, reduce=False).shape == (2,)
     with pytest.raises(ValueError, match="one per block"):
-        _unet_features.FeatureLoss(_unet_features.PhotoFeatureNet(), (1.0, 2.0))
+        _unet_features.FeatureLoss(_unet_features.PhotoFeatures(), (1.0, 2.0))
 
 
 def test_each_phase_trains(crops):
@@ -155,8 +155,9 @@ def test_resume_across_stage_and_phase_boundaries(crops, tmp_path):
 
 def test_cli_train_report_and_sample(tmp_path, monkeypatch, capsys):
     torch.manual_seed(0)
-    net = _unet_features.PhotoFeatureNet().eval().requires_grad_(False)
-    monkeypatch.setattr(_unet_features, "cached_feature_net", lambda crops: (net, 0.5))
+    net = _unet_features.PhotoFeatures().eval().requires_grad_(False)
+    monkeypatch.setattr(_unet_features, "cached_feature_net",
+                        lambda crops: (net, {"joint": 0.5, "rotation": 0.5, "photo": 0.5}))
     from genfast.cli import main
 
     out = tmp_path / "run"
@@ -182,7 +183,8 @@ def test_cli_train_report_and_sample(tmp_path, monkeypatch, capsys):
 def test_feature_net_trains_and_caches(tmp_path, monkeypatch):
     c = PhotoCrops("sklearn", window=(48, 96))
     net, acc = _unet_features.cached_feature_net(c, str(tmp_path), steps=3)
-    assert 0.0 <= acc <= 1.0 and len(list(tmp_path.iterdir())) == 1
+    assert set(acc) == {"joint", "rotation", "photo"} and len(list(tmp_path.iterdir())) == 1
+    assert all(0.0 <= v <= 1.0 for v in acc.values()) and acc["joint"] <= acc["photo"]
 
     def boom(*a, **k):
         raise AssertionError("the cached weights should have been used")
