@@ -205,19 +205,13 @@ __device__ void gradq_body(const Args& a) {
       block_sync();
       pair_grads<false>(a, t, st4, sp, sds, su, sz, i0, nq, j0, nk);
       block_sync();
-      for (int64_t e = tid(); e < bq * Dk; e += kThreads) {
-        const int64_t i = e / Dk, d = e - i * Dk;
-        A acc = 0;
-        for (int j = 0; j < nk; ++j)
-          acc += sds[i * bk + j] * t.gk[j * pk + d] + su[i * bk + j] * t.k[j * pk + d];
-        sGq[i * pk + d] += scale * acc;
-      }
-      for (int64_t e = tid(); e < bq * Dv; e += kThreads) {
-        const int64_t i = e / Dv, d = e - i * Dv;
-        A acc = 0;
-        for (int j = 0; j < nk; ++j)
-          acc += sp[i * bk + j] * t.gv[j * pv + d] + sz[i * bk + j] * t.v[j * pv + d];
-        sGdo[i * pv + d] += acc;
+      {  // GQ += s (dS gk + U k), GdO += P gv + Z v
+        const A* cq[2] = {sds, su};
+        const A* rq[2] = {t.gk, t.k};
+        const A* co[2] = {sp, sz};
+        const A* ro[2] = {t.gv, t.v};
+        accumulate(sGq, pk, nq, Dk, nk, scale, cq, bk, 1, rq, pk);
+        accumulate(sGdo, pv, nq, Dv, nk, A(1), co, bk, 1, ro, pv);
       }
       block_sync();
     }
@@ -260,18 +254,13 @@ __device__ void gradk_body(const Args& a) {
       block_sync();
       pair_grads<true, A>(a, t, st4, nullptr, sds, su, sz, i0, nq, j0, nk);
       block_sync();
-      for (int64_t e = tid(); e < bk * Dk; e += kThreads) {
-        const int64_t j = e / Dk, d = e - j * Dk;
-        A acc = 0;
-        for (int i = 0; i < nq; ++i)
-          acc += sds[i * bk + j] * t.gq[i * pk + d] + su[i * bk + j] * t.q[i * pk + d];
-        sGk[j * pk + d] += scale * acc;
-      }
-      for (int64_t e = tid(); e < bk * Dv; e += kThreads) {
-        const int64_t j = e / Dv, d = e - j * Dv;
-        A acc = 0;
-        for (int i = 0; i < nq; ++i) acc += sz[i * bk + j] * t.dO[i * pv + d];
-        sGv[j * pv + d] += acc;
+      {  // GK += s (dS^T gq + U^T q), GV += Z^T dO
+        const A* ck[2] = {sds, su};
+        const A* rk[2] = {t.gq, t.q};
+        const A* cv[1] = {sz};
+        const A* rv[1] = {t.dO};
+        accumulate(sGk, pk, nk, Dk, nq, scale, ck, 1, bk, rk, pk);
+        accumulate(sGv, pv, nk, Dv, nq, A(1), cv, 1, bk, rv, pv);
       }
       block_sync();
     }

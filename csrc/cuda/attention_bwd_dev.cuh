@@ -130,17 +130,13 @@ __device__ void dkdv_body(const Args& a) {
       block_sync();
       pair_ds<true>(a, sp, sds, sq, sdo, slse, sD, sk, sv, i0, nq, j0, nk);
       block_sync();
-      for (int64_t e = tid(); e < bk * Dv; e += kThreads) {
-        const int64_t j = e / Dv, d = e - j * Dv;
-        A acc = 0;
-        for (int i = 0; i < nq; ++i) acc += sp[i * bk + j] * sdo[i * pv + d];
-        sdv[j * pv + d] += acc;
-      }
-      for (int64_t e = tid(); e < bk * Dk; e += kThreads) {
-        const int64_t j = e / Dk, d = e - j * Dk;
-        A acc = 0;
-        for (int i = 0; i < nq; ++i) acc += sds[i * bk + j] * sq[i * pk + d];
-        sdk[j * pk + d] += scale * acc;
+      {  // dV += P^T dO, dK += s dS^T q (pair matrices indexed [i * bk + j])
+        const A* cp[1] = {sp};
+        const A* cs[1] = {sds};
+        const A* rdo[1] = {sdo};
+        const A* rq[1] = {sq};
+        accumulate(sdv, pv, nk, Dv, nq, A(1), cp, 1, bk, rdo, pv);
+        accumulate(sdk, pk, nk, Dk, nq, scale, cs, 1, bk, rq, pk);
       }
       block_sync();
     }
@@ -200,11 +196,10 @@ __device__ void dq_body(const Args& a) {
       block_sync();
       pair_ds<false, A>(a, nullptr, sds, sq, sdo, slse, sD, sk, sv, i0, nq, j0, nk);
       block_sync();
-      for (int64_t e = tid(); e < bq * Dk; e += kThreads) {
-        const int64_t i = e / Dk, d = e - i * Dk;
-        A acc = 0;
-        for (int j = 0; j < nk; ++j) acc += sds[i * bk + j] * sk[j * pk + d];
-        sdq[i * pk + d] += scale * acc;
+      {  // dQ += s dS K
+        const A* cs[1] = {sds};
+        const A* rk[1] = {sk};
+        accumulate(sdq, pk, nq, Dk, nk, scale, cs, bk, 1, rk, pk);
       }
       block_sync();
     }

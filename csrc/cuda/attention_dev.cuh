@@ -218,6 +218,41 @@ __device__ __forceinline__ void lane_dots(A (&out)[kPairU], const A* x, const A*
   }
 }
 
+// out[x][d] += f * sum_{y < ny} sum_t C_t[x cx + y cy] R_t[y][d] for x < nx, d < D (the
+// backward kernels' products of a pair matrix with a tile). A thread owns 2 x 4 outputs: rows
+// x0, x0 + 1 and columns d0 + u ceil(D/4), so a warp reads consecutive columns (no bank
+// conflicts) and 6 shared loads feed 8 multiply-adds per term.
+template <int NT, typename A>
+__device__ void accumulate(A* out, int64_t ldo, int nx, int64_t D, int ny, A f,
+                           const A* const (&C)[NT], int64_t cx, int64_t cy,
+                           const A* const (&R)[NT], int64_t ldr) {
+  const int64_t nd = (D + 3) / 4, items = (nx + 1) / 2 * nd;
+  for (int64_t e = tid(); e < items; e += kThreads) {
+    const int64_t x0 = 2 * (e / nd), d0 = e % nd;
+    const bool two = x0 + 1 < nx;
+    A acc[2][4] = {};
+    for (int y = 0; y < ny; ++y) {
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        const A c0 = C[t][x0 * cx + y * cy], c1 = two ? C[t][(x0 + 1) * cx + y * cy] : A(0);
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int64_t d = d0 + nd * u;
+          const A r = d < D ? R[t][y * ldr + d] : A(0);
+          acc[0][u] += c0 * r, acc[1][u] += c1 * r;
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int64_t d = d0 + nd * u;
+      if (d >= D) continue;
+      out[x0 * ldo + d] += f * acc[0][u];
+      if (two) out[(x0 + 1) * ldo + d] += f * acc[1][u];
+    }
+  }
+}
+
 template <typename A>
 __device__ __forceinline__ void fill(A* p, int64_t n, A v) {
   for (int64_t e = tid(); e < n; e += kThreads) p[e] = v;
