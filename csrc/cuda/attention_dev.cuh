@@ -3,11 +3,13 @@
 //
 // Every kernel is a tile loop in shared memory: a CTA owns a block of query rows (forward, dq,
 // the double backward's row statistics and its query-side gradients) or of keys (dk / dv and the
-// double backward's key-side gradients), walks the other side tile by tile, forms the (bq x bk)
-// pair values (S, P, dS, ...) with one thread per pair, and accumulates the products into
-// shared-memory accumulators with one thread per output element. Each output value is one
-// thread's fixed-order sum, so results do not depend on the GPU or on the grid size, and no
-// kernel uses atomics. Tiles hold the math type (float, or double for float64); tile sizes are
+// double backward's key-side gradients) and walks the other side tile by tile. The (bq x bk)
+// pair values (S, P, dS, ...) are formed by lane groups, one group per row (or key) of the
+// CTA's own side; the forward keeps its softmax state and output in those lanes' registers, the
+// backward kernels accumulate the pair-matrix x tile products in shared memory (accumulate()).
+// Each output value is one thread's fixed-order sum, so results do not depend on the GPU or on
+// the grid size, and no kernel uses atomics. No tensor cores yet: SIMT multiply-adds in the math
+// type for every dtype. Tiles hold the math type (float, or double for float64); tile sizes are
 // chosen per kernel and head dims so the whole working set fits the default 48 KB of shared
 // memory (plan_tiles). The primitives below (thread / CTA index, barrier, shared memory) are the
 // only GPU-specific calls: tests/cuda_emu/attention_emu.cpp defines them with host threads and
