@@ -79,9 +79,12 @@ struct Tiles {
 
 // Largest tiles (from 16 queries x 64 keys for the forward, 16 x 32 otherwise) whose working set
 // fits the budget: halve the larger side first. Head dims <= 256 always fit (1 x 1 needs at most
-// 18 rows of 257 doubles).
-__host__ __device__ inline Tiles plan_tiles(int kind, int64_t Dk, int64_t Dv, int64_t ea) {
+// 18 rows of 257 doubles). `rows` (the forward's N) caps bq at the power of two that holds them:
+// a decode step's one query row then gets every lane of its CTA.
+__host__ __device__ inline Tiles plan_tiles(int kind, int64_t Dk, int64_t Dv, int64_t ea,
+                                            int64_t rows = 16) {
   int bq = 16, bk = kind == kFwd ? 64 : 32;
+  while (bq > 1 && bq / 2 >= rows) bq /= 2;
   while (tile_elems(kind, bq, bk, Dk, Dv) * ea > kSmemBudget && (bq > 1 || bk > 1)) {
     if (bk >= bq && bk > 1) bk /= 2;
     else bq /= 2;
@@ -99,8 +102,8 @@ struct Split {
 };
 constexpr int64_t kDecodeRows = 16;   // queries per (batch, head) that count as decode
 constexpr int64_t kTargetCtas = 256;  // about two waves on the largest GPUs
-__host__ __device__ inline Split plan_split(int64_t BH, int64_t N, int64_t M, int bk) {
-  const int64_t ktiles = (M + bk - 1) / bk, ctas = BH * ((N + 15) / 16);
+__host__ __device__ inline Split plan_split(int64_t BH, int64_t N, int64_t M, int bq, int bk) {
+  const int64_t ktiles = (M + bk - 1) / bk, ctas = BH * ((N + bq - 1) / bq);
   if (N > kDecodeRows || ktiles < 4 || ctas >= kTargetCtas || BH == 0) return {1, hi<int64_t>(M, 1)};
   const int64_t want = lo<int64_t>(ktiles / 2, (kTargetCtas + ctas - 1) / ctas);
   const int64_t chunk = (ktiles + want - 1) / want * bk;

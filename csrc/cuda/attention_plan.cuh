@@ -75,9 +75,9 @@ inline FwdPlan plan_fwd(int64_t B, int64_t Hh, int64_t N, int64_t M, int64_t Sk,
                         int64_t Dv, int64_t pool_h, int64_t pool_w, bool causal, double scale,
                         int64_t ea) {
   FwdPlan p;
-  p.t = plan_tiles(kFwd, Dk, Dv, ea);
+  p.t = plan_tiles(kFwd, Dk, Dv, ea, N);
   p.a = with_tiles(base_args(B, Hh, N, M, Sk, Dk, Dv, pool_h, pool_w, causal, scale), p.t);
-  const Split sp = plan_split(p.a.BH, N, M, p.t.bk);
+  const Split sp = plan_split(p.a.BH, N, M, p.t.bq, p.t.bk);
   p.a.nsplit = sp.nsplit, p.a.chunk = sp.chunk;
   p.items = p.a.BH * ((N + p.t.bq - 1) / p.t.bq) * sp.nsplit;
   p.ws_rows = sp.nsplit > 1 ? p.a.BH * N * sp.nsplit : 0;
