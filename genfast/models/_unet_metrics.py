@@ -58,15 +58,21 @@ def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, win_size: int = WIN_SIZE
     if min(x.shape[-2:]) < win_size:
         raise ValueError(f"ssim: images of {tuple(x.shape[-2:])} are smaller than the "
                          f"{win_size}x{win_size} window")
-    n, c = x.shape[:2]
-    w = gaussian_window(win_size, sigma).to(x.device)[None, None]
-    # Channels as batch entries: one single-channel filter serves all of them.
-    stack = torch.cat([x, y, x * x, y * y, x * y]).reshape(5 * n * c, 1, *x.shape[-2:])
-    mx, my, mxx, myy, mxy = F.conv2d(stack, w).reshape(5, n, c, -1).unbind(0)
-    vx, vy, cxy = mxx - mx * mx, myy - my * my, mxy - mx * my
+    c = x.shape[1]
+    g = gaussian_window(win_size, sigma)[win_size // 2].to(x.device)
+    g = g / g.sum()  # the 2-D window is the outer product of this 1-D one
     c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return s.mean((1, 2))
+    out = []
+    # One image at a time, the window applied as two 1-D passes: float64 convolution unfolds
+    # its input (a 2-D 11x11 pass over 40 RGB 64x64 images took 1.7 GB).
+    for xi, yi in zip(x, y, strict=True):
+        stack = torch.stack([xi, yi, xi * xi, yi * yi, xi * yi]).reshape(5 * c, 1, *x.shape[-2:])
+        stack = F.conv2d(F.conv2d(stack, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
+        mx, my, mxx, myy, mxy = stack.reshape(5, c, -1).unbind(0)
+        vx, vy, cxy = mxx - mx * mx, myy - my * my, mxy - mx * my
+        s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+        out.append(s.mean())
+    return torch.stack(out)
 
 
 def mean_psnr(x: Tensor, y: Tensor) -> float:
