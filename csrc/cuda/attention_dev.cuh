@@ -151,15 +151,28 @@ __device__ __forceinline__ void st(T* p, A v) {
   Io<T>::store1(p, v);
 }
 
+// This thread's elements e = tid(), tid() + kThreads, ... of a tile with D columns, walked as
+// (row, column) pairs: one division when it starts, none per step (the loaders run once per
+// element of every tile; a 64-bit division per element would cost more than the loads).
+struct RowCol {
+  int r, c, sr, sc, D;
+  __device__ __forceinline__ explicit RowCol(int64_t cols)
+      : r(tid() / static_cast<int>(cols)), c(tid() % static_cast<int>(cols)),
+        sr(kThreads / static_cast<int>(cols)), sc(kThreads % static_cast<int>(cols)),
+        D(static_cast<int>(cols)) {}
+  __device__ __forceinline__ void next() {
+    r += sr, c += sc;
+    if (c >= D) c -= D, ++r;
+  }
+};
+
 // Rows [r0, r0 + n) of a matrix with row stride rs into a tile of `cap` rows (row stride ldt);
 // rows past n, and every row of a null matrix, read as zeros.
 template <typename T, typename A>
 __device__ void load_rows(A* dst, int cap, int64_t ldt, const T* src, int64_t rs, int64_t r0,
                           int n, int64_t D) {
-  for (int64_t e = tid(); e < cap * D; e += kThreads) {
-    const int64_t i = e / D, d = e - i * D;
-    dst[i * ldt + d] = (src != nullptr && i < n) ? ld(src + (r0 + i) * rs + d) : A(0);
-  }
+  for (RowCol p(D); p.r < cap; p.next())
+    dst[p.r * ldt + p.c] = (src != nullptr && p.r < n) ? ld(src + (r0 + p.r) * rs + p.c) : A(0);
 }
 
 // Keys [j0, j0 + n) into a tile; pooled (pool_w > 0): each key is the per-channel max of its
@@ -167,23 +180,25 @@ __device__ void load_rows(A* dst, int cap, int64_t ldt, const T* src, int64_t rs
 template <typename T, typename A>
 __device__ void load_keys(A* dst, int cap, int64_t ldt, const T* src, int64_t rs, int64_t j0,
                           int n, int64_t D, int64_t pool_w) {
-  for (int64_t e = tid(); e < cap * D; e += kThreads) {
-    const int64_t j = e / D, d = e - j * D;
+  int64_t row = -1;  // unpooled row of the window of key p.r (computed when p.r changes)
+  int at = -1;
+  for (RowCol p(D); p.r < cap; p.next()) {
     A val = 0;
-    if (src != nullptr && j < n) {
+    if (src != nullptr && p.r < n) {
       if (pool_w > 0) {
-        const T* p = src + pooled_row(j0 + j, pool_w) * rs + d;
-        val = ld(p);
+        if (at != p.r) row = pooled_row(j0 + p.r, pool_w), at = p.r;
+        const T* q = src + row * rs + p.c;
+        val = ld(q);
         const int64_t off[3] = {rs, pool_w * rs, (pool_w + 1) * rs};
         for (int t = 0; t < 3; ++t) {
-          const A x = ld(p + off[t]);
+          const A x = ld(q + off[t]);
           val = x > val ? x : val;
         }
       } else {
-        val = ld(src + (j0 + j) * rs + d);
+        val = ld(src + (j0 + p.r) * rs + p.c);
       }
     }
-    dst[j * ldt + d] = val;
+    dst[p.r * ldt + p.c] = val;
   }
 }
 
