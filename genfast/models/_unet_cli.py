@@ -128,6 +128,9 @@ def train(cls: type, args: Any) -> int:
         raise SystemExit("genfast: unet-nogan's schedule sets its steps and batch sizes: use "
                          "--set stage_steps=(...) / stage_batch=(...) / critic_steps=N / "
                          "gan_steps=N / gan_batch=N instead of --steps / --batch-size")
+    if getattr(args, "data", None) is not None:
+        raise SystemExit("genfast: unet-nogan trains on the shipped photos (--set "
+                         "photos=[...] picks them); --data is not supported")
     out = args.out or os.path.join("runs", args.model)
     overrides = resumed_config(args, out, dict(getattr(args, "config", None) or {}))
     try:

@@ -168,6 +168,10 @@ def test_cli_train_report_and_sample(tmp_path, monkeypatch, capsys):
     rep = json.loads((out / "report.json").read_text())
     assert len(rep["figures"]) == 4 and rep["photos"] == ["china", "flower"]
     assert (out / "before_after.png").exists() and (out / "samples_step000006.png").exists()
+    # A resume takes the config and the feature net from the checkpoint (no retraining).
+    monkeypatch.setattr(_unet_features, "cached_feature_net", None)
+    assert main(["train", "unet-nogan", "--out", str(out), "--no-progress", "--resume"]) == 0
+    assert json.loads((out / "report.json").read_text())["figures"] == rep["figures"]
     png = tmp_path / "s.png"
     assert main(["sample", "unet-nogan", "--checkpoint", str(out / "checkpoint.pt"), "--out",
                  str(png), "--n", "3"]) == 0
@@ -176,6 +180,10 @@ def test_cli_train_report_and_sample(tmp_path, monkeypatch, capsys):
         main(["train", "unet-nogan", "--steps", "5", "--out", str(out)])
     with pytest.raises(SystemExit, match="sample-every 4 must divide"):
         main(["train", "unet-nogan", "--out", str(out), "--sample-every", "4", *sets])
+    with pytest.raises(SystemExit, match="--data is not supported"):
+        main(["train", "unet-nogan", "--data", "x.npy", "--out", str(out)])
+    with pytest.raises(SystemExit, match="unknown photo"):
+        main(["train", "unet-nogan", "--out", str(out), "--set", "photos=['lena']"])
     with pytest.raises(SystemExit, match="needs --checkpoint"):
         main(["sample", "unet-nogan"])
 
