@@ -1,5 +1,5 @@
 // CUDA forward (with the key-split decode path) and first backward of fused attention. Device
-// code: attention_dev.cuh, attention_bwd_dev.cuh; host checks and sizing: attention_plan.cuh;
+// code: attention_fwd_dev.cuh, attention_bwd_dev.cuh; host checks and sizing: attention_plan.cuh;
 // contract: csrc/cuda/attention.h.
 #include <cuda_runtime.h>
 
@@ -7,6 +7,7 @@
 
 #include "cuda/attention.h"
 #include "cuda/attention_bwd_dev.cuh"
+#include "cuda/attention_fwd_dev.cuh"
 #include "cuda/attention_plan.cuh"
 
 namespace genfast::cuda {

@@ -12,6 +12,19 @@
 
 namespace genfast::cuda::attn_dev {
 
+// D_i = dout_i . o_i, one thread per row.
+template <typename T>
+__device__ void rowdot_body(const Args& a) {
+  using A = acc_t<T>;
+  const T* o = static_cast<const T*>(a.o);
+  const T* g = static_cast<const T*>(a.dout);
+  for (int64_t r = cta() * kThreads + tid(); r < a.BH * a.N; r += ncta() * kThreads) {
+    A s = 0;
+    for (int64_t d = 0; d < a.Dv; ++d) s += ld(g + r * a.Dv + d) * ld(o + r * a.Dv + d);
+    static_cast<A*>(a.ws_D)[r] = s;
+  }
+}
+
 // P_ij and dS_ij = P_ij (dP_ij - D_i) for every pair of the tiles; zero where masked. Key-major
 // (dkdv: lane groups per key) or query-major (dq: lane groups per query row); sp null: P not kept.
 template <bool kKeyMajor, typename A>

@@ -36,6 +36,7 @@ inline unsigned char* smem() { return g_smem; }
 }  // namespace genfast::cuda::attn_dev
 
 #include "cuda/attention_bwd2_dev.cuh"
+#include "cuda/attention_fwd_dev.cuh"
 #include "cuda/attention_plan.cuh"
 
 #include "attention_emu_ref.h"
