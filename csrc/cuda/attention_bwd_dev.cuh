@@ -1,6 +1,6 @@
 // Device code of the first-order attention backward (launched by csrc/cuda/attention.cu): P is
-// recomputed from q, k and the saved lse with the forward's exact expression (same S bits), so
-// P <= 1 and a row with lse = -inf contributes nothing.
+// recomputed from q, k and the saved lse with the forward's summation order for S (P stays within
+// rounding of the forward's), and a row with lse = -inf contributes nothing.
 //   dkdv: one work item per (batch*head, key block); it walks the query blocks that can see its
 //         keys and accumulates dV = P^T dO and dK = s dS^T q in shared memory, then writes every
 //         row of dk / dv (pooled: the value goes to the first maximum of the 2x2 window, the

@@ -222,7 +222,7 @@ __device__ __forceinline__ Lanes lanes_of(int nx) {
 }
 
 // out[u] = x . Y[c + G u] for this lane's partners (0 past ny). Every sum runs over d in order
-// from 0, the bits of dot(x, y) and of the forward's scores.
+// from 0, the order of dot(x, y) and of the forward's scores.
 template <typename A>
 __device__ __forceinline__ void lane_dots(A (&out)[kPairU], const A* x, const A* Y, int64_t ld,
                                           const Lanes& L, int ny, int64_t D) {

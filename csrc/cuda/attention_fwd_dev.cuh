@@ -51,8 +51,7 @@ __device__ void fwd_body(const Args& a) {
       load_keys(sv, bk, pv, v, a.sv_n, j0, nk, Dv, a.pool_w);
       block_sync();
       // Each lane's dot products share the q element they read; every sum still runs over d
-      // in order from 0, so S has the bits of the backward's scale * dot(q_i, k_j) (the
-      // backward's P is then <= 1 too).
+      // in order from 0, as the backward's recomputation of S does.
       A s[kMaxU];
 #pragma unroll
       for (int u = 0; u < kMaxU; ++u) s[u] = 0;
