@@ -733,6 +733,75 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("dtype"), GENFAST_TAIL_NAME);
 
   // [bind:attention]
+  {
+    // Sizes and the pooled grid must agree (a wrong M would read past k / v); pointers set
+    // wherever there is data. q / k / v strides are the caller's views and are not re-checked.
+    const auto sizes = [](const char* who, int64_t B, int64_t Hh, int64_t N, int64_t M,
+                          int64_t Sk, int64_t Dk, int64_t Dv, int64_t ph, int64_t pw,
+                          bool causal) {
+      if (B < 0 || Hh < 0 || N < 0 || M < 0 || Sk < 0 || Dk < 0 || Dv < 0 || ph < 0 || pw < 0)
+        throw std::invalid_argument(std::string(who) + ": negative size");
+      if ((ph > 0 || pw > 0) ? (Sk != ph * pw || M != (ph / 2) * (pw / 2) || causal)
+                             : M != Sk)
+        throw std::invalid_argument(std::string(who) + ": M=" + std::to_string(M) + ", Sk=" +
+                                    std::to_string(Sk) + " do not match pool (" +
+                                    std::to_string(ph) + ", " + std::to_string(pw) +
+                                    ") (pooling also excludes causal)");
+    };
+    const auto need = [](const char* who, const char* name, Ptr p, int64_t n) {
+      if (n > 0 && p == 0)
+        throw std::invalid_argument(std::string(who) + ": " + name + ": null data pointer");
+    };
+    const auto c = [](Ptr p) { return reinterpret_cast<const void*>(p); };
+    const auto w = [](Ptr p) { return reinterpret_cast<void*>(p); };
+    m.def(
+        "attention_fwd",
+        [=](Ptr q, Ptr k, Ptr v, Ptr o, Ptr lse, int64_t B, int64_t Hh, int64_t N, int64_t M,
+            int64_t Sk, int64_t Dk, int64_t Dv, int64_t sq_b, int64_t sq_h, int64_t sq_n,
+            int64_t sk_b, int64_t sk_h, int64_t sk_n, int64_t sv_b, int64_t sv_h, int64_t sv_n,
+            int64_t pool_h, int64_t pool_w, bool causal, double scale, int dtype, GENFAST_TAIL) {
+          const char* who = "attention_fwd";
+          check_dtype(dtype, GENFAST_HALF);
+          sizes(who, B, Hh, N, M, Sk, Dk, Dv, pool_h, pool_w, causal);
+          const int64_t BH = B * Hh;
+          need(who, "q", q, BH * N * Dk), need(who, "k", k, BH * Sk * Dk);
+          need(who, "v", v, BH * Sk * Dv), need(who, "o", o, BH * N * Dv);
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::attention_fwd(c(q), c(k), c(v), w(o), w(lse), B, Hh, N, M, Sk, Dk, Dv,
+                                        sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n,
+                                        pool_h, pool_w, causal, scale, dtype, GENFAST_TAIL_ARG));
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("B"),
+        py::arg("Hh"), py::arg("N"), py::arg("M"), py::arg("Sk"), py::arg("Dk"), py::arg("Dv"),
+        py::arg("sq_b"), py::arg("sq_h"), py::arg("sq_n"), py::arg("sk_b"), py::arg("sk_h"),
+        py::arg("sk_n"), py::arg("sv_b"), py::arg("sv_h"), py::arg("sv_n"), py::arg("pool_h"),
+        py::arg("pool_w"), py::arg("causal"), py::arg("scale"), py::arg("dtype"),
+        GENFAST_TAIL_NAME);
+    m.def(
+        "attention_bwd",
+        [=](Ptr q, Ptr k, Ptr v, Ptr o, Ptr lse, Ptr dout, Ptr dq, Ptr dk, Ptr dv, int64_t B,
+            int64_t Hh, int64_t N, int64_t M, int64_t Sk, int64_t Dk, int64_t Dv, int64_t pool_h,
+            int64_t pool_w, bool causal, double scale, int dtype, GENFAST_TAIL) {
+          const char* who = "attention_bwd";
+          check_dtype(dtype, GENFAST_HALF);
+          sizes(who, B, Hh, N, M, Sk, Dk, Dv, pool_h, pool_w, causal);
+          const int64_t BH = B * Hh;
+          need(who, "q", q, BH * N * Dk), need(who, "k", k, BH * Sk * Dk);
+          need(who, "v", v, BH * Sk * Dv), need(who, "o", o, BH * N * Dv);
+          need(who, "lse", lse, BH * N), need(who, "dout", dout, BH * N * Dv);
+          need(who, "dq", dq, BH * N * Dk), need(who, "dk", dk, BH * Sk * Dk);
+          need(who, "dv", dv, BH * Sk * Dv);
+          py::gil_scoped_release nogil;
+          GENFAST_CALL(K::attention_bwd(c(q), c(k), c(v), c(o), c(lse), c(dout), w(dq), w(dk),
+                                        w(dv), B, Hh, N, M, Sk, Dk, Dv, pool_h, pool_w, causal,
+                                        scale, dtype, GENFAST_TAIL_ARG));
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("dout"),
+        py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("B"), py::arg("Hh"), py::arg("N"),
+        py::arg("M"), py::arg("Sk"), py::arg("Dk"), py::arg("Dv"), py::arg("pool_h"),
+        py::arg("pool_w"), py::arg("causal"), py::arg("scale"), py::arg("dtype"),
+        GENFAST_TAIL_NAME);
+  }
 
   // [bind:attention_bwd2]
   m.def(

@@ -24,6 +24,9 @@
 //       [0, ncols); rowsum (may be null) gets each row's sum. sub = +inf gives a zero row.
 //   ds_rows(isa, R, ncols, P, ldp, dP, lddp, Dr, scale)            (float and double)
 //       dP[r][j] = scale P[r][j] (dP[r][j] - Dr[r]), j < ncols.
+//   KeyRows<T>{base, row_stride, pool_w}: key j of a slice, one row or (pool_w > 0) the 2x2
+//       max of its window; pack_t / pack_r pack keys [k0, k1) transposed / row-major padded;
+//       pad_rows copies rows padded to whole vectors.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -82,8 +85,9 @@
 
 namespace genfast::attn_tile {
 
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"  // vector types cross only always_inline calls
+// Vector types cross only always_inline calls, so no ABI is at stake; GCC reports -Wpsabi at
+// the template instantiation points, past any pop, so the warning stays off for includers.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 // Register budget per copy: AVX-512 24 of 32 zmm accumulators (4 B loads and a broadcast
 // besides), AVX2 12 of 16 ymm, SSE2 (no FMA: a product temporary) 12 of 16 xmm.
@@ -179,6 +183,87 @@ GENFAST_INLINE void gemm_body(int64_t R, int64_t ncols, int64_t K, const T* A, i
 GENFAST_INLINE float exp_t(float x) { return fastmath::exp(x); }
 GENFAST_INLINE double exp_t(double x) { return std::exp(x); }
 
+template <typename To, typename From>
+GENFAST_INLINE To bitcast(const From& x) {
+  static_assert(sizeof(To) == sizeof(From));
+  To y;
+  std::memcpy(&y, &x, sizeof y);
+  return y;
+}
+
+// fastmath::exp on a whole float32 vector (same polynomial and bits; the scalar copy calls it):
+// written on vector types because a loop around the scalar function only vectorises when GCC
+// sees it alone, and the softmax rows want it fused with their max and sum.
+template <typename V>
+GENFAST_INLINE V vexp(const V& x) {
+  if constexpr (sizeof(V) == sizeof(float)) {
+    return fastmath::exp(x);
+  } else {
+    constexpr int n = sizeof(V) / sizeof(float);
+    using U = typename conv_tile::Lanes<uint32_t, n>::V;
+    using I = typename conv_tile::Lanes<int32_t, n>::V;
+    constexpr uint32_t kLow = 0xC2D00000u;  // -104.0f: everything below flushes to 0
+    U xb = bitcast<U>(x);
+    xb = xb < kLow ? xb : U{} + kLow;
+    const V xc = bitcast<V>(xb);
+    constexpr float kShift = 12582912.0f;
+    const V s = xc * 1.44269504088896341f + kShift;
+    const V k = s - kShift;
+    V r = xc - k * 0.693359375f;
+    r = r - k * -2.12194440e-4f;
+    V p = V{} + 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const V er = p * (r * r) + r + 1.0f;
+    const I b = (bitcast<I>(s) - 0x4B400000) + 127;
+    const U scale = (bitcast<U>(b) << 23) & ~bitcast<U>(b >> 31);
+    return er * bitcast<V>(scale);
+  }
+}
+
+// Horizontal max / sum of a vector, halving in a fixed order.
+template <typename T, int VL>
+GENFAST_INLINE T hmax(const typename conv_tile::Lanes<T, VL>::V& v) {
+  if constexpr (VL == 1) {
+    return v;
+  } else {
+    using H = typename conv_tile::Lanes<T, VL / 2>::V;
+    H a, b;
+    std::memcpy(&a, &v, sizeof a);
+    std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof a, sizeof b);
+    return hmax<T, VL / 2>(a > b ? a : b);
+  }
+}
+template <typename T, int VL>
+GENFAST_INLINE T hsum(const typename conv_tile::Lanes<T, VL>::V& v) {
+  if constexpr (VL == 1) {
+    return v;
+  } else {
+    using H = typename conv_tile::Lanes<T, VL / 2>::V;
+    H a, b;
+    std::memcpy(&a, &v, sizeof a);
+    std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof a, sizeof b);
+    return hsum<T, VL / 2>(a + b);
+  }
+}
+
+// Lanes [0, VL) of vector i of a row hold columns i*VL + lane: true where that column is < e.
+template <int VL>
+GENFAST_INLINE typename conv_tile::Lanes<int32_t, VL>::V lanes_below(int64_t i, int64_t e) {
+  using I = typename conv_tile::Lanes<int32_t, VL>::V;
+  I iota;
+  if constexpr (VL == 1) {
+    iota = 0;
+  } else {
+    for (int l = 0; l < VL; ++l) iota[l] = l;
+  }
+  const int32_t lim = static_cast<int32_t>(std::min<int64_t>(e - i * VL, VL));
+  return iota < lim;
+}
+
 template <typename T>
 GENFAST_INLINE void probs_body(int64_t R, int64_t n, int64_t ncols, T* S, int64_t lds, T scale,
                                const T* sub, const int64_t* lim, T* rowsum) {
@@ -189,6 +274,28 @@ GENFAST_INLINE void probs_body(int64_t R, int64_t n, int64_t ncols, T* S, int64_
     for (int64_t j = 0; j < e; ++j) s[j] = exp_t(s[j] * scale - m);
     for (int64_t j = e; j < ncols; ++j) s[j] = T(0);
     if (rowsum) rowsum[r] = fastmath::lane_sum<T>(e, [&](int64_t j) { return s[j]; });
+  }
+}
+
+// probs_body for float32 on whole vectors (ncols is a multiple of VL).
+template <int Isa>
+GENFAST_INLINE void probs_vec(int64_t R, int64_t n, int64_t ncols, float* S, int64_t lds,
+                              float scale, const float* sub, const int64_t* lim, float* rowsum) {
+  using V = typename Shape<float, Isa>::V;
+  constexpr int VL = Shape<float, Isa>::VL;
+  const int64_t nv = ncols / VL;
+  for (int64_t r = 0; r < R; ++r) {
+    float* s = S + r * lds;
+    const int64_t e = std::max<int64_t>(0, std::min(lim ? lim[r] : n, n));
+    const float m = sub[r];
+    V sum = V{};
+    for (int64_t i = 0; i < nv; ++i) {
+      V p = vexp(conv_tile::loadu<V>(s + i * VL) * scale - m);
+      if ((i + 1) * VL > e) p = lanes_below<VL>(i, e) ? p : V{};
+      conv_tile::storeu(s + i * VL, p);
+      sum += p;
+    }
+    if (rowsum) rowsum[r] = hsum<float, VL>(sum);
   }
 }
 
@@ -222,7 +329,7 @@ GENFAST_ATTN_COPIES(probs_rows,
                     (int64_t R, int64_t n, int64_t ncols, float* S, int64_t lds, float scale,
                      const float* sub, const int64_t* lim, float* rowsum),
                     (R, n, ncols, S, lds, scale, sub, lim, rowsum),
-                    probs_body<float>(R, n, ncols, S, lds, scale, sub, lim, rowsum))
+                    probs_vec<kIsa>(R, n, ncols, S, lds, scale, sub, lim, rowsum))
 GENFAST_ATTN_COPIES(probs_rows,
                     (int64_t R, int64_t n, int64_t ncols, double* S, int64_t lds, double scale,
                      const double* sub, const int64_t* lim, double* rowsum),
@@ -240,6 +347,64 @@ GENFAST_ATTN_COPIES(ds_rows,
                     (R, ncols, P, ldp, dP, lddp, Dr, scale),
                     ds_body<double>(R, ncols, P, ldp, dP, lddp, Dr, scale))
 
-#pragma GCC diagnostic pop
+// Where key j of a slice lives: one row, or the 2x2 window of an (ph, pw) grid (pw > 0).
+template <typename T>
+struct KeyRows {
+  const T* base;
+  int64_t sn, pw;
+  GENFAST_INLINE int64_t first(int64_t j) const {
+    if (pw == 0) return j;
+    const int64_t w = pw / 2;
+    return 2 * (j / w) * pw + 2 * (j % w);
+  }
+  // row d of key j: the max of the window, taken in window order.
+  GENFAST_INLINE void load(int64_t j, int64_t D, T* out) const {
+    const int64_t r = first(j);
+    const T* a = base + r * sn;
+    if (pw == 0) {
+      std::memcpy(out, a, static_cast<size_t>(D) * sizeof(T));
+      return;
+    }
+    const T *b = a + sn, *c = a + pw * sn, *e = c + sn;
+    for (int64_t d = 0; d < D; ++d) {
+      T m = a[d];
+      m = b[d] > m ? b[d] : m;
+      m = c[d] > m ? c[d] : m;
+      m = e[d] > m ? e[d] : m;
+      out[d] = m;
+    }
+  }
+};
+
+// Keys [k0, k1) as a transposed panel: dst[d * ld + jj], columns [k1 - k0, ld) zero.
+template <typename T>
+inline void pack_t(const KeyRows<T>& kr, int64_t D, int64_t k0, int64_t k1, T* dst, int64_t ld,
+            T* tmp) {
+  for (int64_t jj = 0; jj < k1 - k0; ++jj) {
+    kr.load(k0 + jj, D, tmp);
+    for (int64_t d = 0; d < D; ++d) dst[d * ld + jj] = tmp[d];
+  }
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t jj = k1 - k0; jj < ld; ++jj) dst[d * ld + jj] = T(0);
+}
+
+// Keys [k0, k1) row-major, rows padded with zeros to Dp.
+template <typename T>
+inline void pack_r(const KeyRows<T>& kr, int64_t D, int64_t Dp, int64_t k0, int64_t k1, T* dst) {
+  for (int64_t jj = 0; jj < k1 - k0; ++jj) {
+    kr.load(k0 + jj, D, dst + jj * Dp);
+    for (int64_t d = D; d < Dp; ++d) dst[jj * Dp + d] = T(0);
+  }
+}
+
+// rows [0, R) of a (R, D) matrix (row stride sn) padded to Dp columns.
+template <typename T>
+inline void pad_rows(const T* src, int64_t sn, int64_t R, int64_t D, int64_t Dp, T* dst) {
+  for (int64_t r = 0; r < R; ++r) {
+    std::memcpy(dst + r * Dp, src + r * sn, static_cast<size_t>(D) * sizeof(T));
+    for (int64_t d = D; d < Dp; ++d) dst[r * Dp + d] = T(0);
+  }
+}
+
 
 }  // namespace genfast::attn_tile
