@@ -68,41 +68,68 @@ def _lse2(lse_ptr, offs_m, N):
 
 
 @triton.jit
+def _mm(a, b, T: tl.constexpr, PREC: tl.constexpr):
+    """a @ b^T, or its transpose b @ a^T when T (the key kernel's (key, query) tiles)."""
+    if T:
+        return _dot_t(b, a, PREC)
+    return _dot_t(a, b, PREC)
+
+
+@triton.jit
+def _row(vec, T: tl.constexpr):
+    """A per-query vector broadcast along the tile's key axis."""
+    # One return: the compiler checks every return's type, even under a constexpr branch.
+    if T:
+        out = vec[None, :]
+    else:
+        out = vec[:, None]
+    return out
+
+
+@triton.jit
 def _probs(q, k, lse2, offs_m, offs_n, N, M, shift, qk2, CAUSAL: tl.constexpr,
-           PREC: tl.constexpr):
-    """P (BM, BN) recomputed from q, k and the saved lse; 0 outside the mask and the slice."""
-    s2 = _dot_t(q, k, PREC) * qk2
-    keep = (offs_m[:, None] < N) & (offs_n[None, :] < M)
+           T: tl.constexpr, PREC: tl.constexpr):
+    """P (BM, BN), or P^T when T, recomputed from q, k and the saved lse; 0 outside the mask
+    and the slice."""
+    s2 = _mm(q, k, T, PREC) * qk2
+    qi = _row(offs_m, T)
+    if T:
+        kj = offs_n[:, None]
+    else:
+        kj = offs_n[None, :]
+    keep = (qi < N) & (kj < M)
     if CAUSAL:
-        keep = keep & (offs_n[None, :] <= offs_m[:, None] + shift)
+        keep = keep & (kj <= qi + shift)
     # where() before exp2 keeps masked logits from overflowing into inf * 0.
-    return tl.exp2(tl.where(keep, s2 - lse2[:, None], float("-inf")))
+    return tl.exp2(tl.where(keep, s2 - _row(lse2, T), float("-inf")))
 
 
 @triton.jit
 def _tile(q, do, gq, lse2, k, v, gk, gv, D, r, w, offs_m, offs_n, N, M, shift, scale, qk2,
           CAUSAL: tl.constexpr, HAS_GQ: tl.constexpr, HAS_GK: tl.constexpr,
-          HAS_GV: tl.constexpr, PREC: tl.constexpr):
-    """(P, dS, U, Z) of one (query block, key block) tile; dS and Z are 0 without X."""
-    p = _probs(q, k, lse2, offs_m, offs_n, N, M, shift, qk2, CAUSAL, PREC)
+          HAS_GV: tl.constexpr, T: tl.constexpr, PREC: tl.constexpr):
+    """(P, dS, U, Z) of one (query block, key block) tile, transposed when T (so the key
+    kernel's products with q and dO need no transposed fp32 operand); dS and Z are 0 without
+    X."""
+    p = _probs(q, k, lse2, offs_m, offs_n, N, M, shift, qk2, CAUSAL, T, PREC)
     wt = tl.zeros_like(p)
     ds = tl.zeros_like(p)
     z = tl.zeros_like(p)
     if HAS_GQ or HAS_GK:
         x = tl.zeros_like(p)
         if HAS_GQ:
-            x += _dot_t(gq, k, PREC)
+            x += _mm(gq, k, T, PREC)
         if HAS_GK:
-            x += _dot_t(q, gk, PREC)
+            x += _mm(q, gk, T, PREC)
         x = x * scale
-        dp = _dot_t(do, v, PREC)
-        t = dp - D[:, None]
+        dp = _mm(do, v, T, PREC)
+        t = dp - _row(D, T)
         ds = p * t
-        z = p * (x - r[:, None])
-        wt = x * t - r[:, None] * dp
+        z = p * (x - _row(r, T))
+        wt = x * t - _row(r, T) * dp
     if HAS_GV:
-        wt += _dot_t(do, gv, PREC)
-    u = p * (wt - w[:, None])
+        wt += _mm(do, gv, T, PREC)
+    u = p * (wt - _row(w, T))
     return p, ds, u, z
 
 
@@ -146,7 +173,7 @@ def _stats_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, do_ptr, gq_ptr, gk_ptr, g
     for start_n in range(0, hi, BN):
         offs_n = start_n + tl.arange(0, BN)
         k = _rows(k_ptr + bh * M * DK, offs_n, M, DK, PDK)
-        p = _probs(q, k, lse2, offs_m, offs_n, N, M, shift, qk2, CAUSAL, PREC)
+        p = _probs(q, k, lse2, offs_m, offs_n, N, M, shift, qk2, CAUSAL, False, PREC)
         if HAS_GQ or HAS_GK:
             v = _rows(v_ptr + bh * M * DV, offs_n, M, DV, PDV)
             x = tl.zeros_like(p)
@@ -209,7 +236,7 @@ def _query_kernel(q_ptr, k_ptr, v_ptr, lse_ptr, do_ptr, gq_ptr, gk_ptr, gv_ptr, 
         if HAS_GV:
             gv = _rows(gv_ptr + bh * M * DV, offs_n, M, DV, PDV)
         p, ds, u, z = _tile(q, do, gq, lse2, k, v, gk, gv, D, r, w, offs_m, offs_n, N, M, shift,
-                            scale, qk2, CAUSAL, HAS_GQ, HAS_GK, HAS_GV, PREC)
+                            scale, qk2, CAUSAL, HAS_GQ, HAS_GK, HAS_GV, False, PREC)
         acc_q = tl.dot(u.to(k.dtype), k, acc_q, input_precision=PREC)
         if HAS_GK:
             acc_q = tl.dot(ds.to(gk.dtype), gk, acc_q, input_precision=PREC)
@@ -261,12 +288,12 @@ def _key_kernel(q_ptr, k_ptr, v_ptr, lse_ptr, do_ptr, gq_ptr, gk_ptr, gv_ptr, st
         r = tl.load(row + N, mask=ok, other=0.0)
         w = tl.load(row + 2 * N, mask=ok, other=0.0)
         p, ds, u, z = _tile(q, do, gq, lse2, k, v, gk, gv, D, r, w, offs_m, offs_n, N, M, shift,
-                            scale, qk2, CAUSAL, HAS_GQ, HAS_GK, HAS_GV, PREC)
-        acc_k = tl.dot(tl.trans(u.to(q.dtype)), q, acc_k, input_precision=PREC)
+                            scale, qk2, CAUSAL, HAS_GQ, HAS_GK, HAS_GV, True, PREC)
+        acc_k = tl.dot(u.to(q.dtype), q, acc_k, input_precision=PREC)
         if HAS_GQ:
-            acc_k = tl.dot(tl.trans(ds.to(gq.dtype)), gq, acc_k, input_precision=PREC)
+            acc_k = tl.dot(ds.to(gq.dtype), gq, acc_k, input_precision=PREC)
         if HAS_GQ or HAS_GK:
-            acc_v = tl.dot(tl.trans(z.to(do.dtype)), do, acc_v, input_precision=PREC)
+            acc_v = tl.dot(z.to(do.dtype), do, acc_v, input_precision=PREC)
     _store_rows(Gk_ptr + bh * M * DK, offs_n, M, acc_k * scale, DK, PDK)
     _store_rows(Gv_ptr + bh * M * DV, offs_n, M, acc_v, DV, PDV)
 
@@ -274,19 +301,21 @@ def _key_kernel(q_ptr, k_ptr, v_ptr, lse_ptr, do_ptr, gq_ptr, gk_ptr, gv_ptr, st
 # ----------------------------------------------------------------------------- launcher
 
 
-def _blocks(pdk: int, pdv: int, block: int | None) -> tuple[int, int, int]:
-    """(BM, BN, num_warps): tiles small enough that a program's q/gq/dO rows and its two fp32
-    accumulators stay in registers at the widest head dims."""
+def _blocks(pdk: int, pdv: int, dtype: torch.dtype,
+            block: int | None) -> tuple[int, int, int]:
+    """(BM, BN, num_warps). A tile holds seven (BM, BN) fp32 products (P, dP, X, W, dS, U, Z)
+    besides the q / gq / dO rows and two accumulators; these sizes are the largest without
+    register spills in ptxas -v for sm_90 (16-bit; fp32's IEEE dots keep whole operand tiles in
+    registers and spill past 64-wide heads at any size)."""
     if block is not None:
         if block < MIN_DOT or block & (block - 1):
             raise ValueError(f"block must be a power of two >= {MIN_DOT}, got {block}")
         return block, block, 4
     widest = max(pdk, pdv)
-    if widest <= 64:
-        return 64, 64, 4
-    if widest <= 128:
+    if dtype != torch.float32 and widest <= 64:
         return 32, 32, 4
-    return 32, 32, 8
+    return MIN_DOT, MIN_DOT, 4 if widest <= 64 or (dtype != torch.float32 and widest <= 128) \
+        else 8
 
 
 def _check(q, k, v, o, lse, dout, gq, gk, gv, Gq, Gk, Gv, Gdout, scale):
@@ -344,7 +373,7 @@ def bwd2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse
         return
     pdk = max(MIN_DOT, triton.next_power_of_2(Dk))
     pdv = max(MIN_DOT, triton.next_power_of_2(Dv))
-    bm, bn, warps = _blocks(pdk, pdv, block)
+    bm, bn, warps = _blocks(pdk, pdv, q.dtype, block)
     scale = float(scale)
     meta = dict(DK=Dk, DV=Dv, PDK=pdk, PDV=pdv, CAUSAL=bool(causal), HAS_GQ=has_gq,
                 HAS_GK=has_gk, HAS_GV=has_gv,

@@ -153,11 +153,12 @@ def test_wide_head_dims_and_unit_scale():
 
 
 def test_block_size_does_not_change_the_result_much():
-    # The default tiles (one per slice here) and forced 16-tiles: another summation order only.
+    # The default tiles (16 for fp32) and forced 64-tiles (one per slice): another summation
+    # order only.
     q, k, v, dout, cots = make(1, 2, 40, 35, 8, 8, (1, 1, 1), seed=5)
     o, lse, _ = oracle_bwd2(q, k, v, dout, cots, True, 0.3)
     a = run_kernel(q, k, v, o, lse, dout, cots, True, 0.3)
-    b = run_kernel(q, k, v, o, lse, dout, cots, True, 0.3, block=16)
+    b = run_kernel(q, k, v, o, lse, dout, cots, True, 0.3, block=64)
     for x, y in zip(a, b, strict=True):
         torch.testing.assert_close(x, y, **TOL32)
 
