@@ -14,8 +14,8 @@ query blocks that see the keys, a query-block-parallel kernel accumulates dQ (no
 deterministic). Pooled keys (SAGAN): key j of the (Hs//2, Ws//2) grid is the max of its 2x2
 window, taken on load; dK/dV go to the window's first maximum in (0,0),(0,1),(1,0),(1,1) order,
 every other position gets 0. fp16/bf16/fp32 in, fp32 accumulation; fp32 dots are "ieee".
-Shared device helpers (_dot, _load_tile, _load_kv, _key_ranges) are imported by
-kernels/attention_bwd2.py: keep their signatures.
+Device helpers (_dot, _load_tile, _load_kv, _key_ranges) are shared with other attention
+kernels (kernels/attention_bwd2.py may import them): keep their signatures.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from ._launch import check_like, device_guard
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 256
 DECODE_MAX_N = 16  # query counts up to this may take the split-K decode path
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+_LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(_LOG2E)  # jit code reads only constexpr globals
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 # ----------------------------------------------------------------------------- device helpers
@@ -426,32 +427,47 @@ def _check_block(block):
     return block
 
 
-def _fwd_config(q: torch.Tensor, bd: int, N: int):
-    """(BM, BN, warps, stages): tiles shrink with the head dim so acc + q stay in registers."""
+# (BM, BN, warps, stages) by head-dim bound, 16-bit / fp32 (the fp32 "ieee" dots are FMA
+# loops whose operands sit in registers: smaller tiles). Each was compiled for sm_90 and its
+# ptxas report read: no register spills. _fit then trims them to the device's shared memory.
+_FWD = {True: ((64, (128, 64, 4, 3)), (128, (128, 64, 8, 3)), (256, (64, 32, 8, 2))),
+        False: ((32, (64, 32, 4, 2)), (64, (64, 32, 8, 2)), (256, (32, 16, 8, 2)))}
+_DKDV = {True: ((64, (32, 128, 8, 3)), (128, (32, 64, 8, 2)), (256, (32, 32, 8, 2))),
+         False: ((64, (16, 64, 8, 2)), (128, (16, 32, 8, 2)), (256, (16, 16, 8, 1)))}
+_DQ = {True: ((64, (128, 32, 4, 3)), (128, (64, 32, 8, 2)), (256, (32, 32, 8, 2))),
+       False: ((64, (64, 32, 8, 2)), (128, (32, 16, 8, 2)), (256, (16, 16, 8, 1)))}
+
+
+def _config(table, q: torch.Tensor, bd: int, block) -> list[int]:
+    """[BM, BN, warps, stages] for head dim bd (the padded max of Dk, Dv); `block` forces the
+    tiles. The interpreter takes 16 x 16 tiles: small test shapes still walk several."""
     if not q.is_cuda:
-        return 16, 16, 4, 1  # the interpreter: small tiles, several per test case
-    wide = q.dtype != torch.float32
-    if bd <= 64:
-        cfg = (128, 64, 4, 3) if wide else (64, 32, 4, 2)
-    elif bd <= 128:
-        cfg = (128, 64, 8, 3) if wide else (64, 32, 4, 2)
+        cfg = [16, 16, 4, 1]
     else:
-        cfg = (64, 32, 8, 2) if wide else (32, 32, 8, 1)
-    return (min(cfg[0], _pow2(N)),) + cfg[1:]
+        cfg = list(next(c for bound, c in table[q.dtype != torch.float32] if bd <= bound))
+    if _check_block(block) is not None:
+        cfg[:2] = block
+    return cfg
 
 
-def _bwd_config(q: torch.Tensor, bd: int):
-    """((BM, BN) of dK/dV, (BM, BN) of dQ, warps, stages): the tile a program owns is the wide
-    side (FA2's backward), the side it walks is narrow."""
+def _fit(q: torch.Tensor, cfg: list[int], walk: int, row: int, fixed: int,
+         copies: int = 1) -> list[int]:
+    """cfg with the pipeline's shared memory within the device's: stages x the walked tile
+    cfg[walk] x `row` bytes x `copies` (pooled K/V stream four raw tiles) plus `fixed` bytes
+    loaded once; one stage has no async copies, only the tile itself. Fewer stages down to 2,
+    then narrower walked tiles down to 16, then 1 stage."""
     if not q.is_cuda:
-        return (16, 16), (16, 16), 4, 1
-    if q.dtype != torch.float32:
-        if bd <= 64:
-            return (32, 128), (128, 32), 4, 3
-        return ((32, 64), (64, 32), 8, 2) if bd <= 128 else ((16, 64), (64, 16), 8, 1)
-    if bd <= 64:
-        return (32, 64), (64, 32), 4, 2
-    return ((16, 64), (64, 16), 8, 1) if bd <= 128 else ((16, 32), (32, 16), 8, 1)
+        return cfg
+    props = torch.cuda.get_device_properties(q.device)
+    limit = getattr(props, "shared_memory_per_block_optin", 101376) - 2048  # slack: scratch
+    need = (lambda: (cfg[3] * copies if cfg[3] > 1 else 1) * cfg[walk] * row + fixed)
+    while cfg[3] > 2 and need() > limit:
+        cfg[3] -= 1
+    while cfg[walk] > 16 and need() > limit:
+        cfg[walk] //= 2
+    if need() > limit:
+        cfg[3] = 1
+    return cfg
 
 
 def _decode_splits(q: torch.Tensor, programs: int, M: int, BN: int) -> int:
@@ -478,8 +494,14 @@ def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
     if not o.numel():
         return o
     BDK, BDV = _pow2(Dk), _pow2(Dv)
-    BM, BN, warps, stages = _fwd_config(q, max(BDK, BDV), N)
-    BM, BN = _check_block(block) or (BM, BN)
+    es, pool = q.element_size(), pool_hw is not None
+    cfg = _config(_FWD, q, max(BDK, BDV), block)
+    if block is None:
+        cfg[0] = min(cfg[0], _pow2(N))  # a few queries (decode): a 16-row tile
+        if pool:  # four raw K/V tiles per key tile: smaller tiles keep sm_80 from spilling
+            cfg[:2] = min(cfg[0], 64), min(cfg[1], 32)
+            cfg[3] = 1 if q.dtype == torch.float32 else cfg[3]  # fp32: no spills at 1 stage
+    BM, BN, warps, stages = _fit(q, cfg, 1, (BDK + BDV) * es, cfg[0] * BDK * es, 4 if pool else 1)
     n_mb = triton.cdiv(N, BM)
     if splits is not None:
         if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
@@ -498,8 +520,8 @@ def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
     with device_guard(q):
         _fwd_kernel[(B * Hh * n_split * n_mb,)](
             q, k, v, out, out_lse if out_lse is not None else out, *q.stride()[:3],
-            *k.stride()[:3], *v.stride()[:3], Hh, N, M, Dk, Dv, Wp, Ws, scale * LOG2E,
-            per_split, n_split, n_mb, CAUSAL=causal, POOL=pool_hw is not None,
+            *k.stride()[:3], *v.stride()[:3], Hh, N, M, Dk, Dv, Wp, Ws, scale * _LOG2E,
+            per_split, n_split, n_mb, CAUSAL=causal, POOL=pool,
             HAS_LSE=out_lse is not None, PREC=_prec(q.dtype), BM=BM, BN=BN, BDK=BDK, BDV=BDV,
             num_warps=warps, num_stages=stages)
         if n_split > 1:
@@ -530,11 +552,15 @@ def bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse:
     if not B * Hh:
         return
     BDK, BDV = _pow2(Dk), _pow2(Dv)
-    (bm1, bn1), (bm2, bn2), warps, stages = _bwd_config(q, max(BDK, BDV))
-    if _check_block(block) is not None:
-        (bm1, bn1) = (bm2, bn2) = block
-    common = dict(CAUSAL=causal, POOL=pool_hw is not None, PREC=_prec(dt), BDK=BDK, BDV=BDV,
-                  num_warps=warps, num_stages=stages)
+    es, pool, bd = q.element_size(), pool_hw is not None, max(BDK, BDV)
+    kv_row = (BDK + BDV) * es
+    c1 = _config(_DKDV, q, bd, block)
+    bm1, bn1, w1, s1 = _fit(q, c1, 0, kv_row + 8, c1[1] * kv_row)
+    c2 = _config(_DQ, q, bd, block)
+    if pool and block is None:
+        c2[0], c2[3] = min(c2[0], 64), 1 if dt == torch.float32 else c2[3]
+    bm2, bn2, w2, s2 = _fit(q, c2, 1, kv_row, c2[0] * kv_row, 4 if pool else 1)
+    common = dict(CAUSAL=causal, POOL=pool, PREC=_prec(dt), BDK=BDK, BDV=BDV)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
     with device_guard(q):
         delta = torch.empty((B * Hh * N,), dtype=torch.float32, device=dev)
@@ -544,9 +570,11 @@ def bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse:
             n_mb = triton.cdiv(N, bm2)
             _dq_kernel[(B * Hh * n_mb,)](
                 q, k, v, dout, lse, delta, dq, *strides, Hh, N, M, Dk, Dv, Wp, Ws,
-                scale * LOG2E, scale, n_mb, BM=bm2, BN=bn2, **common)
+                scale * _LOG2E, scale, n_mb, BM=bm2, BN=bn2, num_warps=w2, num_stages=s2,
+                **common)
         if M:
             n_nb = triton.cdiv(M, bn1)
             _dkdv_kernel[(B * Hh * n_nb,)](
                 q, k, v, dout, lse, delta, dk, dv, *strides, Hh, N, M, Sk, Dk, Dv, Wp, Ws,
-                scale * LOG2E, scale, n_nb, BM=bm1, BN=bn1, **common)
+                scale * _LOG2E, scale, n_nb, BM=bm1, BN=bn1, num_warps=w1, num_stages=s1,
+                **common)

@@ -7,8 +7,10 @@ float64, and torch autograd of attention_reference for the end-to-end gradients.
 16 x 16 under the interpreter, so N, M = 17..40 walk several query and key blocks, the causal
 band and the masked tails; `block` forces BM != BN."""
 
+import itertools
 import math
 import os
+from types import SimpleNamespace
 
 os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
 
@@ -162,6 +164,31 @@ def test_backward_is_deterministic():
     a, b = run(q, k, v, dout, True, 0.3), run(q, k, v, dout, True, 0.3)
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("smem", [101376, 166912, 232448], ids=["sm86", "A100", "H100"])
+def test_gpu_tiles_fit_shared_memory(monkeypatch, smem):
+    # The GPU tile tables (no GPU here: a stand-in q reports CUDA) shrink to the device's
+    # shared memory for every dtype, head dim and pooling, and stay powers of two >= 16.
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda d: SimpleNamespace(shared_memory_per_block_optin=smem))
+    for dt in K.DTYPES:
+        es = torch.empty(0, dtype=dt).element_size()
+        q = SimpleNamespace(is_cuda=True, dtype=dt, device=None)
+        for bd, pool in itertools.product((16, 32, 64, 128, 256), (1, 4)):
+            kv = 2 * bd * es
+            # (table, walked tile, raw copies a stage, owned tile, its bytes a row)
+            for table, walk, copies, own, own_row in ((K._FWD, 1, pool, 0, bd * es),
+                                                      (K._DQ, 1, pool, 0, kv),
+                                                      (K._DKDV, 0, 1, 1, kv)):
+                cfg = K._config(table, q, bd, None)
+                want = list(cfg)
+                got = K._fit(q, cfg, walk, kv, cfg[own] * own_row, copies)
+                streamed = got[3] * copies if got[3] > 1 else 1
+                assert streamed * got[walk] * kv + got[own] * own_row <= smem - 2048, (dt, bd)
+                assert all(t >= 16 and not t & (t - 1) for t in got[:2]) and got[3] >= 1
+                if smem == 232448 and pool == 1:  # the tables were checked as they are on H100
+                    assert got == want, (dt, bd, got, want)
 
 
 def test_bad_arguments_name_the_argument():
