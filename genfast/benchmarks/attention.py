@@ -3,7 +3,7 @@ self-attention layer, causal attention at GPT shapes, the double backward a grad
 runs through them, and (section) the peak memory of the SAGAN layer.
 
 Providers:
-  genfast:<backend>   the layer / attention on genfast.attention2d / genfast.attention
+  genfast:<backend>   genfast.nn.SelfAttention2d (same weights) / genfast.attention
   torch bmm+softmax   the reference layers (BigGAN-PyTorch's Attention, heykeetae's Self_Attn):
                       the HW x HW/4 map materialised with torch.bmm and F.softmax
   torch SDPA          F.scaled_dot_product_attention (on the CPU its flash kernel for causal
@@ -84,7 +84,7 @@ class _Layer(torch.nn.Module):
                 o = F.scaled_dot_product_attention(rows(theta), rows(phi), rows(g), scale=1.0)
                 o = o.squeeze(1).transpose(1, 2).reshape(B, C // 2, H, W)
             elif self.core == "floor":
-                o = theta.new_zeros(B, C // 2, H, W) + g.sum() + phi.sum()
+                o = theta.new_zeros(B, C // 2, H, W) + theta.sum() + g.sum() + phi.sum()
             else:
                 beta = F.softmax(torch.bmm(theta.flatten(2).transpose(1, 2), phi.flatten(2)), -1)
                 o = torch.bmm(g.flatten(2), beta.transpose(1, 2)).view(B, C // 2, H, W)
@@ -92,9 +92,20 @@ class _Layer(torch.nn.Module):
 
 
 def _layer(C, core, backend, dtype, device):
+    """The reference layer with a core, or (core "genfast") genfast.nn.SelfAttention2d, the
+    drop-in users run (one projection GEMM, the fused core, output conv and residual in one
+    baddbmm), loaded with the same weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return _Layer(C, core, backend).to(device=device, dtype=dtype)
+        ref = _Layer(C, core, backend).to(device=device, dtype=dtype)
+    if core != "genfast":
+        return ref
+    from genfast.nn import SelfAttention2d
+
+    layer = SelfAttention2d(C, spectral_norm=False, backend=backend).to(device=device,
+                                                                        dtype=dtype)
+    layer.load_state_dict({k: v for k, v in ref.state_dict().items()})
+    return layer
 
 
 def _sagan_provider(core, backend, shape, dtype, device, grad, penalty=False) -> Factory:

@@ -142,6 +142,9 @@ def _(q, k, v, o, lse, dout, causal, scale, pool_h, pool_w, backend):
 
 
 def _bwd_setup(ctx, inputs, output):
+    # A penalty on dq alone leaves dk / dv unused: None reaches the double backward, which
+    # then skips the products they feed (zero-filled they would cost the full sweep).
+    ctx.set_materialize_grads(False)
     q, k, v, o, lse, dout, ctx.causal, ctx.scale, ctx.ph, ctx.pw, ctx.backend = inputs
     ctx.save_for_backward(q, k, v, o, lse, dout)
 
