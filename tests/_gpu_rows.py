@@ -333,6 +333,19 @@ def _attention(xs, b):
                              scale=1.0 if ph else None, backend=b)
 
 
+def _attention_penalty(xs, b):
+    """The gradient of an R1-style penalty through attention (the kernels' double backward),
+    in each dtype the row runs: what a SAGAN / GPT critic under a gradient penalty computes."""
+    q, k, v, cfg = xs
+    causal, ph, pw = _settings(cfg)
+    with torch.enable_grad():
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        o = genfast.attention(q, k, v, causal=bool(causal), pool=(ph, pw) if ph else None,
+                              scale=1.0 if ph else None, backend=b)
+        g = torch.autograd.grad((o.float() ** 2).sum(), (q, k, v), create_graph=True)
+        return torch.autograd.grad(sum((t.float() ** 2).sum() for t in g), (q, k, v))
+
+
 # ------------------------------------------------------------- lstm_generate
 def _lstm_gen_inputs(shape, device):
     V, H, L, B, Tp, n, top_k, p100 = shape
@@ -611,6 +624,12 @@ ROWS: list[Row] = [
          (1, 2, 33, 65, 1, 3, 0, 0, 0), (1, 1, 70, 70, 256, 256, 1, 0, 0)),
         (2, 2, 7, 9, 8, 4, 1, 0, 0), diff=(0, 1, 2), gradgradcheck=True, rtol=2e-4,
         atol=2e-5),
+    # The double backward in fp16 / bf16 / fp32 at shapes past several tiles: causal GPT heads
+    # (64, 128), N != M, SAGAN's pooled one-head layout, a 256-wide head (the widest tiles).
+    Row("attention", "double_backward", _attention_inputs, _fn(_attention_penalty),
+        ((2, 4, 300, 300, 64, 64, 1, 0, 0), (1, 2, 257, 129, 128, 128, 1, 0, 0),
+         (2, 1, 1024, 1024, 16, 64, 0, 32, 32), (1, 1, 70, 90, 256, 256, 0, 0, 0)),
+        (2, 2, 7, 9, 8, 4, 1, 0, 0), compile=False, rtol=1e-3, atol=1e-4),
     # Shapes (V, H, L, B, prime length, n, top_k, top_p * 100; 100 = off, 0 = greedy). CUDA (one
     # cooperative kernel, hidden units over up to one CTA per SM, U >= 2 units a CTA): 2 x 512
     # at batch 1 with every CTA's weight rows in shared memory (float64: 200 KB a CTA on 132
