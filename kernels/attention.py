@@ -565,8 +565,9 @@ def bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse:
     with device_guard(q):
         delta = torch.empty((B * Hh * N,), dtype=torch.float32, device=dev)
         if N:
-            _bwd_pre_kernel[(triton.cdiv(B * Hh * N, 64),)](o, dout, delta, B * Hh * N, Dv,
-                                                            BR=64, BDV=BDV)
+            br = min(64, max(16, 4096 // BDV))  # o and dout tiles of <= 4096 elements: no spills
+            _bwd_pre_kernel[(triton.cdiv(B * Hh * N, br),)](o, dout, delta, B * Hh * N, Dv,
+                                                            BR=br, BDV=BDV)
             n_mb = triton.cdiv(N, bm2)
             _dq_kernel[(B * Hh * n_mb,)](
                 q, k, v, dout, lse, delta, dq, *strides, Hh, N, M, Dk, Dv, Wp, Ws,
