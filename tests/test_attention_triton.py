@@ -10,6 +10,8 @@ band and the masked tails; `block` forces BM != BN."""
 import itertools
 import math
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
@@ -209,6 +211,50 @@ def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match="dk must be"):
         K.bwd(q, k, v, o, lse, o, torch.empty_like(q), torch.empty(1, 1, 5, 8),
               torch.empty_like(v), False, 1.0, None)
+
+
+# Compiles every kernel (each constexpr branch: causal, pooled, no lse, fp16 / fp32 dots) for
+# an sm_80 GPU without one. The interpreter runs the Python semantics only and lets through what
+# the compiler rejects (a plain float global read in a kernel passed here and failed to compile).
+_COMPILE_FOR_GPU = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from genfast.kernels import attention as A
+
+def compile_for(fn, ptrs, consts):
+    sig = {n: "constexpr" if n in consts else ptrs.get(n, "fp32" if "scale" in n else "i32")
+           for n in fn.arg_names}
+    triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 80, 32),
+                   options=dict(num_warps=4, num_stages=2))
+
+h, f = "*fp16", "*fp32"
+tiles = dict(BM=16, BN=16, BDK=16, BDV=16)
+grads = dict(q_ptr=h, k_ptr=h, v_ptr=h, do_ptr=h, lse_ptr=f, dl_ptr=f)
+for causal, pool in ((True, False), (False, True)):
+    compile_for(A._fwd_kernel, dict(q_ptr=h, k_ptr=h, v_ptr=h, o_ptr=h, lse_ptr=f),
+                dict(CAUSAL=causal, POOL=pool, HAS_LSE=True, PREC="tf32", **tiles))
+    compile_for(A._dkdv_kernel, dict(grads, dk_ptr=h, dv_ptr=h),
+                dict(CAUSAL=causal, POOL=pool, PREC="tf32", **tiles))
+    compile_for(A._dq_kernel, dict(grads, dq_ptr=h),
+                dict(CAUSAL=causal, POOL=pool, PREC="tf32", **tiles))
+compile_for(A._fwd_kernel, dict(q_ptr=f, k_ptr=f, v_ptr=f, o_ptr=f, lse_ptr=f),
+            dict(CAUSAL=True, POOL=False, HAS_LSE=False, PREC="ieee", **tiles))
+compile_for(A._combine_kernel, dict(po_ptr=f, plse_ptr=f, o_ptr=h, lse_ptr=f),
+            dict(HAS_LSE=True, BM=16, BDV=16))
+compile_for(A._bwd_pre_kernel, dict(o_ptr=h, do_ptr=h, delta_ptr=f), dict(BR=16, BDV=16))
+"""
+
+
+def test_kernels_compile_for_a_gpu():
+    import triton.backends
+
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this Triton build has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", _COMPILE_FOR_GPU], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------- end to end
