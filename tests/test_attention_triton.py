@@ -57,7 +57,8 @@ def check(q, k, v, causal, scale, pool=None, block=None, splits=None, seed=9):
 
 
 # (B, Hh, N, M, Dk, Dv, causal, block). N < M, N > M (causal rows without keys), N = M, odd
-# sizes across 16-row tiles, head dims 1..256 padded to powers of two, BM != BN both ways.
+# sizes across 16-row tiles, head dims 1..256 padded to powers of two, BM != BN both ways (the
+# GPU tables pair tiles 4:1, as 64 x 16 and 16 x 64 here).
 CASES = [
     (1, 2, 1, 1, 8, 8, False, None),
     (1, 1, 7, 33, 8, 16, True, None),
@@ -66,6 +67,8 @@ CASES = [
     (1, 2, 33, 17, 16, 16, False, (32, 16)),
     (1, 1, 17, 40, 16, 8, True, (16, 32)),
     (1, 1, 40, 17, 8, 16, True, (32, 16)),
+    (1, 1, 70, 50, 16, 16, True, (64, 16)),
+    (1, 1, 50, 70, 8, 8, True, (16, 64)),
     (1, 1, 7, 9, 3, 1, True, None),
     (1, 1, 5, 6, 256, 200, False, None),
 ]
