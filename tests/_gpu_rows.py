@@ -320,15 +320,20 @@ def _lstm(xs, b):
 
 # ------------------------------------------------------------- attention
 def _attention_inputs(shape, device):
-    B, Hh, N, M, Dk, Dv, causal, ph, pw = shape
+    B, Hh, N, M, Dk, Dv, causal, ph, pw, *cached = shape
     Sk = ph * pw if ph else M
     return [randn((B, Hh, N, Dk), device, 1), randn((B, Hh, Sk, Dk), device, 2),
-            randn((B, Hh, Sk, Dv), device, 3), _carrier(causal, ph, pw, device=device)]
+            randn((B, Hh, Sk, Dv), device, 3),
+            _carrier(causal, ph, pw, *(cached or [0]), device=device)]
 
 
 def _attention(xs, b):
     q, k, v, cfg = xs
-    causal, ph, pw = _settings(cfg)
+    causal, ph, pw, cached = _settings(cfg)
+    if cached:  # k, v as the first M rows of a longer KV-cache buffer: strided views
+        kc, vc = (t.new_zeros(t.shape[0], t.shape[1], t.shape[2] + 37, t.shape[3]) for t in (k, v))
+        kc[:, :, :k.shape[2]], vc[:, :, :v.shape[2]] = k, v
+        k, v = kc[:, :, :k.shape[2]], vc[:, :, :v.shape[2]]
     return genfast.attention(q, k, v, causal=bool(causal), pool=(ph, pw) if ph else None,
                              scale=1.0 if ph else None, backend=b)
 
@@ -337,7 +342,7 @@ def _attention_penalty(xs, b):
     """The gradient of an R1-style penalty through attention (the kernels' double backward),
     in each dtype the row runs: what a SAGAN / GPT critic under a gradient penalty computes."""
     q, k, v, cfg = xs
-    causal, ph, pw = _settings(cfg)
+    causal, ph, pw, _ = _settings(cfg)
     with torch.enable_grad():
         q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
         o = genfast.attention(q, k, v, causal=bool(causal), pool=(ph, pw) if ph else None,
@@ -615,12 +620,13 @@ ROWS: list[Row] = [
     # D 64 / 128, T up to 2048: the on-band / off-band split, many key blocks), SAGAN's (one
     # head, Dk 8-32 != Dv, keys pooled on load from 64x64 and odd 33x17 grids), N != M both
     # ways (rows with no key), odd sizes past every tile edge, decode (N 1-4 against long
-    # caches: the split-K path and its combine) and head dims 1 / 40 / 256 (padded tiles).
+    # caches: the split-K path and its combine; a 10th entry 1 reads k / v as a longer cache
+    # buffer's prefix views) and head dims 1 / 40 / 256 (padded tiles).
     Row("attention", "attention", _attention_inputs, _fn(_attention),
         ((4, 8, 256, 256, 64, 64, 1, 0, 0), (2, 4, 2048, 2048, 128, 128, 1, 0, 0),
          (8, 1, 4096, 4096, 8, 32, 0, 64, 64), (3, 1, 561, 561, 16, 64, 0, 33, 17),
          (2, 3, 77, 131, 40, 24, 1, 0, 0), (2, 2, 131, 77, 32, 32, 1, 0, 0),
-         (3, 5, 1, 1000, 64, 64, 1, 0, 0), (2, 2, 4, 4099, 128, 128, 1, 0, 0),
+         (3, 5, 1, 1000, 64, 64, 1, 0, 0, 1), (2, 2, 4, 4099, 128, 128, 1, 0, 0),
          (1, 2, 33, 65, 1, 3, 0, 0, 0), (1, 1, 70, 70, 256, 256, 1, 0, 0)),
         (2, 2, 7, 9, 8, 4, 1, 0, 0), diff=(0, 1, 2), gradgradcheck=True, rtol=2e-4,
         atol=2e-5),
