@@ -68,7 +68,9 @@ class UNetNoGANConfig:
     gan_batch: int = 8
     feature_weights: tuple[float, ...] = (0.2, 0.7, 0.1)  # DeOldify's 20/70/10, scaled
     critic_lr: float = 1e-3
-    gan_lr: float = 1e-4
+    # DeOldify's GAN-phase rate. Measured on the default schedule: the GAN phase moved held-out
+    # PSNR 24.92 -> 24.13 at 2e-5 and 24.79 -> 23.52 at 1e-4 (feature distance up either way).
+    gan_lr: float = 2e-5
     critic_lr_mult: float = 5.0
     critic_thresh: float = 0.65
     gen_weights: tuple[float, float] = (1.0, 1.5)  # (adversarial, feature loss)
