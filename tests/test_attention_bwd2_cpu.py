@@ -11,6 +11,7 @@ import pytest
 import torch
 from _helpers import single_thread  # noqa: F401 (a fixture, used by pytestmark)
 
+import genfast
 from genfast import backends
 from genfast.ops._boundary import DTYPE_CODE, native
 
@@ -151,6 +152,28 @@ def test_same_bits_for_any_thread_count(dtype):
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("N,M,causal", [(5, 3, True), (3, 6, True), (4, 4, False)])
+def test_gradgradcheck_of_the_public_op_runs_this_kernel(N, M, causal, monkeypatch):
+    calls = []
+    kernel_fn = C.attention_bwd2
+
+    def spy(*args):
+        calls.append(args)
+        return kernel_fn(*args)
+
+    monkeypatch.setattr(C, "attention_bwd2", spy)
+    g = torch.Generator().manual_seed(N * 10 + M)
+    q = torch.randn(1, 2, N, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, M, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, M, 5, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def fn(q, k, v):
+        return genfast.attention(q, k, v, causal=causal, backend="cpu")
+
+    assert torch.autograd.gradgradcheck(fn, (q, k, v))
+    assert calls, "the double backward did not reach genfast._C.attention_bwd2"
 
 
 def test_binding_refuses_what_could_write_out_of_bounds():

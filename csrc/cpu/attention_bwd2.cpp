@@ -7,18 +7,20 @@
 //
 // Two passes over the slice, each a parallel_for over fixed work items, so every output
 // element is summed in one fixed order whatever the thread count:
-//   A. items (slice, kRows query rows): sweep the key tiles once for the row statistics
+//   A. items (slice, kBM query rows): sweep the key tiles once for the row statistics
 //      (stored: D, r, w per row, O(N)), then again for GQ and GdO of those rows.
-//   B. items (slice, kTile keys): sweep every query row that sees the tile for GK and GV.
-// P, dP, X and Y are recomputed per (row, key tile) from the inputs: nothing N x M is stored,
-// each thread holds a few (D x kTile) tiles. Recomputing in B costs one more sweep than a
-// single key-parallel gradient sweep, and buys O(N) extra memory and no cross-thread sums.
+//   B. items (slice, kBN keys): sweep the query blocks that see the tile for GK and GV.
+// The (kBM x kBN) tiles of P, dP, X, Y are recomputed wherever needed: nothing N x M is kept,
+// a thread holds four tiles and a few packed panels. (One key-parallel gradient sweep would
+// save B's recomputation, but then GQ / GdO would need sums across threads.)
 //
-// A (row, tile) step is vectorised over the tile's keys: the key-side tensors are packed
-// transposed (D x kTile, zero-padded), so each score row is a broadcast-FMA over the tile, and
-// GK / GV accumulate transposed the same way. GQ / GdO take row-major k, v, gk, gv in place.
-// Causal (bottom-right): tiles past a row block's last visible key are skipped, entries past
-// a row's last key get P = 0; a row that sees no key is skipped, its gradients stay 0.
+// Every product is attn_tile::gemm, the attention family's register-tiled micro-kernel:
+// scores against transposed key panels (keys on the vector axis), GQ / GdO against row-major
+// key panels, GK / GV reading the coefficient tiles column-wise (no transpose). Head dims are
+// padded to kPad so every column count is whole vectors on every ISA. The element-wise steps
+// (statistics, coefficients) run in place on the tiles. Causal (bottom-right): tiles past a
+// block's last visible key are skipped and entries past a row's last key get P = 0, so a row
+// that sees no key contributes nothing and gets zero gradients.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -27,26 +29,30 @@
 
 #include "common/dtype.h"
 #include "common/fastmath.h"
+#include "common/isa.h"
 #include "common/parallel.h"
 #include "cpu/attention.h"
+#pragma GCC diagnostic ignored "-Wpsabi"  // attention_tile.h: vector types cross only inline calls
+#include "cpu/attention_tile.h"
 
 namespace genfast::cpu {
 namespace {
 
-constexpr int64_t kTile = 64;  // keys per tile: the vector axis of every per-row step
-constexpr int64_t kRows = 32;  // query rows per pass-A item
+namespace at = attn_tile;
 
-GENFAST_INLINE float exp_t(float x) { return fastmath::exp(x); }
-GENFAST_INLINE double exp_t(double x) { return std::exp(x); }
+constexpr int64_t kBN = 64;   // keys per tile
+constexpr int64_t kBM = 32;   // query rows per block (four kBM x kBN tiles: 32 KB of float32)
+constexpr int64_t kPad = 16;  // head dims padded to whole vectors of every copy
 
 template <typename T>
 struct Ctx {
   const T *q, *k, *v, *o, *lse, *dout, *gq, *gk, *gv;
   T *Gq, *Gk, *Gv, *Gdout;
   T* stats;  // (slices, N, 3): D, r, w per query row
-  int64_t N, M, Dk, Dv;
+  int64_t N, M, Dk, Dv, dkp, dvp;
   bool causal;
   T scale;
+  int isa;
   bool has_x() const { return gq || gk; }
   // Keys row i sees: [0, visible(i)).
   int64_t visible(int64_t i) const {
@@ -54,234 +60,238 @@ struct Ctx {
   }
 };
 
-// One slice's key tile [j0, j0 + nb), packed transposed and zero-padded to kTile columns.
+// One thread's buffers, sized once per parallel_for block. Key panels hold `cap` tiles: pass
+// A packs a whole slice once (its items are consecutive query blocks, mostly of one slice),
+// pass B the one tile of its item.
 template <typename T>
-struct Tile {
-  std::vector<T> k, gk, v, gv;
-  int64_t j0 = 0, nb = 0;
-  Tile(int64_t Dk, int64_t Dv)
-      : k(Dk * kTile), gk(Dk * kTile), v(Dv * kTile), gv(Dv * kTile) {}
+struct Work {
+  int64_t cap, packed = -1;         // tiles held; the slice they belong to (pass A)
+  std::vector<T> kt, gkt, vt, gvt;  // transposed key tiles: (D, kBN), columns past nb zero
+  std::vector<T> kr, gkr, vr, gvr;  // row-major key tiles, rows padded: (kBN, Dp)
+  std::vector<T> qr, gqr, dor;      // query block row-major, rows padded: (kBM, Dp)
+  std::vector<T> p, x, dp, y;       // (kBM, kBN) tiles; then dS in dp, U in y, Z in x
+  std::vector<T> acc1, acc2, sub;
+  std::vector<int64_t> lim;
+  Work(const Ctx<T>& c, int64_t cap_, bool rows)
+      : cap(cap_), kt(cap * c.Dk * kBN), gkt(c.gk ? kt.size() : 0),
+        vt(c.has_x() ? cap * c.Dv * kBN : 0), gvt(c.gv ? cap * c.Dv * kBN : 0),
+        kr(rows ? cap * kBN * c.dkp : 0), gkr(c.gk ? kr.size() : 0),
+        vr(rows && c.has_x() ? cap * kBN * c.dvp : 0), gvr(rows && c.gv ? cap * kBN * c.dvp : 0),
+        qr(kBM * c.dkp), gqr(qr.size()), dor(kBM * c.dvp),
+        p(kBM * kBN), x(p.size()), dp(p.size()), y(p.size()),
+        acc1(std::max(kBM * std::max(c.dkp, 3 * kBN), kBN * c.dkp)),
+        acc2(std::max(kBM, kBN) * c.dvp), sub(kBM), lim(kBM) {}
 };
 
+// rows [0, nb) of src (D columns) into dst: transposed (D, kBN) or row-major (kBN, Dp); the
+// padding is zero.
 template <typename T>
-GENFAST_INLINE void pack(const T* src, int64_t D, int64_t nb, T* dst) {
+void pack_t(const T* src, int64_t D, int64_t nb, T* dst) {
   for (int64_t d = 0; d < D; ++d) {
-    T* row = dst + d * kTile;
+    T* row = dst + d * kBN;
     for (int64_t j = 0; j < nb; ++j) row[j] = src[j * D + d];
-    for (int64_t j = nb; j < kTile; ++j) row[j] = T(0);
+    std::fill(row + nb, row + kBN, T(0));
   }
 }
-
 template <typename T>
-GENFAST_INLINE void load_tile(const Ctx<T>& c, int64_t bh, int64_t j0, Tile<T>& t) {
-  t.j0 = j0;
-  t.nb = std::min(kTile, c.M - j0);
+void pack_r(const T* src, int64_t D, int64_t Dp, int64_t nb, int64_t rows, T* dst) {
+  std::fill(dst, dst + rows * Dp, T(0));
+  for (int64_t j = 0; j < nb; ++j) std::copy(src + j * D, src + (j + 1) * D, dst + j * Dp);
+}
+
+// Packs key tile `tile` of slice bh into panel slot `slot`: transposed, and row-major when the
+// Work has row panels.
+template <typename T>
+void load_keys(const Ctx<T>& c, int64_t bh, int64_t tile, int64_t slot, Work<T>& w) {
+  const int64_t j0 = tile * kBN, nb = std::min(kBN, c.M - j0);
   const int64_t ok = (bh * c.M + j0) * c.Dk, ov = (bh * c.M + j0) * c.Dv;
-  pack(c.k + ok, c.Dk, t.nb, t.k.data());
-  if (c.gk) pack(c.gk + ok, c.Dk, t.nb, t.gk.data());
-  if (c.has_x()) pack(c.v + ov, c.Dv, t.nb, t.v.data());
-  if (c.gv) pack(c.gv + ov, c.Dv, t.nb, t.gv.data());
+  const int64_t st = slot * kBN, sk = st * c.Dk, sv = st * c.Dv;
+  pack_t(c.k + ok, c.Dk, nb, w.kt.data() + sk);
+  if (c.gk) pack_t(c.gk + ok, c.Dk, nb, w.gkt.data() + sk);
+  if (c.has_x()) pack_t(c.v + ov, c.Dv, nb, w.vt.data() + sv);
+  if (c.gv) pack_t(c.gv + ov, c.Dv, nb, w.gvt.data() + sv);
+  if (w.kr.empty()) return;
+  const int64_t rk = st * c.dkp, rv = st * c.dvp;
+  pack_r(c.k + ok, c.Dk, c.dkp, nb, kBN, w.kr.data() + rk);
+  if (c.gk) pack_r(c.gk + ok, c.Dk, c.dkp, nb, kBN, w.gkr.data() + rk);
+  if (c.has_x()) pack_r(c.v + ov, c.Dv, c.dvp, nb, kBN, w.vr.data() + rv);
+  if (c.gv) pack_r(c.gv + ov, c.Dv, c.dvp, nb, kBN, w.gvr.data() + rv);
 }
 
-// acc[j] += sum_d x[d] * packed[d][j]: one broadcast-FMA row per d over the whole tile.
+// P, X (unscaled), dP, Y of query rows [i0, i0 + R) against the packed key tile [j0, j0 + nb).
 template <typename T>
-GENFAST_INLINE void row_times_tile(const T* x, const T* packed, int64_t D, T* acc) {
-  for (int64_t d = 0; d < D; ++d) {
-    const T xd = x[d];
-    const T* p = packed + d * kTile;
-    for (int64_t j = 0; j < kTile; ++j) acc[j] += xd * p[j];
-  }
-}
-
-// acc[d][j] += x[d] * coef[j]: the transposed outer-product update of GK / GV.
-template <typename T>
-GENFAST_INLINE void row_times_tile_outer(const T* x, const T* coef, int64_t D, T* acc) {
-  for (int64_t d = 0; d < D; ++d) {
-    const T xd = x[d];
-    T* a = acc + d * kTile;
-    for (int64_t j = 0; j < kTile; ++j) a[j] += xd * coef[j];
-  }
-}
-
-// P, dP, X, Y of query row i (slice bh) against tile t; P = 0 from column lim on.
-template <typename T>
-struct RowTile {
-  alignas(64) T p[kTile], dp[kTile], x[kTile], y[kTile];
-};
-
-template <typename T>
-GENFAST_INLINE void row_tile(const Ctx<T>& c, int64_t bh, int64_t i, const Tile<T>& t,
-                             int64_t lim, RowTile<T>& rt) {
-  const int64_t row = bh * c.N + i;
-  const T* qi = c.q + row * c.Dk;
-  const T* doi = c.dout + row * c.Dv;
-  alignas(64) T s[kTile] = {};
-  row_times_tile(qi, t.k.data(), c.Dk, s);
-  const T lse = c.lse[row];
-  for (int64_t j = 0; j < kTile; ++j) rt.p[j] = exp_t(c.scale * s[j] - lse);
-  for (int64_t j = lim; j < kTile; ++j) rt.p[j] = T(0);  // masked or padding: any exp above
+void tiles(const Ctx<T>& c, int64_t bh, int64_t i0, int64_t R, int64_t j0, int64_t nb,
+           int64_t slot, Work<T>& w) {
+  const int64_t row = bh * c.N + i0, sk = slot * kBN * c.Dk, sv = slot * kBN * c.Dv;
+  const T* q = c.q + row * c.Dk;
+  const T* dout = c.dout + row * c.Dv;
+  at::gemm(c.isa, false, R, kBN, c.Dk, q, c.Dk, 1, w.kt.data() + sk, kBN, w.p.data(), kBN);
+  for (int64_t r = 0; r < R; ++r) w.lim[r] = c.visible(i0 + r) - j0, w.sub[r] = c.lse[row + r];
+  at::probs_rows(c.isa, R, nb, kBN, w.p.data(), kBN, c.scale, w.sub.data(), w.lim.data(),
+                 static_cast<T*>(nullptr));
   if (c.has_x()) {
-    for (int64_t j = 0; j < kTile; ++j) rt.x[j] = T(0), rt.dp[j] = T(0);
-    if (c.gq) row_times_tile(c.gq + row * c.Dk, t.k.data(), c.Dk, rt.x);
-    if (c.gk) row_times_tile(qi, t.gk.data(), c.Dk, rt.x);
-    for (int64_t j = 0; j < kTile; ++j) rt.x[j] *= c.scale;
-    row_times_tile(doi, t.v.data(), c.Dv, rt.dp);
+    if (c.gq)
+      at::gemm(c.isa, false, R, kBN, c.Dk, c.gq + row * c.Dk, c.Dk, 1, w.kt.data() + sk, kBN,
+               w.x.data(), kBN);
+    if (c.gk)
+      at::gemm(c.isa, c.gq != nullptr, R, kBN, c.Dk, q, c.Dk, 1, w.gkt.data() + sk, kBN, w.x.data(),
+               kBN);
+    at::gemm(c.isa, false, R, kBN, c.Dv, dout, c.Dv, 1, w.vt.data() + sv, kBN, w.dp.data(), kBN);
   }
-  if (c.gv) {
-    for (int64_t j = 0; j < kTile; ++j) rt.y[j] = T(0);
-    row_times_tile(doi, t.gv.data(), c.Dv, rt.y);
-  }
+  if (c.gv)
+    at::gemm(c.isa, false, R, kBN, c.Dv, dout, c.Dv, 1, w.gvt.data() + sv, kBN, w.y.data(), kBN);
 }
 
-// The per-entry coefficients of the gradient sweeps: ds = dS, u = U, z = Z (tile-wide).
+// In place: dp <- dS, y <- U, x <- Z (rows [0, R) of the tiles; st: the rows' D, r, w).
 template <typename T>
-GENFAST_INLINE void coefficients(const Ctx<T>& c, const RowTile<T>& rt, T D, T r, T w, T* ds,
-                                 T* u, T* z) {
+GENFAST_INLINE void coefficients(const Ctx<T>& c, int64_t R, const T* st, Work<T>& w) {
   const bool hx = c.has_x(), hy = c.gv != nullptr;
-  for (int64_t j = 0; j < kTile; ++j) {
-    const T p = rt.p[j];
-    T wj = hy ? rt.y[j] : T(0);
-    if (hx) {
-      const T dpd = rt.dp[j] - D;
-      ds[j] = p * dpd;
-      wj += rt.x[j] * dpd - r * rt.dp[j];
-      z[j] = p * (rt.x[j] - r);
-    }
-    u[j] = p * (wj - w);
-  }
-}
-
-// Pass A for query rows [i0, i1) of slice bh: statistics, then GQ and GdO.
-template <typename T>
-GENFAST_INLINE void query_block(const Ctx<T>& c, int64_t bh, int64_t i0, int64_t i1,
-                                Tile<T>& t) {
-  const bool hx = c.has_x(), hy = c.gv != nullptr;
-  const int64_t Dk = c.Dk, Dv = c.Dv;
-  std::fill(c.Gq + (bh * c.N + i0) * Dk, c.Gq + (bh * c.N + i1) * Dk, T(0));
-  std::fill(c.Gdout + (bh * c.N + i0) * Dv, c.Gdout + (bh * c.N + i1) * Dv, T(0));
-  const int64_t last = c.visible(i1 - 1);  // the block's widest row (visible grows with i)
-  if (last <= 0) return;
-  // Lane accumulators of r, a, c per row (kTile lanes, summed in lane order at the end).
-  alignas(64) T acc[kRows][3][kTile];
-  std::memset(acc, 0, sizeof acc);
-  RowTile<T> rt;
-  T* st = c.stats + (bh * c.N) * 3;
-  for (int64_t i = i0; i < i1; ++i) {
-    const int64_t row = bh * c.N + i;
-    st[i * 3] = hx ? fastmath::lane_sum<T>(Dv, [&](int64_t d) {
-      return c.dout[row * Dv + d] * c.o[row * Dv + d];
-    }) : T(0);
-  }
-  for (int64_t j0 = 0; j0 < last; j0 += kTile) {
-    load_tile(c, bh, j0, t);
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t lim = std::min(c.visible(i) - j0, t.nb);
-      if (lim <= 0) continue;
-      row_tile(c, bh, i, t, lim, rt);
-      T(&a)[3][kTile] = acc[i - i0];
-      for (int64_t j = 0; j < kTile; ++j) {
-        if (hx) a[0][j] += rt.p[j] * rt.x[j], a[2][j] += rt.p[j] * rt.x[j] * rt.dp[j];
-        if (hy) a[1][j] += rt.p[j] * rt.y[j];
+  for (int64_t r = 0; r < R; ++r) {
+    const T D = st[r * 3], rr = st[r * 3 + 1], ww = st[r * 3 + 2], s = c.scale;
+    T *p = w.p.data() + r * kBN, *x = w.x.data() + r * kBN, *dp = w.dp.data() + r * kBN,
+      *y = w.y.data() + r * kBN;
+    if (hx && hy) {
+      for (int64_t j = 0; j < kBN; ++j) {
+        const T xs = s * x[j], dpd = dp[j] - D;
+        y[j] = p[j] * (y[j] + xs * dpd - rr * dp[j] - ww);
+        dp[j] = p[j] * dpd;
+        x[j] = p[j] * (xs - rr);
       }
+    } else if (hx) {
+      for (int64_t j = 0; j < kBN; ++j) {
+        const T xs = s * x[j], dpd = dp[j] - D;
+        y[j] = p[j] * (xs * dpd - rr * dp[j] - ww);
+        dp[j] = p[j] * dpd;
+        x[j] = p[j] * (xs - rr);
+      }
+    } else {
+      for (int64_t j = 0; j < kBN; ++j) y[j] = p[j] * (y[j] - ww);
     }
   }
-  for (int64_t i = i0; i < i1; ++i) {
+}
+
+// Pass A for query rows [i0, i0 + R) of slice bh: statistics, then GQ and GdO.
+template <typename T>
+GENFAST_INLINE void query_block(const Ctx<T>& c, int64_t bh, int64_t i0, int64_t R,
+                                Work<T>& w) {
+  const bool hx = c.has_x(), hy = c.gv != nullptr;
+  const int64_t last = c.visible(i0 + R - 1);  // the block's widest row (visible grows with i)
+  T* st = c.stats + (bh * c.N + i0) * 3;
+  T* lanes = w.acc1.data();  // per row: kBN lanes each of r, a, c
+  std::fill(lanes, lanes + R * 3 * kBN, T(0));
+  for (int64_t r = 0; r < R; ++r) {
+    const T* d = c.dout + (bh * c.N + i0 + r) * c.Dv;
+    const T* o = c.o + (bh * c.N + i0 + r) * c.Dv;
+    st[r * 3] = hx ? fastmath::lane_sum<T>(c.Dv, [&](int64_t e) { return d[e] * o[e]; }) : T(0);
+  }
+  if (w.packed != bh) {
+    for (int64_t t = 0; t * kBN < c.M; ++t) load_keys(c, bh, t, t, w);
+    w.packed = bh;
+  }
+  for (int64_t j0 = 0; j0 < last; j0 += kBN) {
+    const int64_t nb = std::min(kBN, c.M - j0);
+    tiles(c, bh, i0, R, j0, nb, j0 / kBN, w);
+    for (int64_t r = 0; r < R; ++r) {
+      const T *p = w.p.data() + r * kBN, *x = w.x.data() + r * kBN,
+              *dp = w.dp.data() + r * kBN, *y = w.y.data() + r * kBN;
+      T* a = lanes + r * 3 * kBN;
+      if (hx)
+        for (int64_t j = 0; j < kBN; ++j) {
+          const T px = p[j] * x[j];
+          a[j] += px, a[2 * kBN + j] += px * dp[j];
+        }
+      if (hy)
+        for (int64_t j = 0; j < kBN; ++j) a[kBN + j] += p[j] * y[j];
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {
     T sum[3] = {};
     for (int m = 0; m < 3; ++m)
-      for (int64_t j = 0; j < kTile; ++j) sum[m] += acc[i - i0][m][j];
-    const T D = st[i * 3];
-    st[i * 3 + 1] = sum[0];
-    st[i * 3 + 2] = sum[1] + sum[2] - 2 * sum[0] * D;
+      for (int64_t j = 0; j < kBN; ++j) sum[m] += lanes[(r * 3 + m) * kBN + j];
+    const T s = c.scale;  // X was summed unscaled
+    st[r * 3 + 1] = s * sum[0];
+    st[r * 3 + 2] = sum[1] + s * sum[2] - 2 * s * sum[0] * st[r * 3];
   }
-  alignas(64) T ds[kTile], u[kTile], z[kTile];
-  for (int64_t j0 = 0; j0 < last; j0 += kTile) {
-    load_tile(c, bh, j0, t);
-    const int64_t kr = bh * c.M + j0;
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t lim = std::min(c.visible(i) - j0, t.nb);
-      if (lim <= 0) continue;
-      row_tile(c, bh, i, t, lim, rt);
-      const T* s = st + i * 3;
-      coefficients(c, rt, s[0], s[1], s[2], ds, u, z);
-      T* gqi = c.Gq + (bh * c.N + i) * Dk;
-      T* gdi = c.Gdout + (bh * c.N + i) * Dv;
-      for (int64_t j = 0; j < lim; ++j) {
-        const T* kj = c.k + (kr + j) * Dk;
-        const T uj = u[j];
-        for (int64_t d = 0; d < Dk; ++d) gqi[d] += uj * kj[d];
-        if (c.gk) {
-          const T* gkj = c.gk + (kr + j) * Dk;
-          const T dsj = ds[j];
-          for (int64_t d = 0; d < Dk; ++d) gqi[d] += dsj * gkj[d];
-        }
-        if (hy) {
-          const T* gvj = c.gv + (kr + j) * Dv;
-          const T pj = rt.p[j];
-          for (int64_t d = 0; d < Dv; ++d) gdi[d] += pj * gvj[d];
-        }
-        if (hx) {
-          const T* vj = c.v + (kr + j) * Dv;
-          const T zj = z[j];
-          for (int64_t d = 0; d < Dv; ++d) gdi[d] += zj * vj[d];
-        }
-      }
-    }
+  T *accq = w.acc1.data(), *acco = w.acc2.data();
+  std::fill(accq, accq + R * c.dkp, T(0));
+  std::fill(acco, acco + R * c.dvp, T(0));
+  for (int64_t j0 = 0; j0 < last; j0 += kBN) {
+    const int64_t nb = std::min(kBN, c.M - j0);
+    tiles(c, bh, i0, R, j0, nb, j0 / kBN, w);
+    coefficients(c, R, st, w);
+    const int64_t rk = j0 * c.dkp, rv = j0 * c.dvp;  // this tile's row-major panels
+    const auto at_ = [](const std::vector<T>& b, int64_t off) {
+      return b.empty() ? nullptr : b.data() + off;  // absent cotangents have no panels
+    };
+    const T *kr = at_(w.kr, rk), *gkr = at_(w.gkr, rk), *vr = at_(w.vr, rv), *gvr = at_(w.gvr, rv);
+    at::gemm(c.isa, true, R, c.dkp, nb, w.y.data(), kBN, 1, kr, c.dkp, accq, c.dkp);
+    if (c.gk) at::gemm(c.isa, true, R, c.dkp, nb, w.dp.data(), kBN, 1, gkr, c.dkp, accq, c.dkp);
+    if (hy) at::gemm(c.isa, true, R, c.dvp, nb, w.p.data(), kBN, 1, gvr, c.dvp, acco, c.dvp);
+    if (hx) at::gemm(c.isa, true, R, c.dvp, nb, w.x.data(), kBN, 1, vr, c.dvp, acco, c.dvp);
   }
-  for (int64_t n = (bh * c.N + i0) * Dk; n < (bh * c.N + i1) * Dk; ++n) c.Gq[n] *= c.scale;
+  for (int64_t r = 0; r < R; ++r) {
+    T* gq = c.Gq + (bh * c.N + i0 + r) * c.Dk;
+    T* gd = c.Gdout + (bh * c.N + i0 + r) * c.Dv;
+    for (int64_t d = 0; d < c.Dk; ++d) gq[d] = c.scale * accq[r * c.dkp + d];
+    std::copy(acco + r * c.dvp, acco + r * c.dvp + c.Dv, gd);
+  }
 }
 
-// Pass B for key tile [j0, j0 + kTile) of slice bh: GK and GV, accumulated transposed
-// (D x kTile: the same broadcast-FMA rows as the scores) and written back at the end.
+// Pass B for key tile [j0, j0 + nb) of slice bh: GK and GV over the query blocks that see it.
 template <typename T>
-GENFAST_INLINE void key_block(const Ctx<T>& c, int64_t bh, int64_t j0, Tile<T>& t, T* gkt,
-                              T* gvt) {
+GENFAST_INLINE void key_block(const Ctx<T>& c, int64_t bh, int64_t j0, Work<T>& w) {
   const bool hx = c.has_x();
-  const int64_t Dk = c.Dk, Dv = c.Dv;
-  load_tile(c, bh, j0, t);
-  std::fill(gkt, gkt + Dk * kTile, T(0));
-  if (hx) std::fill(gvt, gvt + Dv * kTile, T(0));
-  // Rows before i_first see none of the tile (causal); later rows see more of it.
+  const int64_t nb = std::min(kBN, c.M - j0);
+  load_keys(c, bh, j0 / kBN, 0, w);
+  T *acck = w.acc1.data(), *accv = w.acc2.data();
+  std::fill(acck, acck + kBN * c.dkp, T(0));
+  std::fill(accv, accv + kBN * c.dvp, T(0));
+  // Rows before i_first see none of the tile (causal); blocks stay aligned to kBM, so each
+  // element's sum runs over the same blocks as in every other split.
   const int64_t i_first = c.causal ? std::clamp<int64_t>(j0 - (c.M - c.N), 0, c.N) : 0;
-  RowTile<T> rt;
-  alignas(64) T ds[kTile], u[kTile], z[kTile];
-  const T* st = c.stats + (bh * c.N) * 3;
-  for (int64_t i = i_first; i < c.N; ++i) {
-    const int64_t lim = std::min(c.visible(i) - j0, t.nb);
-    if (lim <= 0) continue;
-    row_tile(c, bh, i, t, lim, rt);
-    coefficients(c, rt, st[i * 3], st[i * 3 + 1], st[i * 3 + 2], ds, u, z);
-    const int64_t row = bh * c.N + i;
-    row_times_tile_outer(c.q + row * Dk, u, Dk, gkt);
-    if (c.gq) row_times_tile_outer(c.gq + row * Dk, ds, Dk, gkt);
-    if (hx) row_times_tile_outer(c.dout + row * Dv, z, Dv, gvt);
+  for (int64_t i0 = i_first / kBM * kBM; i0 < c.N; i0 += kBM) {
+    const int64_t R = std::min(kBM, c.N - i0), row = bh * c.N + i0;
+    tiles(c, bh, i0, R, j0, nb, 0, w);
+    coefficients(c, R, c.stats + row * 3, w);
+    at::pad_rows(c.q + row * c.Dk, c.Dk, R, c.Dk, c.dkp, w.qr.data());
+    at::gemm(c.isa, true, nb, c.dkp, R, w.y.data(), 1, kBN, w.qr.data(), c.dkp, acck, c.dkp);
+    if (c.gq) {
+      at::pad_rows(c.gq + row * c.Dk, c.Dk, R, c.Dk, c.dkp, w.gqr.data());
+      at::gemm(c.isa, true, nb, c.dkp, R, w.dp.data(), 1, kBN, w.gqr.data(), c.dkp, acck,
+               c.dkp);
+    }
+    if (hx) {
+      at::pad_rows(c.dout + row * c.Dv, c.Dv, R, c.Dv, c.dvp, w.dor.data());
+      at::gemm(c.isa, true, nb, c.dvp, R, w.x.data(), 1, kBN, w.dor.data(), c.dvp, accv, c.dvp);
+    }
   }
-  T* gk = c.Gk + (bh * c.M + j0) * Dk;
-  T* gv = c.Gv + (bh * c.M + j0) * Dv;
-  for (int64_t j = 0; j < t.nb; ++j)
-    for (int64_t d = 0; d < Dk; ++d) gk[j * Dk + d] = c.scale * gkt[d * kTile + j];
-  for (int64_t j = 0; j < t.nb; ++j)
-    for (int64_t d = 0; d < Dv; ++d) gv[j * Dv + d] = hx ? gvt[d * kTile + j] : T(0);
+  for (int64_t j = 0; j < nb; ++j) {
+    T* gk = c.Gk + (bh * c.M + j0 + j) * c.Dk;
+    T* gv = c.Gv + (bh * c.M + j0 + j) * c.Dv;
+    for (int64_t d = 0; d < c.Dk; ++d) gk[d] = c.scale * acck[j * c.dkp + d];
+    std::copy(accv + j * c.dvp, accv + j * c.dvp + c.Dv, gv);
+  }
 }
 
 template <typename T>
 GENFAST_INLINE void query_items(const Ctx<T>& c, int64_t it0, int64_t it1) {
-  const int64_t per = (c.N + kRows - 1) / kRows;
-  Tile<T> t(c.Dk, c.Dv);
+  const int64_t per = (c.N + kBM - 1) / kBM;
+  Work<T> w(c, (c.M + kBN - 1) / kBN, true);
   for (int64_t it = it0; it < it1; ++it) {
-    const int64_t bh = it / per, i0 = it % per * kRows;
-    query_block(c, bh, i0, std::min(i0 + kRows, c.N), t);
+    const int64_t bh = it / per, i0 = it % per * kBM;
+    query_block(c, bh, i0, std::min(kBM, c.N - i0), w);
   }
 }
 
 template <typename T>
 GENFAST_INLINE void key_items(const Ctx<T>& c, int64_t it0, int64_t it1) {
-  const int64_t per = (c.M + kTile - 1) / kTile;
-  Tile<T> t(c.Dk, c.Dv);
-  std::vector<T> gkt(c.Dk * kTile), gvt(c.Dv * kTile);
-  for (int64_t it = it0; it < it1; ++it)
-    key_block(c, it / per, it % per * kTile, t, gkt.data(), gvt.data());
+  const int64_t per = (c.M + kBN - 1) / kBN;
+  Work<T> w(c, 1, false);
+  for (int64_t it = it0; it < it1; ++it) key_block(c, it / per, it % per * kBN, w);
 }
 
+// The item loops are compiled per ISA for their element-wise steps; the products inside
+// dispatch on c.isa themselves.
 GENFAST_MULTIVERSIONED(query_f32, (const Ctx<float>& c, int64_t a, int64_t b), (c, a, b),
                        query_items<float>(c, a, b))
 GENFAST_MULTIVERSIONED(query_f64, (const Ctx<double>& c, int64_t a, int64_t b), (c, a, b),
@@ -304,18 +314,19 @@ void bwd2(const void* q, const void* k, const void* v, const void* o, const void
   std::vector<T> stats(static_cast<size_t>(BH * N * 3));
   const Ctx<T> c{in(q), in(k), in(v), in(o), in(lse), in(dout), in(gq), in(gk), in(gv),
                  static_cast<T*>(Gq), static_cast<T*>(Gk), static_cast<T*>(Gv),
-                 static_cast<T*>(Gdout), stats.data(), N, M, Dk, Dv, causal,
-                 static_cast<T>(scale)};
+                 static_cast<T*>(Gdout), stats.data(), N, M, Dk, Dv,
+                 at::round_up(Dk, kPad), at::round_up(Dv, kPad), causal,
+                 static_cast<T>(scale), isa::active()};
   // Multiply-adds per (query, key) pair, the unit of parallel_for's single-thread cut-off.
   const int64_t pair = 3 * Dk + 3 * Dv;
   if (N > 0) {
-    const int64_t items = BH * ((N + kRows - 1) / kRows);
-    parallel_for(items, kRows * M * pair * 2, num_threads,
+    const int64_t items = BH * ((N + kBM - 1) / kBM);
+    parallel_for(items, kBM * M * pair * 2, num_threads,
                  [&](int64_t a, int64_t b) { query_run(c, a, b); });
   }
   if (M > 0) {
-    const int64_t items = BH * ((M + kTile - 1) / kTile);
-    parallel_for(items, kTile * N * pair, num_threads,
+    const int64_t items = BH * ((M + kBN - 1) / kBN);
+    parallel_for(items, kBN * N * pair, num_threads,
                  [&](int64_t a, int64_t b) { key_run(c, a, b); });
   }
 }
