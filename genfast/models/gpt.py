@@ -256,8 +256,9 @@ def sample(cls: type[GPT], args: Any) -> int:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(text)
     print(text)
+    threads = torch.get_num_threads()
     print(f"\n{args.model} step {ckpt['step']}: {n} characters in {dt:.3f} s = {n / dt:,.0f} "
-          f"tokens/s (KV cache, batch 1, {torch.get_num_threads()} threads, temperature "
+          f"tokens/s (KV cache, batch 1, {threads} thread{'s' * (threads != 1)}, temperature "
           f"{knobs['temperature']:g}, seed {knobs['seed']})"
           + (f"; written to {args.out}" if args.out else ""))
     return 0
