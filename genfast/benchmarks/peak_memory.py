@@ -2,7 +2,8 @@
 
 CPU: torch keeps no allocation statistics for host memory, so the layer runs in a fresh
 process and reports how far its peak resident set rose above what it held with the inputs
-built (ru_maxrss, a high-water mark: the first call's peak, scratch of the kernels included).
+built (VmHWM after resetting it through /proc/self/clear_refs: the call's own peak, scratch of
+the kernels included).
 CUDA: the runner's torch.cuda peak allocation, passed through.
 
     python -m genfast.benchmarks.peak_memory B C H W PROVIDER [DTYPE]   -> prints MB
@@ -31,8 +32,33 @@ def sagan_peak_mb(shape: tuple[int, ...], provider: str, device: str, dtype: str
         return None
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> float:
+    """Start a fresh high-water mark at the current resident set (Linux: writing 5 to
+    /proc/self/clear_refs resets VmHWM); returns the level peaks are measured from. Elsewhere
+    ru_maxrss, which an earlier peak (imports) can hide."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_mb("VmRSS")
+    except OSError:
+        return _peak_mb()
+
+
+def _peak_mb() -> float:
+    hwm = _status_mb("VmHWM")
+    return hwm if hwm is not None else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def main(argv: list[str]) -> None:
@@ -48,9 +74,9 @@ def main(argv: list[str]) -> None:
     x = torch.randn(B, C, H, W, dtype=dtype, requires_grad=True)
     w = torch.randn(B, C, H, W, dtype=dtype)
     torch.autograd.grad((layer(x[:1, :, :2, :2]) * w[:1, :, :2, :2]).sum(), x)  # lazy inits
-    base = _rss_mb()
+    base = _reset_peak()
     torch.autograd.grad((layer(x) * w).sum(), [x, *layer.parameters()])
-    print(f"{_rss_mb() - base:.3f}")
+    print(f"{_peak_mb() - base:.3f}")
 
 
 if __name__ == "__main__":

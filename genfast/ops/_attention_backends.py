@@ -35,7 +35,7 @@ def _opt(t: Tensor | None):
 
 
 def _strides(t: Tensor) -> tuple[int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2)
+    return t.stride()[:3]
 
 
 def _native_fwd(backend, q, k, v, causal, scale, pool, save):

@@ -244,9 +244,11 @@ def _as4d(name: str, t: object, ndim: int) -> Tensor:
     if t.dim() != ndim:
         raise ValueError(f"{name} must have as many dims as q ({ndim}), got shape "
                          f"{tuple(t.shape)}")
-    if t.dim() > 4:
+    if ndim == 4:  # no reshape: it costs microseconds a call, which a decode step feels
+        return t
+    if ndim > 4:
         raise ValueError(f"{name} must be 2-D, 3-D or 4-D, got shape {tuple(t.shape)}")
-    return t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
+    return t.reshape((1,) * (4 - ndim) + tuple(t.shape))
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, pool, causal: bool) -> tuple[int, int] | None:
@@ -309,10 +311,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     """
     _checks.tensor("q", q, min_dim=2)
     nd = q.dim()
-    if nd > 4:
-        raise ValueError(f"q must be 2-D, 3-D or 4-D, got shape {tuple(q.shape)}")
-    q4, k4, v4 = q.reshape((1,) * (4 - nd) + tuple(q.shape)), _as4d("k", k, nd), \
-        _as4d("v", v, nd)
+    q4, k4, v4 = _as4d("q", q, nd), _as4d("k", k, nd), _as4d("v", v, nd)
     causal = _checks.boolean("causal", causal)
     grid = _check(q4, k4, v4, pool, causal)
     scale = q4.shape[3] ** -0.5 if scale is None else _checks.real("scale", scale)
@@ -324,4 +323,4 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
         o = attention_fwd_op(q4, k4, v4, causal, scale, ph, pw, save, be)[0]
     else:
         o = _fwd(q4, k4, v4, causal, scale, ph, pw, save, be)[0]
-    return o.reshape(*q.shape[:-1], v4.shape[3])
+    return o if nd == 4 else o.reshape(*q.shape[:-1], v4.shape[3])
