@@ -127,19 +127,21 @@ def test_every_simd_copy(isa):
 def test_strided_views_kv_cache():
     # q from a (B, N, Hh, D) projection viewed as (B, Hh, N, D); k / v the first L rows of a
     # preallocated cache: the kernel reads them in place, equal to contiguous copies.
+    # N = 3: the few-row path (scores as dot products on k in place); N = 70: the tiled one.
     torch.manual_seed(2)
-    B, Hh, N, D, Tmax, L = 2, 3, 5, 16, 300, 211
-    q = torch.randn(B, N, Hh, D).transpose(1, 2)
+    B, Hh, D, Tmax, L = 2, 3, 20, 300, 211
     kc, vc = torch.randn(B, Hh, Tmax, D), torch.randn(B, Hh, Tmax, 2 * D)
     k, v = kc[:, :, :L], vc[:, :, :L, D // 2:D // 2 + 24]
-    for causal in (False, True):
-        o, lse = kfwd(q, k, v, causal)
-        oc, lc = kfwd(q.contiguous(), k.contiguous(), v.contiguous(), causal)
-        assert torch.equal(o, oc) and torch.equal(lse, lc)
-        _check(q.double(), k.double(), v.double(), causal, None, None, f"strided {causal}")
+    for N in (3, 70):
+        q = torch.randn(B, N, Hh, D).transpose(1, 2)
+        for causal in (False, True):
+            o, lse = kfwd(q, k, v, causal)
+            oc, lc = kfwd(q.contiguous(), k.contiguous(), v.contiguous(), causal)
+            assert torch.equal(o, oc) and torch.equal(lse, lc)
+            _check(q.double(), k.double(), v.double(), causal, None, None, f"strided {N}")
 
 
-@pytest.mark.parametrize("N", [1, 2, 4])
+@pytest.mark.parametrize("N", [1, 2, 4, 10])  # 10: tiled scores, keys still split
 def test_decode_matches_full_causal(N):
     # The decode path (few rows, long M, keys split in parts merged afterwards) equals the last
     # N rows of the full causal attention, and the reference.

@@ -39,6 +39,7 @@ constexpr int64_t BN = 64;          // keys per block (a multiple of every vec_l
 constexpr int64_t kDecodeRows = 16;  // N at most this: the decode path may split keys
 constexpr int64_t kSplitKeys = 256;  // keys per decode part (at least)
 constexpr int64_t kMaxSplits = 64;
+constexpr int64_t kDotRows = 4;  // N at most this: scores by dot products on k in place
 
 // One online-softmax step on a block S (R rows, lim[r] visible keys of bn, row stride lds): P
 // replaces S (zero past lim up to bn), m / l update, acc rows (dvp wide) rescaled.
@@ -156,6 +157,7 @@ struct Fwd {
   int isa;
   int64_t VL, Dvp;
   bool v_direct;  // v read in place (not pooled, Dv a whole number of vectors)
+  bool k_direct;  // S by dot products on k in place (few rows, not pooled): no k^T panel
 };
 
 // Per-thread buffers of the forward, sized for panels of up to `keys` keys.
@@ -166,7 +168,7 @@ struct FwdWork {
   int64_t ldkt = 0;
   void size(const Fwd<T>& a, int64_t keys) {
     ldkt = round_up(std::max<int64_t>(keys, 1), a.VL);
-    kt.resize(static_cast<size_t>(a.Dk * ldkt));
+    if (!a.k_direct) kt.resize(static_cast<size_t>(a.Dk * ldkt));
     if (!a.v_direct) vp.resize(static_cast<size_t>(keys * a.Dvp));
     s.resize(static_cast<size_t>(BM * BN));
     acc.resize(static_cast<size_t>(BM * a.Dvp));
@@ -181,7 +183,7 @@ std::pair<const T*, int64_t> pack_fwd(const Fwd<T>& a, int64_t b, int64_t h, int
                                       int64_t k1, FwdWork<T>& w) {
   const KeyRows<T> kr{a.k + b * a.sk_b + h * a.sk_h, a.sk_n, a.pw};
   const KeyRows<T> vr{a.v + b * a.sv_b + h * a.sv_h, a.sv_n, a.pw};
-  pack_t(kr, a.Dk, k0, k1, w.kt.data(), w.ldkt, w.tmp.data());
+  if (!a.k_direct) pack_t(kr, a.Dk, k0, k1, w.kt.data(), w.ldkt, w.tmp.data());
   if (a.v_direct) return {vr.base + k0 * a.sv_n, a.sv_n};
   pack_r(vr, a.Dv, a.Dvp, k0, k1, w.vp.data());
   return {w.vp.data(), a.Dvp};
@@ -200,8 +202,12 @@ void attend(const Fwd<T>& a, int64_t b, int64_t h, int64_t q0, int64_t bm, int64
   const T* qs = a.q + b * a.sq_b + h * a.sq_h + q0 * a.sq_n;
   for (int64_t j0 = k0; j0 < k1; j0 += BN) {
     const int64_t bn = std::min(BN, k1 - j0), ncols = round_up(bn, a.VL);
-    gemm(a.isa, false, bm, ncols, a.Dk, qs, a.sq_n, 1, w.kt.data() + (j0 - kbase), w.ldkt,
-         w.s.data(), BN);
+    if (a.k_direct)
+      dot_rows(a.isa, bm, bn, ncols, a.Dk, qs, a.sq_n,
+               a.k + b * a.sk_b + h * a.sk_h + j0 * a.sk_n, a.sk_n, w.s.data(), BN);
+    else
+      gemm(a.isa, false, bm, ncols, a.Dk, qs, a.sq_n, 1, w.kt.data() + (j0 - kbase), w.ldkt,
+           w.s.data(), BN);
     for (int64_t r = 0; r < bm; ++r) w.lim[r] = a.causal ? q0 + r + shift - j0 + 1 : bn;
     online_step(a.isa, bm, bn, w.s.data(), BN, a.scale, w.lim.data(), w.m.data(), w.l.data(),
                 w.acc.data(), a.Dvp);
@@ -312,10 +318,11 @@ static void fwd_typed(const void* q, const void* k, const void* v, void* o, void
   Fwd<T> a{static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
            static_cast<T*>(o), static_cast<T*>(lse), B, Hh, N, M, Sk, Dk, Dv, sq_b, sq_h, sq_n,
            sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, pool_w, causal, static_cast<T>(scale),
-           isa::active(), 0, 0, false};
+           isa::active(), 0, 0, false, false};
   a.VL = vec_len<T>(a.isa);
   a.Dvp = round_up(std::max<int64_t>(Dv, 1), a.VL);
   a.v_direct = pool_w == 0 && Dv % a.VL == 0 && Dv > 0;
+  a.k_direct = pool_w == 0 && N <= kDotRows;
   if (B * Hh * N == 0) return;
   if (M == 0 || Dv == 0) {
     // No key (or nothing to average): o = 0; lse = -inf without keys, else the row's lse.

@@ -50,25 +50,61 @@ struct BwdWork {
 };
 
 // Writes the pooled gradient g (R keys from k0, row stride ld) of one of k / v to the unpooled
-// rows of out: each window's first maximum in x gets it, the window's other rows 0.
-template <typename T>
-void route(const T* x, const T* g, int64_t ld, int64_t k0, int64_t R, int64_t D, int64_t pw,
-           T* out) {
+// rows of out: each window's first maximum in x gets it, the window's other rows 0. On vector
+// types with masks: GCC leaves a scalar loop of float compares and selects branchy.
+template <typename T, int Isa>
+GENFAST_INLINE void route_body(const T* x, const T* g, int64_t ld, int64_t k0, int64_t R,
+                               int64_t D, int64_t pw, T* out) {
+  constexpr int W = Isa == isa::kScalar ? 1 : (Isa == isa::kBase ? 16 : 32) / sizeof(T);
+  using V = typename conv_tile::Lanes<T, W>::V;
   const KeyRows<T> kr{x, D, pw};
   for (int64_t jj = 0; jj < R; ++jj) {
     const int64_t r0 = kr.first(k0 + jj);
-    const int64_t rows[4] = {r0, r0 + 1, r0 + pw, r0 + pw + 1};
-    for (int64_t d = 0; d < D; ++d) {
-      T m = x[rows[0] * D + d];
-      int best = 0;
-      for (int w = 1; w < 4; ++w) {
-        const T y = x[rows[w] * D + d];
-        if (y > m) m = y, best = w;
+    const T *xa = x + r0 * D, *xb = xa + D, *xc = xa + pw * D, *xd = xc + D;
+    T *oa = out + r0 * D, *ob = oa + D, *oc = oa + pw * D, *od = oc + D;
+    const T* gj = g + jj * ld;
+    int64_t d = 0;
+    if constexpr (W > 1) {
+      using conv_tile::loadu;
+      using conv_tile::storeu;
+      for (; d + W <= D; d += W) {
+        const V a = loadu<V>(xa + d), b = loadu<V>(xb + d), c = loadu<V>(xc + d);
+        const V e = loadu<V>(xd + d), gd = loadu<V>(gj + d);
+        V m = a;
+        m = b > m ? b : m;
+        m = c > m ? c : m;
+        m = e > m ? e : m;
+        const auto ta = a == m, tb = (b == m) & ~ta, tc = (c == m) & ~ta & ~tb;
+        const auto td = ~(ta | tb | tc);
+        storeu(oa + d, ta ? gd : V{});
+        storeu(ob + d, tb ? gd : V{});
+        storeu(oc + d, tc ? gd : V{});
+        storeu(od + d, td ? gd : V{});
       }
-      for (int w = 0; w < 4; ++w) out[rows[w] * D + d] = w == best ? g[jj * ld + d] : T(0);
+    }
+    for (; d < D; ++d) {
+      const T a = xa[d], b = xb[d], c = xc[d], e = xd[d], gd = gj[d];
+      T m = a;
+      m = b > m ? b : m;
+      m = c > m ? c : m;
+      m = e > m ? e : m;
+      const int w = a == m ? 0 : b == m ? 1 : c == m ? 2 : 3;
+      oa[d] = w == 0 ? gd : T(0);
+      ob[d] = w == 1 ? gd : T(0);
+      oc[d] = w == 2 ? gd : T(0);
+      od[d] = w == 3 ? gd : T(0);
     }
   }
 }
+
+#define GENFAST_ATTN_ROUTE(T)                                                               \
+  GENFAST_ATTN_COPIES(route,                                                                \
+                      (const T* x, const T* g, int64_t ld, int64_t k0, int64_t R, int64_t D, \
+                       int64_t pw, T* out),                                                 \
+                      (x, g, ld, k0, R, D, pw, out),                                        \
+                      route_body<T, kIsa>(x, g, ld, k0, R, D, pw, out))
+GENFAST_ATTN_ROUTE(float)
+GENFAST_ATTN_ROUTE(double)
 
 template <typename T>
 void bwd_unit(const Bwd<T>& a, int64_t slice, int64_t c, BwdWork<T>& w) {
@@ -168,8 +204,8 @@ void bwd_unit(const Bwd<T>& a, int64_t slice, int64_t c, BwdWork<T>& w) {
       std::memcpy(dv + (ka + j) * Dv, w.dvp.data() + j * a.Dvp, Dv * sizeof(T));
     }
   } else {
-    route(k, w.dkp.data(), a.Dkp, ka, R, Dk, a.pw, dk);
-    route(v, w.dvp.data(), a.Dvp, ka, R, Dv, a.pw, dv);
+    route(a.isa, k, w.dkp.data(), a.Dkp, ka, R, Dk, a.pw, dk);
+    route(a.isa, v, w.dvp.data(), a.Dvp, ka, R, Dv, a.pw, dv);
     if (c == 0) {  // rows in no window (an odd grid's last row / column) get 0
       for (int64_t r = 0; r < a.Sk; ++r) {
         const int64_t y = r / a.pw, x = r % a.pw;

@@ -24,6 +24,8 @@
 //       [0, ncols); rowsum (may be null) gets each row's sum. sub = +inf gives a zero row.
 //   ds_rows(isa, R, ncols, P, ldp, dP, lddp, Dr, scale)            (float and double)
 //       dP[r][j] = scale P[r][j] (dP[r][j] - Dr[r]), j < ncols.
+//   dot_rows(isa, R, n, ncols, D, Q, ldq, K, ldk, S, lds)          (float and double)
+//       S[r][j] = sum_{d<D} Q[r*ldq + d] K[j*ldk + d] for j < n, 0 up to ncols (few rows).
 //   KeyRows<T>{base, row_stride, pool_w}: key j of a slice, one row or (pool_w > 0) the 2x2
 //       max of its window; pack_t / pack_r pack keys [k0, k1) transposed / row-major padded;
 //       pad_rows copies rows padded to whole vectors.
@@ -299,6 +301,30 @@ GENFAST_INLINE void probs_vec(int64_t R, int64_t n, int64_t ncols, float* S, int
   }
 }
 
+// S[r][j] = sum_d Q[r][d] K[j][d] as dot products over d, keys read in place (rows of K, row
+// stride ldk): for a few query rows, packing k^T would cost more than the products.
+template <typename T, int Isa>
+GENFAST_INLINE void dot_body(int64_t R, int64_t n, int64_t ncols, int64_t D, const T* Q,
+                             int64_t ldq, const T* K, int64_t ldk, T* S, int64_t lds) {
+  using V = typename Shape<T, Isa>::V;
+  constexpr int VL = Shape<T, Isa>::VL;
+  const int64_t dv = D / VL * VL;
+  for (int64_t r = 0; r < R; ++r) {
+    const T* q = Q + r * ldq;
+    T* s = S + r * lds;
+    for (int64_t j = 0; j < n; ++j) {
+      const T* k = K + j * ldk;
+      V acc = V{};
+      for (int64_t d = 0; d < dv; d += VL)
+        acc += conv_tile::loadu<V>(q + d) * conv_tile::loadu<V>(k + d);
+      T t = hsum<T, VL>(acc);
+      for (int64_t d = dv; d < D; ++d) t += q[d] * k[d];
+      s[j] = t;
+    }
+    for (int64_t j = n; j < ncols; ++j) s[j] = T(0);
+  }
+}
+
 template <typename T>
 GENFAST_INLINE void ds_body(int64_t R, int64_t ncols, const T* P, int64_t ldp, T* dP,
                             int64_t lddp, const T* Dr, T scale) {
@@ -335,6 +361,15 @@ GENFAST_ATTN_COPIES(probs_rows,
                      const double* sub, const int64_t* lim, double* rowsum),
                     (R, n, ncols, S, lds, scale, sub, lim, rowsum),
                     probs_body<double>(R, n, ncols, S, lds, scale, sub, lim, rowsum))
+
+#define GENFAST_ATTN_DOT(T)                                                                 \
+  GENFAST_ATTN_COPIES(dot_rows,                                                             \
+                      (int64_t R, int64_t n, int64_t ncols, int64_t D, const T* Q, int64_t ldq, \
+                       const T* K, int64_t ldk, T* S, int64_t lds),                         \
+                      (R, n, ncols, D, Q, ldq, K, ldk, S, lds),                             \
+                      dot_body<T, kIsa>(R, n, ncols, D, Q, ldq, K, ldk, S, lds))
+GENFAST_ATTN_DOT(float)
+GENFAST_ATTN_DOT(double)
 
 GENFAST_ATTN_COPIES(ds_rows,
                     (int64_t R, int64_t ncols, const float* P, int64_t ldp, float* dP,
