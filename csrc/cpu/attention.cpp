@@ -35,7 +35,7 @@ namespace {
 using namespace attn_tile;
 
 constexpr int64_t BM = 64;          // query rows per block
-constexpr int64_t BN = 64;          // keys per block (a multiple of every vec_len)
+constexpr int64_t BN = 128;         // keys per block (a multiple of every vec_len)
 constexpr int64_t kDecodeRows = 16;  // N at most this: the decode path may split keys
 constexpr int64_t kSplitKeys = 256;  // keys per decode part (at least)
 constexpr int64_t kMaxSplits = 64;
