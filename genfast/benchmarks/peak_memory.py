@@ -21,7 +21,11 @@ def sagan_peak_mb(shape: tuple[int, ...], provider: str, device: str, dtype: str
                   cuda_peak: int | None = None) -> float | None:
     if device.startswith("cuda"):
         return None if cuda_peak is None else cuda_peak / 2**20
-    env = dict(os.environ, OMP_NUM_THREADS=str(os.environ.get("OMP_NUM_THREADS", "2")))
+    # A fixed mmap threshold: every block above 64 KB is mapped fresh and unmapped on free, so
+    # the resident set follows the live tensors (glibc's dynamic threshold would move large
+    # blocks onto the heap, whose freed pages stay resident and get reused unseen).
+    env = dict(os.environ, OMP_NUM_THREADS=str(os.environ.get("OMP_NUM_THREADS", "2")),
+               MALLOC_MMAP_THRESHOLD_="65536")
     cmd = [sys.executable, "-m", "genfast.benchmarks.peak_memory", *map(str, shape), provider,
            dtype]
     try:
