@@ -126,7 +126,7 @@ def test_kvcache_appends_in_place_and_returns_views():
         cache.append(k[:1], v[:1])
     with pytest.raises(ValueError, match="the cache holds torch.float64"):
         cache.append(k.float(), v.float())
-    with pytest.raises(ValueError, match="same number of positions"):
+    with pytest.raises(ValueError, match="the same T"):
         cache.append(k[:, :, :1], v[:, :, :2])
     with pytest.raises(ValueError, match="max_len must be"):
         KVCache(1, 1, 0, 4)

@@ -12,11 +12,21 @@ the backward kernels take contiguous tensors.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
 from ._attention_ref import ref_bwd, ref_bwd2, ref_fwd
-from ._boundary import dtype_code, implementations, native, triton_kernels, work_dtype
+from ._boundary import (
+    DTYPE_CODE,
+    cpu_module,
+    dtype_code,
+    implementations,
+    native,
+    triton_kernels,
+    work_dtype,
+)
 
 FWD, BWD, BWD2 = 0, 1, 2
 
@@ -38,6 +48,11 @@ def _strides(t: Tensor) -> tuple[int, int, int]:
     return t.stride()[:3]
 
 
+@functools.cache
+def _cpu_kernel(name: str):
+    return getattr(cpu_module(), name)
+
+
 def _native_fwd(backend, q, k, v, causal, scale, pool, save):
     q, k, v = unit_last(q), unit_last(k), unit_last(v)
     B, Hh, N, Dk = q.shape
@@ -45,9 +60,16 @@ def _native_fwd(backend, q, k, v, causal, scale, pool, save):
     o = q.new_empty(B, Hh, N, Dv)
     lse = q.new_empty(B, Hh, N, dtype=work_dtype(q.dtype)) if save else None
     ph, pw = pool if pool is not None else (0, 0)
-    native(backend, "attention_fwd", q, k, v, o, _opt(lse), B, Hh, N, _keys(k, pool), Sk, Dk,
-           Dv, *_strides(q), *_strides(k), *_strides(v), ph, pw, causal, float(scale),
-           dtype_code(q))
+    # Pointers and sizes built here, not by native()'s generic conversion: a decode step's
+    # kernel takes a few microseconds, and every microsecond of Python around it shows.
+    args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
+            0 if lse is None else lse.data_ptr(), B, Hh, N, _keys(k, pool), Sk, Dk, Dv,
+            *_strides(q), *_strides(k), *_strides(v), ph, pw, causal, float(scale),
+            DTYPE_CODE[q.dtype])
+    if backend == "cpu":
+        _cpu_kernel("attention_fwd")(*args, torch.get_num_threads())
+    else:
+        native(backend, "attention_fwd", *args, device=q.device)
     return o, lse
 
 

@@ -81,17 +81,19 @@ def _backend(be: str, q: Tensor, k: Tensor, pool) -> str:
 
 # --------------------------------------------------------------------------- forward op
 def _fwd_impl(q, k, v, causal, scale, ph, pw, save, backend):
+    """(o, lse), lse None unless `save` (the eager path's inference calls allocate nothing
+    else: a decode step is microseconds)."""
     pool = _pool(ph, pw)
-    o, lse = backends.call("attention", _backend(backend, q, k, pool), FWD, q, k, v, causal,
-                           scale, pool, save)
-    return o, (lse if save else q.new_empty(0, dtype=work_dtype(q.dtype)))
+    return backends.call("attention", _backend(backend, q, k, pool), FWD, q, k, v, causal,
+                         scale, pool, save)
 
 
 @torch.library.custom_op("genfast::attention_fwd", mutates_args=())
 def attention_fwd_op(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, pool_h: int,
                      pool_w: int, save: bool, backend: str) -> tuple[Tensor, Tensor]:
     """(o, lse): lse empty unless `save`."""
-    return _fwd_impl(q, k, v, causal, scale, pool_h, pool_w, save, backend)
+    o, lse = _fwd_impl(q, k, v, causal, scale, pool_h, pool_w, save, backend)
+    return o, (lse if save else q.new_empty(0, dtype=work_dtype(q.dtype)))
 
 
 @attention_fwd_op.register_fake
@@ -105,7 +107,8 @@ def _(q, k, v, causal, scale, pool_h, pool_w, save, backend):
 def _fwd_setup(ctx, inputs, output):
     q, k, v, ctx.causal, ctx.scale, ctx.ph, ctx.pw, _save, ctx.backend = inputs
     ctx.save_for_backward(q, k, v, output[0], output[1])
-    ctx.mark_non_differentiable(output[1])
+    if output[1] is not None:
+        ctx.mark_non_differentiable(output[1])
 
 
 def _fwd_grad(ctx, go, _glse):
