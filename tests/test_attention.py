@@ -272,3 +272,19 @@ def test_cpu_autocast_runs_in_bfloat16_like_sdpa():
         want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert got.dtype == want.dtype == torch.bfloat16
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_attention_step_is_the_causal_decode():
+    """The inference entry CausalSelfAttention decodes with: the same result as
+    genfast.attention(causal=True) on cache views, and genfast.attention itself (autograd
+    included) when a gradient is wanted."""
+    cache_k, cache_v = _randn(2, 3, 40, 8, seed=1), _randn(2, 3, 40, 8, seed=2)
+    q = _randn(2, 3, 2, 8, seed=3)
+    k, v = cache_k[:, :, :25], cache_v[:, :, :25]
+    with torch.no_grad():
+        got = A.attention_step(q, k, v, scale=0.3)
+    torch.testing.assert_close(got, genfast.attention(q, k, v, causal=True, scale=0.3))
+    qg = q.clone().requires_grad_()
+    out = A.attention_step(qg, k, v, scale=0.3)
+    assert out.grad_fn is not None
+    torch.testing.assert_close(out.detach(), got)

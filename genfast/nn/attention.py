@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .. import backends
 from ..ops import _checks
-from ..ops.attention import attention
+from ..ops.attention import attention, attention_step
 
 __all__ = ["CausalSelfAttention", "KVCache"]
 
@@ -167,7 +167,9 @@ class CausalSelfAttention(nn.Module):
                                    "in place): run it under torch.no_grad() or "
                                    "torch.inference_mode()")
             k, v = cache.append(k, v)
-        y = attention(q, k, v, causal=True, backend=self.backend)
+            y = attention_step(q, k, v, scale=self.head_dim ** -0.5, backend=self.backend)
+        else:
+            y = attention(q, k, v, causal=True, backend=self.backend)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
