@@ -14,25 +14,17 @@ training-histogram (unigram) baselines. `genfast sample char-rnn --checkpoint P 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor
 
-from ..data.text import UNK, CharVocab, load_text, split_text
+from ..data.text import UNK, CharVocab
+from ._char_lm import sample_char_lm, train_char_lm
 from ._lm_train import (
     TokenLMModel,
     check_lm_config,
-    fit_from_args,
-    load_model,
-    sampling_knobs,
-    timed_generate,
-    unigram_bits,
 )
-from ._trainer import resumed_config
-
-SNAPSHOT_CHARS = 300
 
 
 @dataclass
@@ -106,65 +98,8 @@ class CharRNN(TokenLMModel):
 
 
 def train(cls: type[CharRNN], args: Any) -> int:
-
-    out = args.out or os.path.join("runs", args.model)
-    overrides = resumed_config(args, out, dict(getattr(args, "config", None) or {}))
-    source = args.data or overrides.get("data", CharRNNConfig.data)
-    try:
-        text = load_text(source)
-    except (FileNotFoundError, ValueError, ImportError, TypeError) as e:
-        raise SystemExit(f"genfast: {e}") from None
-    train_text, test_text = split_text(text)
-    try:
-        if "chars" not in overrides:
-            config = CharRNNConfig.for_text(train_text, **{**overrides, "data": source})
-        else:
-            config = CharRNNConfig(**overrides)
-        model = cls(config)
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f"genfast: --set: {e}") from None
-    vocab = model.vocab
-    train_ids, test_ids = vocab.encode(train_text), vocab.encode(test_text)
-
-    def snapshot(out_dir: str, step: int, held_out: dict) -> None:
-        sample = model.complete("\n", SNAPSHOT_CHARS, temperature=0.8, seed=0)
-        path = os.path.join(out_dir, f"sample_step{step:06d}.txt")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(f"# {args.model} step {step}, held-out {held_out['bits_per_char']:.3f} "
-                    f"bits/char, temperature 0.8\n{sample.lstrip()}\n")
-
-    tc, metrics, wall = fit_from_args(cls, model, args, train_ids, test_ids, out, snapshot)
-    n_docs = test_text.count("\n")
-    print(f"{args.model}: {tc.steps} steps on {source} ({len(train_text):,} training characters, "
-          f"{len(vocab)} symbols, {config.num_layers}x{config.hidden_size} LSTM), "
-          f"{wall:.1f} s this run")
-    print(f"  held-out {metrics['bits_per_char']:.3f} bits/char ({len(test_text):,} characters "
-          f"of {n_docs} documents never trained on); baselines: uniform "
-          f"{math.log2(len(vocab)):.3f}, unigram (training histogram) "
-          f"{unigram_bits(train_ids, test_ids, len(vocab)):.3f}")
-    print(f"checkpoint, metrics.jsonl and sample_step*.txt in {out}")
-    return 0
+    return train_char_lm(cls, args, lambda c: f"{c.num_layers}x{c.hidden_size} LSTM")
 
 
 def sample(cls: type[CharRNN], args: Any) -> int:
-    model, ckpt = load_model(cls, args)
-    prime = getattr(args, "prime", None) or "\n"
-    n = getattr(args, "length", None) or args.n or 500
-    if n < 1:
-        raise SystemExit(f"genfast: --length must be >= 1, got {n}")
-    knobs = sampling_knobs(args, 0.8)
-    try:
-        text = model.complete(prime, 0)  # validates the prime before timing
-    except ValueError as e:
-        raise SystemExit(f"genfast: --prime: {e}") from None
-    ids = model.vocab.encode(prime)[None]
-    tokens, dt = timed_generate(model, ids, n, knobs)
-    text = model.vocab.decode(tokens[0])
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text)
-    print(text)
-    print(f"\n{args.model} step {ckpt['step']}: {n} characters in {dt:.3f} s = {n / dt:,.0f} "
-          f"chars/s (batch 1, temperature {knobs['temperature']:g}, seed {knobs['seed']})"
-          + (f"; written to {args.out}" if args.out else ""))
-    return 0
+    return sample_char_lm(cls, args)

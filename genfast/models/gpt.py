@@ -20,7 +20,6 @@ GPT.generate(..., use_cache=False) is the recompute-the-context baseline.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,13 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.text import UNK, CharVocab, load_text, split_text
+from ..data.text import UNK, CharVocab
 from ..ops import _checks
+from ._char_lm import sample_char_lm, train_char_lm
 from ._gpt_net import GPTNet
-from ._lm_train import fit_from_args, load_model, sampling_knobs, timed_generate, unigram_bits
-from ._trainer import CHECKPOINT, resumed_config
-
-SNAPSHOT_CHARS = 300
 
 
 @dataclass
@@ -194,71 +190,9 @@ class GPT(nn.Module):
 
 
 def train(cls: type[GPT], args: Any) -> int:
-    out = args.out or os.path.join("runs", args.model)
-    overrides = resumed_config(args, out, dict(getattr(args, "config", None) or {}))
-    source = args.data or overrides.get("data", GPTConfig.data)
-    try:
-        text = load_text(source)
-    except (FileNotFoundError, ValueError, ImportError, TypeError) as e:
-        raise SystemExit(f"genfast: {e}") from None
-    train_text, test_text = split_text(text)
-    try:
-        if "chars" not in overrides:
-            config = GPTConfig.for_text(train_text, **{**overrides, "data": source})
-        else:
-            config = GPTConfig(**overrides)
-        model = cls(config)
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f"genfast: --set: {e}") from None
-    vocab = model.vocab
-    train_ids, test_ids = vocab.encode(train_text), vocab.encode(test_text)
-
-    def snapshot(out_dir: str, step: int, held_out: dict) -> None:
-        sample = model.complete("\n", SNAPSHOT_CHARS, temperature=0.8, seed=0)
-        path = os.path.join(out_dir, f"sample_step{step:06d}.txt")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(f"# {args.model} step {step}, held-out {held_out['bits_per_char']:.3f} "
-                    f"bits/char, temperature 0.8\n{sample.lstrip()}\n")
-
-    tc, metrics, wall = fit_from_args(cls, model, args, train_ids, test_ids, out, snapshot)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"{args.model}: {tc.steps} steps on {source} ({len(train_text):,} training characters, "
-          f"{len(vocab)} symbols, {config.n_layer} layers x {config.n_head} heads x "
-          f"{config.n_embd} dims, context {config.block_size}, {n_params:,} parameters), "
-          f"{wall:.1f} s this run")
-    print(f"  held-out {metrics['bits_per_char']:.3f} bits/char ({len(test_text):,} characters "
-          f"of {test_text.count(chr(10))} documents never trained on); baselines: uniform "
-          f"{math.log2(len(vocab)):.3f}, unigram (training histogram) "
-          f"{unigram_bits(train_ids, test_ids, len(vocab)):.3f}")
-    print(f"checkpoint, metrics.jsonl and sample_step*.txt in {out}")
-    return 0
+    return train_char_lm(cls, args, lambda c: f"{c.n_layer} layers x {c.n_head} heads x "
+                                              f"{c.n_embd} dims, context {c.block_size}")
 
 
 def sample(cls: type[GPT], args: Any) -> int:
-    if args.checkpoint is None:  # the run `genfast train gpt` writes by default
-        default = os.path.join("runs", args.model, CHECKPOINT)
-        if os.path.isfile(default):
-            args.checkpoint = default
-    model, ckpt = load_model(cls, args)
-    prime = getattr(args, "prime", None) or "\n"
-    n = getattr(args, "length", None) or args.n or 500
-    if n < 1:
-        raise SystemExit(f"genfast: --length must be >= 1, got {n}")
-    knobs = sampling_knobs(args, 0.8)
-    try:
-        model.complete(prime, 0)  # validates the prime before timing
-    except ValueError as e:
-        raise SystemExit(f"genfast: --prime: {e}") from None
-    ids = model.vocab.encode(prime)[None]
-    tokens, dt = timed_generate(model, ids, n, knobs)
-    text = model.vocab.decode(tokens[0])
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text)
-    print(text)
-    threads = torch.get_num_threads()
-    print(f"\n{args.model} step {ckpt['step']}: {n} characters in {dt:.3f} s = {n / dt:,.0f} "
-          f"tokens/s (KV cache, batch 1, {threads} thread{'s' * (threads != 1)}, temperature "
-          f"{knobs['temperature']:g}, seed {knobs['seed']})"
-          + (f"; written to {args.out}" if args.out else ""))
-    return 0
+    return sample_char_lm(cls, args, how="KV cache, ", unit="tokens")
