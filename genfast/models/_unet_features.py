@@ -27,14 +27,15 @@ of block i (before its pool), w = DeOldify's (20, 70, 10) / 100 by default.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .fid import seeded
 
 VERSION = 2
 WIDTHS = (16, 32, 64)
@@ -89,27 +90,13 @@ def labels(x: Tensor, photo: Tensor, n_photos: int) -> tuple[Tensor, Tensor]:
     return xs, rot * n_photos + photo.repeat(4)
 
 
-@contextlib.contextmanager
-def _isolated(seed: int) -> Iterator[None]:
-    # One thread: the same reductions on every machine; forked RNG: the caller's stream (a
-    # training run's) does not move; grad on: callers may hold no_grad.
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            torch.manual_seed(seed)
-            yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def train_feature_net(crops, steps: int = _STEPS, seed: int = _SEED
                       ) -> tuple[PhotoFeatures, dict[str, float]]:
     """Train on `crops` (a genfast.data.photos.PhotoCrops) training crops; returns the
     feature body (eval mode, frozen) and its held-out accuracies: ``joint`` (rotation and
     photo right), ``rotation``, ``photo``."""
     n = len(crops.names)
-    with _isolated(seed):
+    with seeded(seed):
         net = PhotoFeatureNet(n)
         opt = torch.optim.Adam(net.parameters(), lr=_LR)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)

@@ -90,7 +90,9 @@ def cache_dir() -> str:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
+def seeded(seed: int) -> Iterator[None]:
+    """Train a small feature net reproducibly: one thread, the caller's RNG stream left where
+    it was (forked), autograd on."""
     # Callers may hold no_grad (a model's evaluate does); training needs autograd. One thread:
     # as fast for so small a net, the same floating-point reductions on every machine, and
     # no 20x stall when a shared box is oversubscribed.
@@ -113,7 +115,7 @@ def train_feature_net(size: int = SIZE) -> tuple[DigitsFeatureNet, float]:
     # Same permutation as genfast.data.digits_split, so the held-out digits the generative
     # models are scored on are held out here too.
     (x_tr, x_te), (y_tr, y_te) = split(x), split(y)
-    with _seeded(_SEED):
+    with seeded(_SEED):
         net = DigitsFeatureNet(size)
         opt = torch.optim.Adam(net.parameters(), lr=_LR)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(
