@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common/dtype.h"
@@ -40,6 +41,7 @@ struct Bwd {
   int isa;
   int64_t VL, Dkp, Dvp, chunks, nkb;
   T* part;  // chunks > 1: dQ per (slice, chunk), (N, Dk)
+  int64_t KW = 0;  // lanes Dk is padded to: VL, or VL / 2 on the half-width dK / dQ path
 };
 
 template <typename T>
@@ -128,7 +130,7 @@ void bwd_unit(const Bwd<T>& a, int64_t slice, int64_t c, BwdWork<T>& w) {
   w.tmp.resize(static_cast<size_t>(std::max(Dk, Dv)));
   pack_t(kr, Dk, ka, kb, w.kt.data(), w.ldkt, w.tmp.data());
   pack_t(vr, Dv, ka, kb, w.vt.data(), w.ldkt, w.tmp.data());
-  const bool k_direct = a.pw == 0 && Dk % VL == 0;
+  const bool k_direct = a.pw == 0 && Dk % a.KW == 0;
   const T* kp = k + ka * Dk;
   int64_t ldk = Dk;
   if (!k_direct) {
@@ -141,7 +143,7 @@ void bwd_unit(const Bwd<T>& a, int64_t slice, int64_t c, BwdWork<T>& w) {
   const int64_t nq = N - qfirst;
   const T* qp = q + qfirst * Dk;
   int64_t ldq = Dk;
-  if (Dk % VL != 0) {
+  if (Dk % a.KW != 0) {
     w.qp.resize(static_cast<size_t>(nq * a.Dkp));
     pad_rows(qp, Dk, nq, Dk, a.Dkp, w.qp.data());
     qp = w.qp.data(), ldq = a.Dkp;
@@ -191,6 +193,15 @@ void bwd_unit(const Bwd<T>& a, int64_t slice, int64_t c, BwdWork<T>& w) {
       ds_rows(a.isa, bm, ncols, w.s.data(), BN, w.dp.data(), BN, w.dr.data() + qi, a.scale);
       gemm(a.isa, true, bn, a.Dvp, bm, w.s.data(), 1, BN, dop + qi * lddo, lddo,
            w.dvp.data() + jj * a.Dvp, a.Dvp);
+      if constexpr (std::is_same_v<T, float>) {
+        if (a.KW != VL) {
+          gemm_half(a.isa, bn, bm, w.dp.data(), 1, BN, qp + qi * ldq, ldq,
+                    w.dkp.data() + jj * a.Dkp, a.Dkp);
+          gemm_half(a.isa, bm, bn, w.dp.data(), BN, 1, kp + jj * ldk, ldk,
+                    w.dq.data() + qi * a.Dkp, a.Dkp);
+          continue;
+        }
+      }
       gemm(a.isa, true, bn, a.Dkp, bm, w.dp.data(), 1, BN, qp + qi * ldq, ldq,
            w.dkp.data() + jj * a.Dkp, a.Dkp);
       gemm(a.isa, true, bm, a.Dkp, bn, w.dp.data(), BN, 1, kp + jj * ldk, ldk,
@@ -240,7 +251,10 @@ void bwd_typed(const void* q, const void* k, const void* v, const void* o, const
     return;
   }
   a.VL = vec_len<T>(a.isa);
-  a.Dkp = round_up(std::max<int64_t>(Dk, 1), a.VL);
+  // Head dims of at most half a vector (SAGAN's Dk = 8 on AVX-512) take the half-width dK / dQ
+  // products: full vectors would pad them to twice their width (measured: see the commit).
+  a.KW = std::is_same_v<T, float> && a.VL >= 2 && Dk <= a.VL / 2 ? a.VL / 2 : a.VL;
+  a.Dkp = round_up(std::max<int64_t>(Dk, 1), a.KW);
   a.Dvp = round_up(std::max<int64_t>(Dv, 1), a.VL);
   a.nkb = (M + BN - 1) / BN;
   a.chunks = std::clamp<int64_t>((kMinUnits + slices - 1) / slices, 1, a.nkb);

@@ -19,6 +19,8 @@
 //   gemm(isa, acc, R, ncols, K, A, ars, aks, B, ldb, C, ldc)        (float and double)
 //       C[r*ldc + c] (acc ? += : =) sum_k A[r*ars + k*aks] * B[k*ldb + c],  r < R, c < ncols;
 //       ncols a multiple of vec_len (B and C readable / writable that far), k in order 0..K-1.
+//   gemm_half(isa, R, K, A, ars, aks, B, ldb, C, ldc)   (float; vec_len >= 2)
+//       the same with acc and ncols = vec_len / 2 (narrow head dims without padded lanes).
 //   probs_rows(isa, R, n, ncols, S, lds, scale, sub, lim, rowsum)   (float and double)
 //       S[r][j] = exp(scale S[r][j] - sub[r]) for j < lim[r] (lim null: n), 0 for the rest of
 //       [0, ncols); rowsum (may be null) gets each row's sum. sub = +inf gives a zero row.
@@ -350,6 +352,46 @@ GENFAST_ATTN_COPIES(gemm, GENFAST_ATTN_GEMM_PARAMS(float),
 GENFAST_ATTN_COPIES(gemm, GENFAST_ATTN_GEMM_PARAMS(double),
                     (acc, R, ncols, K, A, ars, aks, B, ldb, C, ldc),
                     GENFAST_ATTN_GEMM_BODY(double))
+
+// Half-width accumulation C += A B for ncols == vec_len / 2 exactly (Dk <= 8 floats on
+// AVX-512): one full-width vector per row would waste half its lanes, and the row tile of the
+// full kernel (MR = 6) leaves too few independent FMA chains to hide latency; half vectors in
+// 12-row tiles fix both. Each element is still one FMA chain over k in order (same bits).
+template <typename T, int Isa, int R>
+GENFAST_INLINE void micro_half(const T* A, int64_t ars, int64_t aks, const T* B, int64_t ldb,
+                               int64_t K, T* C, int64_t ldc) {
+  constexpr int W = Shape<T, Isa>::VL > 1 ? Shape<T, Isa>::VL / 2 : 1;
+  using V = typename conv_tile::Lanes<T, W>::V;
+  V acc[R];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) acc[r] = conv_tile::loadu<V>(C + r * ldc);
+  for (int64_t k = 0; k < K; ++k) {
+    const V b = conv_tile::loadu<V>(B + k * ldb);
+    const T* a = A + k * aks;
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) acc[r] += a[r * ars] * b;
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) conv_tile::storeu(C + r * ldc, acc[r]);
+}
+
+template <typename T, int Isa>
+GENFAST_INLINE void gemm_half_body(int64_t R, int64_t K, const T* A, int64_t ars, int64_t aks,
+                                   const T* B, int64_t ldb, T* C, int64_t ldc) {
+  int64_t r0 = 0;
+  for (; r0 + 12 <= R; r0 += 12)
+    micro_half<T, Isa, 12>(A + r0 * ars, ars, aks, B, ldb, K, C + r0 * ldc, ldc);
+  for (; r0 + 4 <= R; r0 += 4)
+    micro_half<T, Isa, 4>(A + r0 * ars, ars, aks, B, ldb, K, C + r0 * ldc, ldc);
+  for (; r0 < R; ++r0) micro_half<T, Isa, 1>(A + r0 * ars, ars, aks, B, ldb, K, C + r0 * ldc, ldc);
+}
+
+#define GENFAST_ATTN_GEMM_HALF_PARAMS(T)                                                    \
+  (int64_t R, int64_t K, const T* A, int64_t ars, int64_t aks, const T* B, int64_t ldb, T* C, \
+   int64_t ldc)
+GENFAST_ATTN_COPIES(gemm_half, GENFAST_ATTN_GEMM_HALF_PARAMS(float),
+                    (R, K, A, ars, aks, B, ldb, C, ldc),
+                    gemm_half_body<float, kIsa>(R, K, A, ars, aks, B, ldb, C, ldc))
 
 GENFAST_ATTN_COPIES(probs_rows,
                     (int64_t R, int64_t n, int64_t ncols, float* S, int64_t lds, float scale,
