@@ -24,7 +24,14 @@ from torch import Tensor, nn
 
 from ..backends import BackendError, use_backend
 from ..nn import LSTMLanguageModel
-from ._trainer import TrainConfig, _isolated_rng, batch_indices, load_checkpoint, train_loop
+from ._trainer import (
+    TrainConfig,
+    _evaluate,
+    _isolated_rng,
+    batch_indices,
+    load_checkpoint,
+    train_loop,
+)
 
 
 def check_lm_config(config: Any) -> None:
@@ -131,12 +138,7 @@ def fit(model: TokenLMModel, name: str, train: Tensor, test: Tensor, tc: TrainCo
         return windows(train, seq, idx)
 
     def evaluate() -> dict[str, float]:
-        model.eval()
-        try:
-            with torch.no_grad(), _isolated_rng(device):
-                return model.evaluate(test)
-        finally:
-            model.train()
+        return _evaluate(model, test, device)
 
     def snap(step: int) -> dict[str, float]:
         held_out = evaluate()

@@ -22,7 +22,14 @@ import torch
 
 from ..data.photos import PhotoCrops, resolve_photos
 from ._images import save_panels
-from ._trainer import METRICS, TrainConfig, _isolated_rng, load_checkpoint, resumed_config
+from ._trainer import (
+    METRICS,
+    TrainConfig,
+    _evaluate,
+    _isolated_rng,
+    load_checkpoint,
+    resumed_config,
+)
 from ._trainer import train_loop as _train_loop
 
 N_SHOW = 8
@@ -51,12 +58,7 @@ def fit(model: Any, name: str, crops: PhotoCrops, tc: TrainConfig, out: str, *,
         return crops.train_batch(n, size, tc.seed, step).to(device)
 
     def evaluate() -> dict[str, float]:
-        model.eval()
-        try:
-            with torch.no_grad(), _isolated_rng(device):
-                return model.evaluate(test)
-        finally:
-            model.train()
+        return _evaluate(model, test, device)
 
     def snapshot(step: int) -> dict[str, float]:
         held_out = evaluate()
