@@ -187,7 +187,41 @@ def parser() -> argparse.ArgumentParser:
                    "music-lstm: notes to generate at most (default 64)")
     s.add_argument("--tune", type=int, help="music-lstm: index of the held-out tune to continue "
                    "(default 0)")
+
+    c = sub.add_parser("control", help="controllable GAN: find a latent direction that raises a "
+                       "classifier's target attribute of a trained GAN's samples (G untouched)")
+    c.add_argument("model", help="a trained GAN's registry name (gan, dcgan, wgan-gp, ...)")
+    c.add_argument("--checkpoint", type=Path, required=True)
+    c.add_argument("--target", required=True, help="the attribute to raise (digits: a class, "
+                   "0-9)")
+    c.add_argument("--steps", type=int, default=8, help="points along the direction")
+    c.add_argument("--step-size", type=float, help="latent distance between points")
+    c.add_argument("--method", choices=("gradient", "linear"), default="gradient",
+                   help="gradient ascent on z with the disentangling penalty, or one linear "
+                        "direction")
+    c.add_argument("--penalty", type=float, help="weight of the penalty on the other attributes")
+    c.add_argument("--n", type=int, help="latents the direction is measured on")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", help="PNG strip path (default MODEL_control_TARGET.png)")
+
+    e = sub.add_parser("eval-features", help="linear probe: a linear classifier on a trained "
+                       "GAN discriminator's features of the digits vs on K-means features")
+    e.add_argument("model", help="dcgan (or another GAN with a convolutional discriminator)")
+    e.add_argument("--checkpoint", type=Path, required=True)
+    e.add_argument("--seed", type=int, default=0)
     return p
+
+
+def _control(args: argparse.Namespace) -> int:
+    from genfast.models._control import cli_control
+
+    return cli_control(args)
+
+
+def _eval_features(args: argparse.Namespace) -> int:
+    from genfast.models._eval_features import cli_eval_features
+
+    return cli_eval_features(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "train":
         args.config = dict(args.config or [])
-    if args.command == "sample" and args.checkpoint is not None and not args.checkpoint.exists():
-        raise SystemExit(f"genfast: --checkpoint {args.checkpoint} does not exist")
-    return {"info": _info, "train": _train, "sample": _sample}[args.command](args)
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint is not None and not checkpoint.exists():
+        raise SystemExit(f"genfast: --checkpoint {checkpoint} does not exist")
+    return {"info": _info, "train": _train, "sample": _sample, "control": _control,
+            "eval-features": _eval_features}[args.command](args)
 
 
 if __name__ == "__main__":
