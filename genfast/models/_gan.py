@@ -131,7 +131,8 @@ def truncated_normal(shape: tuple[int, ...], psi: float, device: torch.device | 
 
 class GAN(nn.Module):
     """Generator + discriminator with the alternating update. Subclasses set ``config_cls``,
-    ``description``, ``train_defaults``, build ``self.discriminator`` and define the losses."""
+    ``description``, ``train_defaults``, build ``self.discriminator`` (and ``self.generator``
+    when not the DCGAN one) and define the losses."""
 
     config_cls: ClassVar[type] = GANConfig
     description: ClassVar[str] = ""
@@ -141,8 +142,7 @@ class GAN(nn.Module):
         super().__init__()
         self.config = c = config
         self.image_shape = c.image_shape
-        channels, size, _ = c.image_shape
-        self.generator = dcgan_generator(c.z_dim, c.g_width, channels, size)
+        self.generator: nn.Module = self.build_generator()
         self.discriminator: nn.Module = self.build_discriminator()
         # The last generator loss, reported on steps that only update the discriminator (so
         # the trainer's per-window mean is a mean of real values); saved with the model so a
@@ -150,6 +150,13 @@ class GAN(nn.Module):
         self.register_buffer("last_g_loss", torch.zeros(()))
 
     # -- what a subclass defines --------------------------------------------------------------
+    def build_generator(self) -> nn.Module:
+        """The generator, from ``self.config``: maps latents (B, z_dim, 1, 1) to tanh images
+        (B, C, H, W). The DCGAN generator unless a subclass builds its own."""
+        c = self.config
+        channels, size, _ = c.image_shape
+        return dcgan_generator(c.z_dim, c.g_width, channels, size)
+
     def build_discriminator(self) -> nn.Module:
         raise NotImplementedError
 

@@ -123,12 +123,14 @@ class SAGAN(GAN):
 
     def __init__(self, config: SAGANConfig | None = None) -> None:
         super().__init__(config or SAGANConfig())
-        c = self.config
-        channels, size, _ = c.image_shape
-        self.generator = sagan_generator(c.z_dim, c.g_width, channels, size, c.attention_at)
         # One multi-tensor power-iteration call per network forward, not one per layer.
         self._sn_groups = (SpectralNormGroup(self.generator),
                            SpectralNormGroup(self.discriminator))
+
+    def build_generator(self) -> nn.Module:
+        c = self.config
+        channels, size, _ = c.image_shape
+        return sagan_generator(c.z_dim, c.g_width, channels, size, c.attention_at)
 
     def build_discriminator(self) -> nn.Module:
         c, s, _ = self.config.image_shape
