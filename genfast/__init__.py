@@ -9,6 +9,7 @@ from ._info import info
 from .backends import BackendError, use_backend
 from .ops.attention import attention
 from .ops.attention2d import attention2d
+from .ops.attention_generate import attention_generate, pack_gpt
 from .ops.causal_conv import causal_conv1d, causal_conv1d_update
 from .ops.causal_conv_generate import pack_wavenet, wavenet_generate
 from .ops.causal_conv_layer import wavenet_layer
@@ -22,10 +23,11 @@ from .ops.masked_conv_layer import gated_pixelcnn_layer
 from .ops.sample import sample_categorical
 
 __version__ = "0.1.0"
-__all__ = ["BackendError", "GradientPenalty", "attention", "attention2d", "backends",
+__all__ = ["BackendError", "GradientPenalty", "attention", "attention2d", "attention_generate",
+           "backends",
            "causal_conv1d",
            "causal_conv1d_update", "gated_pixelcnn_layer", "gradient_penalty", "gumbel_softmax",
            "info", "lstm", "lstm_cell", "lstm_generate", "lstm_layer", "masked_conv2d", "nn", "ops",
-           "pack_lstm", "pack_pixelcnn", "pack_wavenet",
+           "pack_gpt", "pack_lstm", "pack_pixelcnn", "pack_wavenet",
            "per_sample_grad_norm", "pixelcnn_generate",
            "sample_categorical", "use_backend", "wavenet_generate", "wavenet_layer"]

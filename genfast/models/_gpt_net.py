@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from .. import random
 from ..nn import CausalSelfAttention, KVCache
 from ..ops import _checks
+from ..ops.attention_generate import GPTPack, attention_generate, pack_gpt
 from ..ops.gumbel import MIN_TAU
 from ..ops.sample import ref_draw
 
@@ -68,6 +69,8 @@ class GPTNet(nn.Module):
         ))
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight
+        self._pack: GPTPack | None = None  # generate's packed weights, rebuilt when they change
+        self._pack_key: tuple | None = None
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * n_layer))
@@ -104,7 +107,8 @@ class GPTNet(nn.Module):
 
     def generate(self, prime: Tensor, n: int, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 use_cache: bool = True, keep: int | None = None) -> Tensor:
+                 use_cache: bool = True, keep: int | None = None, native: bool = True,
+                 backend: str | None = None) -> Tensor:
         """(B, Tp + n) tokens: prime (B, Tp) and n drawn after it.
 
         Token p of the result (batch row b) is drawn from the logits by genfast's Gumbel-max
@@ -121,6 +125,10 @@ class GPTNet(nn.Module):
         per block_size - keep steps. use_cache=False: every step runs the whole context (the
         last block_size tokens) through the network again, as nanoGPT's generate; it matches
         the cached loop until the context first fills the block.
+
+        native=True (with use_cache): the whole cached loop is one genfast.attention_generate
+        call on the packed weights (no Python per token; `backend` picks its kernel);
+        native=False runs the same loop over the modules in Python (the same tokens).
         """
         prime = _checks.tensor("prime", prime, dtypes=(torch.int64,))
         if prime.dim() != 2 or prime.shape[1] < 1:
@@ -140,6 +148,11 @@ class GPTNet(nn.Module):
         p = 1.0 if top_p is None else _checks.real("top_p", top_p, 0.0, 1.0, low_open=True)
         if seed is None:
             seed = int(torch.randint(0, 2**63 - 1, (1,)))
+        _checks.boolean("native", native)
+        if use_cache and native:
+            return attention_generate(self.packed(), prime, n, temperature=temperature,
+                                      top_k=top_k, top_p=top_p, seed=seed, keep=keep,
+                                      backend=backend)
         # inference_mode, not no_grad: a cached step is ~80 tiny ops, and skipping their
         # version counters and view tracking is ~15% of its time (batch 1, CPU); the tokens
         # come back as a normal tensor (a clone outside it), usable as training input.
@@ -147,6 +160,14 @@ class GPTNet(nn.Module):
             out = self._generate(prime, n, inv_temp, k, p, seed, use_cache, keep)
         with torch.no_grad():
             return out.clone()
+
+    def packed(self) -> GPTPack:
+        """pack_gpt(self), repacked only after a parameter changed (in place or replaced)."""
+        key = tuple((id(p), p._version, p.device, p.dtype) for p in self.parameters())
+        if self._pack_key != key:
+            self._pack, self._pack_key = pack_gpt(self), key
+        assert self._pack is not None
+        return self._pack
 
     def _generate(self, prime: Tensor, n: int, inv_temp: float, k: int, p: float, seed: int,
                   use_cache: bool, keep: int) -> Tensor:

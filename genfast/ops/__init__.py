@@ -5,6 +5,7 @@ so that ``genfast.ops.gradient_penalty`` stays the module and never shadows it w
 from . import (
     attention,
     attention2d,
+    attention_generate,
     causal_conv,
     causal_conv_generate,
     causal_conv_layer,
@@ -19,7 +20,7 @@ from . import (
     spectral_norm,
 )
 
-__all__ = ["attention", "attention2d", "causal_conv", "causal_conv_generate", "causal_conv_layer",
-           "gradient_penalty",
+__all__ = ["attention", "attention2d", "attention_generate", "causal_conv",
+           "causal_conv_generate", "causal_conv_layer", "gradient_penalty",
            "gumbel", "lstm", "lstm_generate", "masked_conv", "masked_conv_generate",
            "masked_conv_layer", "sample", "spectral_norm"]
