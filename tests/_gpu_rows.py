@@ -19,6 +19,7 @@ import genfast
 from genfast import backends
 from genfast import nn as gnn
 from genfast.ops import spectral_norm as S
+from genfast.ops.attention_generate import GPTPack, pack_gpt
 from genfast.ops.lstm_generate import LSTMPack
 
 Step = Callable[[], tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]
@@ -390,6 +391,43 @@ def _lstm_generator(model_dtype: bool) -> Callable[[list[Tensor], str], Step]:
     return prepare
 
 
+# ------------------------------------------------------------- attention_generate
+def _gpt_gen_inputs(shape, device):
+    from genfast.models._gpt_net import GPTNet
+
+    L, V, C, Hh, T, B, Tp, n, keep, top_k, p100 = shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        net = GPTNet(V, T, L, Hh, C, bias=True).eval()
+        with torch.no_grad():
+            net.lm_head.weight.mul_(4.0)  # draws far from uniform
+            for name, p in net.named_parameters():
+                if name.endswith("bias"):
+                    p.normal_(0.0, 0.1)
+    return [pack_gpt(net).weights.to(device), _carrier(*shape, device=device)]
+
+
+def _gpt_generator(model_dtype: bool) -> Callable[[list[Tensor], str], Step]:
+    """As _generator: the packed GPT in float64 where the backend takes it (every index must then
+    match the reference's), else float32; model_dtype: the inputs' dtype (fp16 / bf16 rows)."""
+    def prepare(xs, b):
+        weights, cfg = xs
+        L, V, C, Hh, T, B, Tp, n, keep, top_k, p100 = _settings(cfg)
+        takes64 = torch.float64 in backends.registered_ops()["attention_generate"].dtypes[b]
+        dt = weights.dtype if model_dtype else (torch.float64 if takes64 else torch.float32)
+        pack = GPTPack(weights.to(dt), torch.tensor([L, V, C, Hh, T]), L, V, C, Hh, T)
+        g = torch.Generator(weights.device).manual_seed(12)
+        prime = torch.randint(0, V, (B, Tp), generator=g, device=weights.device)
+
+        def step():
+            tokens = genfast.attention_generate(
+                pack, prime, n, temperature=0.8 if p100 else 0.0, top_k=top_k or None,
+                top_p=p100 / 100 if 0 < p100 < 100 else None, seed=11, keep=keep, backend=b)
+            return (tokens,), ()
+        return step
+    return prepare
+
+
 # ROWS entries:
 
 
@@ -656,4 +694,19 @@ ROWS: list[Row] = [
     # summation order breaks the other way could change the rest of one stream.
     Row("lstm_generate", "generate_fp32", _lstm_gen_inputs, _lstm_generator(True),
         ((96, 512, 2, 32, 4, 64, 40, 90),), (7, 6, 2, 2, 2, 5, 3, 90), compile=False),
+    # Shapes (L, V, C, Hh, T, B, prime length, n, keep, top_k, top_p * 100; 100 = off, 0 =
+    # greedy): the benchmark's char GPT (4 x 128, 4 heads, block 512) for 600 tokens (one refill
+    # at 512); batch 8 with top_k and top_p; a GPT-2-small-wide net (768, 12 heads, head dim 64)
+    # at batch 2; odd sizes (C 36 in 3 heads of 12, V 37, block 9 with keep 1: a refill every 8
+    # tokens, a prime longer than the block); greedy one layer. Draws compared by index.
+    Row("attention_generate", "generate", _gpt_gen_inputs, _gpt_generator(False),
+        ((4, 96, 128, 4, 512, 1, 1, 600, 256, 0, 100), (4, 96, 128, 4, 512, 8, 4, 100, 256, 40, 90),
+         (2, 256, 768, 12, 256, 2, 2, 64, 128, 0, 100), (3, 37, 36, 3, 9, 5, 12, 30, 1, 5, 100),
+         (1, 11, 16, 2, 16, 3, 1, 20, 8, 0, 0)),
+        (2, 13, 12, 2, 8, 2, 2, 9, 3, 3, 90), compile=False),
+    # The fp16 / bf16 / fp32 model dtypes (weights widened on load, math in float32): a near-tie
+    # another summation order breaks the other way could change the rest of one stream.
+    Row("attention_generate", "generate_model_dtype", _gpt_gen_inputs, _gpt_generator(True),
+        ((4, 96, 128, 4, 512, 4, 4, 64, 256, 40, 90),), (2, 13, 12, 2, 8, 2, 2, 9, 3, 3, 90),
+        compile=False),
 ]

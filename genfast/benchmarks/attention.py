@@ -11,6 +11,10 @@ Providers:
                       backward raises, which the table records
   torch.compile       the bmm+softmax version compiled
   floor               what every implementation also does: the layer's 1x1 convs and pooling
+GPT generation (gpt_generate): genfast:<backend> is genfast.attention_generate, the whole cached
+loop in one native call; the same net's Python loop over the modules with the KV cache, on the
+genfast core and with SDPA as the core (what a careful PyTorch user writes); and nanoGPT's loop
+that recomputes the whole prefix per token.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ GPU_CAUSAL = [(8, 12, T, 64) for T in (256, 1024, 4096)] + [(4, 16, 2048, 128)]
 PENALTY = "attention_double_backward"
 GEN_OP, RECOMPUTE = "gpt_generate", "recompute the prefix (nanoGPT's loop)"
 SDPA_CACHE = "torch SDPA + the same KV cache"
+MODULE_LOOP = "genfast modules + KV cache, Python loop"
 # (layers, heads, width, block, batch, tokens): the default GPT model's size, 512 tokens (the
 # issue's target), batch 1; the GPU adds a GPT-2-small-sized net
 GPT = [(4, 4, 128, 512, 1, 512)]
@@ -225,7 +230,8 @@ def _gpt_provider(kind, backend, cfg, dtype, device) -> Factory:
         def run():
             with threads(1 if B == 1 and not device.startswith("cuda") else None), \
                     genfast.use_backend(backend or "auto"), _attention_core(kind):
-                return net.generate(prime, n - 1, seed=0, use_cache=kind != "recompute")
+                return net.generate(prime, n - 1, seed=0, use_cache=kind != "recompute",
+                                    native=kind == "native", backend=backend)
         return run
     return factory
 
@@ -251,8 +257,9 @@ def _attention_core(kind: str):
 
 def gpt_case(cfg, dtype, device, backends) -> Case:
     providers: dict[str, Factory] = {
-        f"genfast:{be}": _gpt_provider("cache", be, cfg, dtype, device)
+        f"genfast:{be}": _gpt_provider("native", be, cfg, dtype, device)
         for be in backends if be != "reference"}
+    providers[MODULE_LOOP] = _gpt_provider("cache", None, cfg, dtype, device)
     providers[SDPA_CACHE] = _gpt_provider("sdpa-cache", None, cfg, dtype, device)
     providers[RECOMPUTE] = _gpt_provider("recompute", None, cfg, dtype, device)
     layers, heads, width, block, B, n = cfg
