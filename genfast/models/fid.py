@@ -187,6 +187,21 @@ def image_features(images: Tensor, net: DigitsFeatureNet | None = None,
     return torch.cat(out).cpu()
 
 
+@torch.no_grad()
+def classify(images: Tensor, net: DigitsFeatureNet | None = None,
+             batch_size: int = 500) -> Tensor:
+    """(N, C, H, W) images in [0, 1] -> (N, 10) digit-class probabilities (float32, CPU) by
+    the same embedded classifier: the judge of class accuracy and mode coverage."""
+    net = net or feature_net(device=images.device)
+    was_training = net.training
+    net.eval()
+    try:
+        out = [net(b).float().softmax(1) for b in images.split(batch_size)]
+    finally:
+        net.train(was_training)
+    return torch.cat(out).cpu()
+
+
 def gaussian_stats(features: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and (unbiased, N-1) covariance of (N, D) features, in float64."""
     f = features.double()
@@ -229,6 +244,6 @@ def fd_digits(images_a: Tensor, images_b: Tensor, net: DigitsFeatureNet | None =
                             *gaussian_stats(image_features(images_b, net)))
 
 
-__all__ = ["DigitsFeatureNet", "fd_digits", "feature_net", "frechet_distance",
+__all__ = ["DigitsFeatureNet", "classify", "fd_digits", "feature_net", "frechet_distance",
            "gaussian_stats", "image_features", "sqrtm_psd", "trace_sqrt_product",
            "train_feature_net"]
