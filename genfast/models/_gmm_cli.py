@@ -4,6 +4,9 @@ EM is not SGD, so the GMM has its own loop instead of the image trainer: the "st
 iterations (``--steps`` = max_iter), progress is one bar over n_init x max_iter iterations,
 and the checkpoint holds the EM state after an iteration, from which ``--resume`` continues
 exactly (each restart's initialisation is a function of the seed alone).
+
+Under torchrun every rank runs the fit (data-parallel EM, genfast/models/gmm.py) and rank 0
+alone writes the checkpoint, the log, the figure and the summary.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ._gmm_em import dist_world
 from ._gmm_sim import fit_figure, simulation_figure
 from ._trainer import CHECKPOINT, CHECKPOINT_FORMAT, METRICS, load_checkpoint, save_checkpoint
 
@@ -37,7 +41,9 @@ def train(cls: type, args: Any) -> int:
     if args.steps is not None:
         overrides["max_iter"] = args.steps
     out = args.out or os.path.join("runs", args.model)
-    os.makedirs(out, exist_ok=True)
+    main = dist_world()[0] == 0
+    if main:
+        os.makedirs(out, exist_ok=True)
     ckpt_path, log_path = os.path.join(out, CHECKPOINT), os.path.join(out, METRICS)
     x, names, what = _data(args.data)
     resume = None
@@ -47,7 +53,7 @@ def train(cls: type, args: Any) -> int:
             raise SystemExit(f"genfast: {ckpt_path} holds a {ckpt['model']!r} model")
         overrides = {**ckpt["config"], **overrides}
         resume = ckpt.get("em_state")
-    elif os.path.exists(log_path):
+    elif main and os.path.exists(log_path):
         os.remove(log_path)
     try:
         config = cls.config_cls(**{k: v for k, v in overrides.items() if k != "n_features"})
@@ -58,9 +64,12 @@ def train(cls: type, args: Any) -> int:
     c = model.config
     every = args.checkpoint_every or cls.train_defaults["checkpoint_every"]
     total = c.n_init * c.max_iter
-    bar = tqdm(total=total, desc=args.model, disable=args.no_progress or None)
+    bar = tqdm(total=total, desc=args.model, disable=True if not main else
+               args.no_progress or None)
 
     def checkpoint(st: dict[str, Any]) -> None:
+        if not main:
+            return
         save_checkpoint(ckpt_path, {"format": CHECKPOINT_FORMAT, "model": args.model,
                                     "step": st["restart"] * c.max_iter + st["iter"],
                                     "config": dataclasses.asdict(c), "em_state": st,
@@ -77,6 +86,8 @@ def train(cls: type, args: Any) -> int:
             return
         bar.update(max(0, step - bar.n))
         bar.set_postfix(restart=st["restart"], loglik=f"{st['lower_bound']:.4f}", refresh=False)
+        if not main:
+            return
         with open(log_path, "a") as f:
             f.write(json.dumps({"step": step, "restart": st["restart"], "iter": st["iter"],
                                 "loglik": st["lower_bound"]}) + "\n")
@@ -90,6 +101,8 @@ def train(cls: type, args: Any) -> int:
     except ValueError as e:
         raise SystemExit(f"genfast: {e}") from None
     bar.close()
+    if not main:  # the same fit as rank 0's: nothing left to do
+        return 0
     metrics = {"train_loglik": model.score(train_x), "test_loglik": model.score(test_x),
                "bic": model.bic(train_x), "aic": model.aic(train_x), "n_iter": model.n_iter_,
                "converged": model.converged_}

@@ -10,6 +10,12 @@ uses it for the E-step of the current parameters and the M-step statistics of th
 (rows x D(D+1)/2 x K) GEMMs, where scikit-learn runs 2K thin (rows x D x D) products.
 Expanding the quadratic form cancels digits when the data sit far from the origin, so all
 arithmetic happens about a shift (the mixture mean) and the default dtype is float64.
+
+Data parallel (torchrun): with a default process group of world > 1, each rank passes its
+contiguous shard of the points (``shard``) and ``distributed=True``; the statistics of the pass
+(log-likelihood sum, N_k, sum r x, sum r x x^T, point count) are summed across ranks in one
+all_reduce, so every rank runs the same M-step on the same numbers. k-means' Lloyd steps sum
+their counts and centre sums the same way.
 """
 
 from __future__ import annotations
@@ -51,6 +57,34 @@ class Stats:
     sx: Tensor  # (K, D) sum_n r_nk (x_n - shift)
     sxx: Tensor  # full: (K, T) upper triangles; tied: (D, D); diag/spherical: (K, D)
     shift: Tensor
+
+
+def dist_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) when there is none."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(n: int, rank: int, world: int) -> slice:
+    """Rank `rank`'s contiguous share of n items (sizes differ by at most one)."""
+    return slice(n * rank // world, n * (rank + 1) // world)
+
+
+def all_reduce_sum(*tensors: Tensor) -> list[Tensor]:
+    """The tensors summed across the default process group, in one collective (one flat
+    buffer of the first tensor's dtype; the tensors are left unchanged)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([t.reshape(-1).to(tensors[0].dtype) for t in tensors])
+    dist.all_reduce(flat)
+    out, at = [], 0
+    for t in tensors:
+        out.append(flat[at:at + t.numel()].view(t.shape).to(t.dtype))
+        at += t.numel()
+    return out
 
 
 def _triu(d: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -142,8 +176,10 @@ def _features(xc: Tensor, kind: str) -> Tensor | None:
     return phi
 
 
-def e_and_stats(x: Tensor, p: Params, kind: str, *, stats: bool = True) -> Stats:
-    """One data pass: the mean log-likelihood under `p` and the next M-step's statistics."""
+def e_and_stats(x: Tensor, p: Params, kind: str, *, stats: bool = True,
+                distributed: bool = False) -> Stats:
+    """One data pass: the mean log-likelihood under `p` and the next M-step's statistics.
+    ``distributed``: x is this rank's shard; the result is that of all ranks' points."""
     n, d = x.shape
     k = p.weights.shape[0]
     shift = p.weights @ p.means
@@ -155,7 +191,7 @@ def e_and_stats(x: Tensor, p: Params, kind: str, *, stats: bool = True) -> Stats
     sx = x.new_zeros(k, d)
     sxx = x.new_zeros((d, d) if kind == "tied" else (k, width))
     if kind == "full" and stats:
-        return _e_and_stats_full(x, p, shift, mc)
+        return _e_and_stats_full(x, p, shift, mc, distributed)
     for xb in x.split(rows):
         xc = xb - shift
         phi = _features(xc, kind)
@@ -173,11 +209,22 @@ def e_and_stats(x: Tensor, p: Params, kind: str, *, stats: bool = True) -> Stats
             sxx += xc.T @ xc
         else:
             sxx += r.T @ (xc * xc)
-    nk += 10 * torch.finfo(x.dtype).eps
+    return _finish(total, n, nk, sx, sxx, shift, distributed)
+
+
+def _finish(total: Tensor, n: int, nk: Tensor, sx: Tensor, sxx: Tensor, shift: Tensor,
+            distributed: bool) -> Stats:
+    if distributed:
+        count = total.new_tensor(float(n))
+        total, count, nk, sx, sxx = all_reduce_sum(total, count, nk, sx, sxx)
+        n = int(round(float(count)))
+    # After the sum: scikit-learn's 10 eps is added once, whatever the number of ranks.
+    nk += 10 * torch.finfo(nk.dtype).eps
     return Stats(float(total) / n, nk, sx, sxx, shift)
 
 
-def _e_and_stats_full(x: Tensor, p: Params, shift: Tensor, mc: Tensor) -> Stats:
+def _e_and_stats_full(x: Tensor, p: Params, shift: Tensor, mc: Tensor,
+                      distributed: bool) -> Stats:
     # Full covariances, the hot path, in the transposed layout: phi^T (T, rows) is built from
     # contiguous feature rows, and both GEMMs put the long row dimension last, which runs
     # ~1.5x faster than (rows, T) @ (T, K) with K small. Chunks stay near 4 MB (in cache).
@@ -204,8 +251,7 @@ def _e_and_stats_full(x: Tensor, p: Params, shift: Tensor, mc: Tensor) -> Stats:
         nk += r.sum(1)
         sx += r @ xc_t.T
         sxx += r @ ph.T
-    nk += 10 * torch.finfo(x.dtype).eps
-    return Stats(float(total) / n, nk, sx, sxx, shift)
+    return _finish(total, n, nk, sx, sxx, shift, distributed)
 
 
 def m_step(s: Stats, kind: str, reg_covar: float) -> Params:
@@ -230,18 +276,21 @@ def m_step(s: Stats, kind: str, reg_covar: float) -> Params:
     return Params(nk / nk.sum(), mc + s.shift, prec, cov, half)
 
 
-def responsibilities_params(x: Tensor, resp: Tensor, kind: str, reg_covar: float) -> Params:
-    """The M-step from given responsibilities (n, K): the initialisation step."""
-    shift = x.mean(0)
+def responsibilities_params(x: Tensor, resp: Tensor, kind: str, reg_covar: float,
+                            shift: Tensor | None = None, distributed: bool = False) -> Params:
+    """The M-step from given responsibilities (n, K): the initialisation step.
+    ``distributed``: x, resp are this rank's shard and `shift` is the mean of all points."""
+    shift = x.mean(0) if shift is None else shift
     xc = x - shift
-    nk = resp.sum(0) + 10 * torch.finfo(x.dtype).eps
+    nk = resp.sum(0)
     if kind == "full":
         sxx = resp.T @ _features(xc, kind)
     elif kind == "tied":
         sxx = xc.T @ xc
     else:
         sxx = resp.T @ (xc * xc)
-    return m_step(Stats(0.0, nk, resp.T @ xc, sxx, shift), kind, reg_covar)
+    s = _finish(x.new_zeros(()), len(x), nk, resp.T @ xc, sxx, shift, distributed)
+    return m_step(s, kind, reg_covar)
 
 
 def n_parameters(kind: str, k: int, d: int) -> int:
@@ -275,17 +324,25 @@ def kmeans_plusplus(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
 
 
 def kmeans(x: Tensor, k: int, gen: torch.Generator, iters: int = 100,
-           tol: float = 1e-4) -> Tensor:
+           tol: float = 1e-4, part: slice | None = None) -> Tensor:
     """Labels (n,) of Lloyd's k-means from k-means++ seeds, stopped when the centres move
-    less than tol times the data variance (scikit-learn's relative tolerance)."""
+    less than tol times the data variance (scikit-learn's relative tolerance).
+
+    ``part``: data parallel; the seeds come from all of x (identical on every rank), the
+    Lloyd steps run on x[part] with counts and sums all-reduced, and the labels of x[part]
+    are returned."""
     c = kmeans_plusplus(x, k, gen)
-    sq = (x * x).sum(1, keepdim=True)
     tol = tol * float(x.var(0).mean())
+    if part is not None:
+        x = x[part]
+    sq = (x * x).sum(1, keepdim=True)
     labels = torch.zeros(len(x), dtype=torch.long, device=x.device)
     for _ in range(iters):
         labels = ((c * c).sum(1) - 2.0 * (x @ c.T) + sq).argmin(1)
         counts = torch.bincount(labels, minlength=k).to(x.dtype)
         new = torch.zeros_like(c).index_add_(0, labels, x)
+        if part is not None:
+            counts, new = all_reduce_sum(counts, new)
         # An emptied cluster keeps its centre rather than becoming NaN.
         new = torch.where(counts[:, None] > 0, new / counts.clamp_min(1)[:, None], c)
         moved = float(((new - c) ** 2).sum())

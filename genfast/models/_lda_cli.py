@@ -4,6 +4,10 @@ Online VB is not SGD on images, so LDA has its own loop: ``--steps`` counts pass
 corpus; a checkpoint after every ``--checkpoint-every`` passes holds lambda and the update
 count, and ``--resume`` continues exactly (each batch's random start is a function of
 (seed, pass, batch)). Held-out perplexity is logged every ``--sample-every`` passes.
+
+Under torchrun every rank runs the fit and the perplexities (data-parallel, genfast/models/
+lda.py: both all-reduce, so every rank must call them) and rank 0 alone writes files and
+prints.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ._gmm_em import dist_world
 from ._trainer import CHECKPOINT, CHECKPOINT_FORMAT, METRICS, load_checkpoint, save_checkpoint
 
 # The generative simulation without a checkpoint: K topics over a small made-up vocabulary.
@@ -54,7 +59,9 @@ def train(cls: type, args: Any) -> int:
     every = args.checkpoint_every or cls.train_defaults["checkpoint_every"]
     eval_every = args.sample_every or 1
     out = args.out or os.path.join("runs", args.model)
-    os.makedirs(out, exist_ok=True)
+    main = dist_world()[0] == 0
+    if main:
+        os.makedirs(out, exist_ok=True)
     ckpt_path, log_path = os.path.join(out, CHECKPOINT), os.path.join(out, METRICS)
     train_x, test_x, vocab, what = _corpus(args.data)
     start, elapsed, ckpt = 0, 0.0, None
@@ -64,7 +71,7 @@ def train(cls: type, args: Any) -> int:
             raise SystemExit(f"genfast: {ckpt_path} holds a {ckpt['model']!r} model")
         overrides = {**ckpt["config"], **overrides}
         start, elapsed = int(ckpt["step"]), float(ckpt["elapsed_s"])
-    elif os.path.exists(log_path):
+    elif main and os.path.exists(log_path):
         os.remove(log_path)
     try:
         model = cls(cls.config_cls(**overrides))
@@ -77,10 +84,13 @@ def train(cls: type, args: Any) -> int:
     else:  # allocated here so that fit runs on args.device
         model.init_components(len(vocab), args.seed, device=args.device)
     c = model.config
-    bar = tqdm(total=passes, initial=start, desc=args.model, disable=args.no_progress or None)
+    bar = tqdm(total=passes, initial=start, desc=args.model,
+               disable=True if not main else args.no_progress or None)
     t0 = time.perf_counter() - elapsed
 
     def save(done: int) -> None:
+        if not main:
+            return
         save_checkpoint(ckpt_path, {
             "format": CHECKPOINT_FORMAT, "model": args.model, "step": done,
             "elapsed_s": time.perf_counter() - t0, "config": dataclasses.asdict(c),
@@ -91,9 +101,10 @@ def train(cls: type, args: Any) -> int:
         bar.update(1)
         if done % eval_every == 0 or done == passes:
             ppl = model.perplexity(test_x)
-            with open(log_path, "a") as f:
-                f.write(json.dumps({"step": done, "split": "test", "perplexity": ppl,
-                                    "elapsed_s": time.perf_counter() - t0}) + "\n")
+            if main:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"step": done, "split": "test", "perplexity": ppl,
+                                        "elapsed_s": time.perf_counter() - t0}) + "\n")
             bar.set_postfix(perplexity=f"{ppl:.5g}", refresh=False)
         if done % every == 0 or done == passes:
             save(done)
@@ -106,6 +117,8 @@ def train(cls: type, args: Any) -> int:
     if start >= passes:
         save(start)
     ppl, ppl_docs = model.perplexity(test_x), model.perplexity(test_x, topic_term=False)
+    if not main:
+        return 0
     coh = model.coherence(train_x)
     lines = topics_text(model, vocab)
     with open(os.path.join(out, "topics.txt"), "w") as f:

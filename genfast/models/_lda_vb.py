@@ -167,9 +167,13 @@ def approx_bound(docs: Docs, gamma: Tensor, lam: Tensor, alpha: float, eta: floa
         score += (d.counts.double() * torch.logsumexp(temp, dim=2)).sum()
     score += _dirichlet_loglik(alpha, gamma, elog_theta, gamma.shape[1])
     score = score * doc_ratio
-    if topic_term:
-        score += _dirichlet_loglik(eta, lam, dirichlet_expectation(lam), lam.shape[1])
-    return float(score)
+    return float(score) + (topic_bound(lam, eta) if topic_term else 0.0)
+
+
+def topic_bound(lam: Tensor, eta: float) -> float:
+    """The bound's topic-word term E[log p(beta | eta)] - E[log q(beta | lambda)]."""
+    lam = lam.double()
+    return float(_dirichlet_loglik(eta, lam, dirichlet_expectation(lam), lam.shape[1]))
 
 
 def umass_npmi(doc_presence: Tensor, top: Tensor) -> tuple[float, float]:

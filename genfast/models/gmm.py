@@ -11,6 +11,12 @@ Sampling draws the component with genfast's Gumbel-max sampler (genfast.sample_c
 `genfast train gmm` fits the embedded iris measurements (or --data), `genfast sample gmm`
 runs the seed 000 simulation (iris sepal lengths) or samples a fitted checkpoint
 (genfast/models/_gmm_cli.py).
+
+Under torchrun (a default process group of world > 1) ``fit`` runs data-parallel: every rank
+passes all the points, takes its contiguous shard, and the E-step statistics and k-means'
+Lloyd sums are all-reduced (_gmm_em), so every rank holds the same fit, equal to one
+process's to rounding. The k-means++ seeds and ``init_params="random"``'s responsibilities are
+drawn for all points on every rank (same seed, same draws), then sharded.
 """
 
 from __future__ import annotations
@@ -143,20 +149,25 @@ class GaussianMixture(nn.Module):
         self.covariances.copy_(cov)
 
     def _initial(self, x: Tensor, gen: torch.Generator, weights_init: Tensor | None,
-                 means_init: Tensor | None, precisions_init: Tensor | None) -> em.Params:
+                 means_init: Tensor | None, precisions_init: Tensor | None,
+                 part: slice | None = None) -> em.Params:
+        """``part``: this rank's shard of x when data-parallel (module docstring)."""
         c, (n, d) = self.config, x.shape
         k, kind = c.n_components, c.covariance_type
+        xs = x if part is None else x[part]
         if c.init_params == "random":
             resp = torch.rand(n, k, generator=gen, device=x.device, dtype=x.dtype)
+            resp = resp if part is None else resp[part]
             resp /= resp.sum(1, keepdim=True)
         else:
             if c.init_params == "kmeans":
-                labels = em.kmeans(x, k, gen)
+                labels = em.kmeans(x, k, gen, part=part)
             else:
                 centres = em.kmeans_plusplus(x, k, gen)
-                labels = ((centres * centres).sum(1) - 2 * x @ centres.T).argmin(1)
+                labels = ((centres * centres).sum(1) - 2 * xs @ centres.T).argmin(1)
             resp = torch.nn.functional.one_hot(labels, k).to(x.dtype)
-        p = em.responsibilities_params(x, resp, kind, c.reg_covar)
+        p = em.responsibilities_params(xs, resp, kind, c.reg_covar, x.mean(0),
+                                       distributed=part is not None)
         if weights_init is not None:
             p.weights = weights_init
         if means_init is not None:
@@ -184,6 +195,12 @@ class GaussianMixture(nn.Module):
         if c.n_components > n:
             raise ValueError(f"n_components={c.n_components} must be <= the number of points "
                              f"n_samples={n}")
+        rank, world = em.dist_world()
+        if world > n:
+            raise ValueError(f"data-parallel EM needs at least one point per process: "
+                             f"n_samples={n} < world size {world}")
+        part = em.shard(n, rank, world) if world > 1 else None
+        xs = x if part is None else x[part]
         if c.n_features is None:
             c.n_features = d
         if not hasattr(self, "means") or self.means.shape[1] != d:
@@ -201,11 +218,11 @@ class GaussianMixture(nn.Module):
         while st["restart"] < c.n_init:
             if st["params"] is None:
                 gen = torch.Generator(x.device).manual_seed(seed * 1_000_003 + st["restart"])
-                st["params"] = _to_dict(self._initial(x, gen, *inits))
+                st["params"] = _to_dict(self._initial(x, gen, *inits, part=part))
             p = _from_dict(st["params"])
             while not st["done"]:
                 prev = st["lower_bound"]
-                s = em.e_and_stats(x, p, kind)
+                s = em.e_and_stats(xs, p, kind, distributed=part is not None)
                 p = em.m_step(s, kind, c.reg_covar)
                 st.update(iter=st["iter"] + 1, lower_bound=s.loglik, params=_to_dict(p))
                 st["done"] = abs(s.loglik - prev) < c.tol or st["iter"] >= c.max_iter

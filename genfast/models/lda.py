@@ -11,6 +11,12 @@ Fitting follows scikit-learn's ``LatentDirichletAllocation`` (learning_method='o
 per-document convergence rule and the same variational bound for ``perplexity``), with the
 per-document loop replaced by batched tensor products (genfast/models/_lda_vb.py).
 
+Under torchrun (a default process group of world > 1) fitting and the bound run data-parallel:
+every rank holds the corpus, takes its contiguous share of each batch (the whole corpus in
+batch learning), runs the E-step on it from the same random starts, and the topic-word
+statistics (and, for ``score`` / ``perplexity``, the document terms of the bound) are
+all-reduced, so every rank makes the same update: one process's fit, to rounding.
+
 `genfast train lda` fits the embedded movie-review sentences (genfast.data.reviews) and writes
 the top words of each topic, held-out perplexity and coherence; `genfast sample lda` writes
 documents drawn from the generative process or from a fitted checkpoint (_lda_cli.py).
@@ -30,6 +36,7 @@ from torch import Tensor, nn
 import genfast
 
 from . import _lda_vb as vb
+from ._gmm_em import all_reduce_sum, dist_world, shard
 from ._lda_vb import Docs, as_docs
 
 
@@ -184,8 +191,15 @@ class LatentDirichletAllocation(nn.Module):
         k = c.n_topics
         eb = self._exp_elog_beta_t()
         gamma0 = _gamma((len(docs), k), seed, eb.device, self.dtype)
-        _, st = vb.e_step(docs, eb, c.alpha, gamma0, c.max_doc_update_iter, c.mean_change_tol,
+        rank, world = dist_world()
+        local = docs
+        if world > 1:  # every rank drew the whole batch's starts: take its share of both
+            part = shard(len(docs), rank, world)
+            local, gamma0 = docs[part], gamma0[part]
+        _, st = vb.e_step(local, eb, c.alpha, gamma0, c.max_doc_update_iter, c.mean_change_tol,
                           sstats=True)
+        if world > 1:
+            (st,) = all_reduce_sum(st)
         sstats = st.T * eb.T
         if batch_update:
             self.components.copy_(c.eta + sstats)
@@ -211,18 +225,31 @@ class LatentDirichletAllocation(nn.Module):
             g0 = torch.ones(len(d), c.n_topics, dtype=self.dtype, device=eb.device)
             out.append(vb.e_step(d, eb, c.alpha, g0, c.max_doc_update_iter,
                                  c.mean_change_tol, sstats=False)[0])
-        return torch.cat(out)
+        # No documents: a data-parallel rank whose share of a small set is empty.
+        return torch.cat(out) if out else eb.new_zeros(0, c.n_topics)
 
     def transform(self, x: object) -> Tensor:
         """Topic proportions (N, K) of each document (rows sum to 1)."""
         g = self.unnormalized_transform(x)
         return g / g.sum(1, keepdim=True)
 
+    def _bound(self, docs: Docs, topic_term: bool) -> float:
+        c = self.config
+        rank, world = dist_world()
+        if world == 1:
+            gamma = self.unnormalized_transform(docs)
+            return vb.approx_bound(docs, gamma, self.components, c.alpha, c.eta,
+                                   topic_term=topic_term)
+        local = docs[shard(len(docs), rank, world)]
+        part = vb.approx_bound(local, self.unnormalized_transform(local), self.components,
+                               c.alpha, c.eta, topic_term=False)
+        (total,) = all_reduce_sum(torch.tensor(part, dtype=torch.float64,
+                                               device=self.components.device))
+        return float(total) + (vb.topic_bound(self.components, c.eta) if topic_term else 0.0)
+
     def score(self, x: object) -> float:
         """Approximate log-likelihood (variational bound) of x, as scikit-learn's score."""
-        docs = self._docs(x)
-        gamma = self.unnormalized_transform(docs)
-        return vb.approx_bound(docs, gamma, self.components, self.config.alpha, self.config.eta)
+        return self._bound(self._docs(x), topic_term=True)
 
     def perplexity(self, x: object, topic_term: bool = True) -> float:
         """exp(-bound / number of words): scikit-learn's perplexity (natural base).
@@ -232,10 +259,7 @@ class LatentDirichletAllocation(nn.Module):
         one it dominates. ``topic_term=False`` leaves it out: the per-word bound of the
         documents alone, comparable across corpora and vocabulary sizes."""
         docs = self._docs(x)
-        gamma = self.unnormalized_transform(docs)
-        bound = vb.approx_bound(docs, gamma, self.components, self.config.alpha,
-                                self.config.eta, topic_term=topic_term)
-        return math.exp(-bound / docs.n_words)
+        return math.exp(-self._bound(docs, topic_term) / docs.n_words)
 
     def topic_word(self) -> Tensor:
         """(K, V) topic-word distributions: lambda normalised per topic."""
