@@ -39,9 +39,22 @@ def _data(model, path: str | None):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from genfast.models import _distributed
+
+    # Under torchrun: the process group first, this rank's device in args.device for every
+    # model's trainer, and an exit that never tears the group down (_distributed.run).
+    ctx = _distributed.init_from_env(args.device)
+    if ctx.world == 1:
+        return _train_model(args)
+    args.device = str(ctx.device)
+    return _distributed.run(ctx, lambda: _train_model(args))
+
+
+def _train_model(args: argparse.Namespace) -> int:
     import torch
 
     import genfast
+    from genfast.models._distributed import is_main
     from genfast.models._trainer import TrainConfig, fit
 
     cls = _model_cls(args.model)
@@ -57,9 +70,14 @@ def _train(args: argparse.Namespace) -> int:
     tc = TrainConfig.from_args(cls.train_defaults, args)
     train_x, test_x = _data(model, args.data)
     out = args.out or os.path.join("runs", args.model)
-    with genfast.use_backend(args.backend):
-        metrics = fit(model, args.model, train_x, test_x, tc, out, resume=args.resume,
-                      device=args.device, progress=not args.no_progress)
+    try:
+        with genfast.use_backend(args.backend):
+            metrics = fit(model, args.model, train_x, test_x, tc, out, resume=args.resume,
+                          device=args.device, progress=not args.no_progress)
+    except ValueError as e:  # e.g. a --batch-size the processes cannot share evenly
+        raise SystemExit(f"genfast: {e}") from None
+    if not is_main():
+        return 0
     if hasattr(model, "codes"):  # latent-variable models: a map of the held-out codes
         from genfast.models._latent_map import digits_test_labels, write_latent_map
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import _distributed
 from ._images import interleave_rows, save_panels
 
 CHECKPOINT = "checkpoint.pt"
@@ -204,10 +205,13 @@ def train_loop(model: nn.Module, name: str, tc: TrainConfig, out_dir: str | os.P
     ``tc.log_every``, ``snapshot(step)`` (writes its artefacts, returns held-out metrics, which
     are logged) every ``tc.sample_every``, atomic checkpoints (model, optimizers, RNG) every
     ``tc.checkpoint_every``; a resume truncates the log to the checkpoint and continues
-    exactly. Returns ``evaluate()`` at the end."""
+    exactly. Returns ``evaluate()`` at the end. Under torchrun each rank trains on its share
+    of every batch with gradients averaged, and rank 0 alone snapshots, logs and checkpoints
+    (genfast/models/_distributed.py)."""
     from tqdm.auto import tqdm  # optional dependency ([models] extra), so imported late
 
     device, out_dir = torch.device(device), os.fspath(out_dir)
+    ctx = _distributed.context(device)  # world 1 unless torchrun started us (_distributed.py)
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path, log_path = os.path.join(out_dir, CHECKPOINT), os.path.join(out_dir, METRICS)
     model.to(device)
@@ -220,41 +224,78 @@ def train_loop(model: nn.Module, name: str, tc: TrainConfig, out_dir: str | os.P
         model.load_state_dict(ckpt["state_dict"])
         for key, opt in optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][key])
-        _set_rng_state(ckpt["rng"], device)
         start, elapsed = int(ckpt["step"]), float(ckpt["elapsed_s"])
-        _truncate_log(log_path, start)
-    elif os.path.exists(log_path):
-        os.remove(log_path)
+        saved_world = int(ckpt.get("world", 1))
+        if saved_world != ctx.world:  # another world size: fresh per-rank streams
+            torch.manual_seed(_distributed.rank_seed(tc.seed, ctx.rank, start))
+        else:
+            _set_rng_state(ckpt["rng_ranks"][ctx.rank] if ctx.world > 1 else ckpt["rng"],
+                           device)
+        if ctx.is_main:
+            _truncate_log(log_path, start)
+    else:
+        if ctx.world > 1:  # same init on every rank (the caller's seed), then own noise
+            torch.manual_seed(_distributed.rank_seed(tc.seed, ctx.rank))
+        if ctx.is_main and os.path.exists(log_path):
+            os.remove(log_path)
+    sync = None
+    if ctx.world > 1:
+        _distributed.broadcast_module(model)
+        sync = _distributed.GradSync(model)
 
     def checkpoint(step: int) -> None:
+        rng = _rng_state(device)
+        ranks = _distributed.all_gather_object(rng) if ctx.world > 1 else None
+        if not ctx.is_main:
+            return
         save_checkpoint(ckpt_path, {
             "format": CHECKPOINT_FORMAT, "model": name, "step": step, "elapsed_s": elapsed,
             "config": dataclasses.asdict(model.config), "train": dataclasses.asdict(tc),
             "state_dict": model.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "rng": _rng_state(device),
+            "rng": rng, "world": ctx.world,
+            **({"rng_ranks": ranks} if ranks is not None else {}),
         })
+
+    @contextlib.contextmanager
+    def unsynced() -> Iterator[None]:
+        # Snapshots and evaluation run on rank 0 alone: a backward in them must not all-reduce.
+        if sync is not None:
+            sync.enabled = False
+        try:
+            yield
+        finally:
+            if sync is not None:
+                sync.enabled = True
 
     model.train()
     sums: dict[str, Any] = {}
     count = 0
     t0 = time.perf_counter() - elapsed
+    show = ctx.is_main and (progress is None or progress)
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc=name,
-               disable=None if progress is None else not progress, dynamic_ncols=True)
+               disable=None if show and progress is None else not show, dynamic_ncols=True)
     for step in bar:
-        metrics = model.train_step(batch(step), optimizers, step)
+        metrics = model.train_step(_distributed.shard(batch(step), ctx.rank, ctx.world),
+                                   optimizers, step)
+        if ctx.world > 1:
+            _distributed.sync_buffers(model)
         for k, v in metrics.items():  # tensors add up on the device: read once per log
             sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v)
         count += 1
         done = step + 1
         if done % tc.log_every == 0 or done == tc.steps:
+            if ctx.world > 1:
+                sums = _distributed.mean_metrics(sums, device)
             means = {k: float(v) / count for k, v in sums.items()}
             elapsed = time.perf_counter() - t0
-            _log(log_path, {"step": done, "split": "train", **means, "elapsed_s": elapsed})
+            if ctx.is_main:
+                _log(log_path, {"step": done, "split": "train", **means, "elapsed_s": elapsed})
             bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
             sums, count = {}, 0
-        if done % tc.sample_every == 0 or done == tc.steps:
-            held_out = snapshot(done)
+        if ctx.is_main and (done % tc.sample_every == 0 or done == tc.steps):
+            with unsynced():
+                held_out = snapshot(done)
             _log(log_path, {"step": done, "split": "test", **held_out})
             if progress is not False:  # e.g. a GAN's FD-digits at every snapshot
                 tqdm.write(f"{name} step {done}: held-out "
@@ -263,6 +304,12 @@ def train_loop(model: nn.Module, name: str, tc: TrainConfig, out_dir: str | os.P
             elapsed = time.perf_counter() - t0
             checkpoint(done)
     bar.close()
-    if start >= tc.steps and not os.path.exists(ckpt_path):
+    missing = start >= tc.steps and not os.path.exists(ckpt_path)
+    if ctx.world > 1:  # rank 0's file system decides: a checkpoint is a collective
+        missing = _distributed.broadcast_object(missing, device)
+    if missing:
         checkpoint(start)
-    return evaluate()
+    if ctx.world == 1:
+        return evaluate()
+    sync.close()  # the final evaluation runs on rank 0 alone; the others get its figures
+    return _distributed.broadcast_object(evaluate() if ctx.is_main else None, device)
