@@ -8,25 +8,26 @@ training is exactly what it was. What the trainer (genfast/models/_trainer.py) d
 * Process group: ``init_from_env`` initialises torch.distributed's default group from torchrun's
   environment (gloo on the CPU, NCCL on CUDA with device cuda:LOCAL_RANK).
 * Gradients: averaged over the ranks at the end of every backward (``GradSync``), not by
-  torch's DistributedDataParallel wrapper. DDP hooks the *wrapped module's* forward and expects
-  one forward and one backward of it per iteration; the train steps here call submodules
-  (``self.generator``, ``self.discriminator``), run D(real), D(fake) and then G's backward
-  through D (gradients that reach D and are dropped), double backward for gradient penalties,
-  multi-phase AAE / NoGAN / GS-GAN updates where whole networks sit idle for a phase. Wrapping
-  would mean per-model code (which submodule, find_unused_parameters per phase, a ``module.``
-  prefix in every checkpoint). So, like DDP's reducer (and NVIDIA's stylegan3 loop, which also
-  averages gradients by hand), every trainable parameter gets a post-accumulate-grad hook; the
-  first hook of a backward queues an end-of-backward callback that all-reduces, in flat buckets
-  per dtype, the gradients that backward accumulated, each divided by the world size first
-  (DDP's default comm hook: the same bits as DDP at world 2). Doing it at the end of backward,
-  not at ``optimizer.step()``, keeps DDP's contract that ``.grad`` is global once backward
-  returns, so gradient clipping (char-rnn, gpt, music-lstm) clips the global gradient. Several
-  backwards before one step are fine: all-reduce is linear, so re-averaging a gradient that
-  already holds an averaged part averages only the new local part. ``torch.autograd.grad``
-  (the penalties' inner gradient) accumulates nothing and syncs nothing. The price: G's
-  backward also averages the D gradients it leaves behind (DDP with both nets wrapped pays it
-  too). tests/models/test_distributed.py checks the parameters against DDP's bitwise and shows
-  DDP refusing a GAN step it is not written for.
+  torch's DistributedDataParallel wrapper. DDP syncs only through the *wrapped module's*
+  forward; the train steps here call submodules (``self.generator``, ``self.discriminator``,
+  ``self.encoder``, ``self.lm``), so DDP around a whole model runs and syncs nothing (tried: the
+  ranks' weights diverge silently). DDP around G and D separately does take a DCGAN step (D(real),
+  D(fake), G's backward through D) and gives the bits GradSync gives, but every model would need
+  its own list of submodules to wrap (and find_unused_parameters for the phases where a network
+  sits idle: NoGAN, GS-GAN pretraining, AAE), and every checkpoint would carry ``module.``
+  prefixes. So, like DDP's reducer (and NVIDIA's stylegan3 loop, which averages gradients by
+  hand too), every trainable parameter gets a post-accumulate-grad hook; the first hook of a
+  backward queues an end-of-backward callback that all-reduces, in flat buckets per dtype, the
+  gradients that backward accumulated, each divided by the world size first (DDP's default comm
+  hook, so the same bits as DDP). Doing it at the end of backward, not at ``optimizer.step()``,
+  keeps DDP's contract that ``.grad`` is global once backward returns, so gradient clipping
+  (char-rnn, gpt, music-lstm) clips the global gradient, as in one process. Several backwards
+  before one step are fine: all-reduce is linear, so re-averaging a gradient that already holds
+  an averaged part averages only the new local part. ``torch.autograd.grad`` (the penalties'
+  inner gradient) accumulates nothing and syncs nothing; their double backward syncs once. The
+  price: G's backward also averages the D gradients it leaves behind (as DDP with both nets
+  wrapped does). tests/models/test_distributed.py compares GradSync with DDP bitwise on a plain
+  model and on that DCGAN step.
 * Parameters and buffers start as rank 0's (broadcast, as DDP); floating buffers (BatchNorm's
   running statistics, a GAN's last generator loss) are made rank 0's again after every step,
   DDP's broadcast_buffers semantics (spectral-norm vectors depend on the weights only, so they
