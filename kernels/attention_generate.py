@@ -18,8 +18,10 @@ softmax is online). k and v go straight to the float32 caches. Each phase writes
 thread mapping and the next reads with another, so tl.debug_barrier() separates the phases.
 GEMVs walk the output rows in JB blocks and the input in KB-column chunks (at SB = 1 a tl.sum of
 a (JB, KB) weight tile times the vector; from 16 streams a tl.dot (SB, KB) x (KB, JB), so a
-weight tile read from L2 serves 16 streams). Attention: every head at once, TB cached keys at
-a time, with a running max and sum per head (the safe softmax, as flash attention does). A
+weight tile read from L2 serves 16 streams). Attention and the draw share no weights: they go
+stream by stream, so their tiles do not grow with SB; attention takes every head at once, TB
+cached keys at a time, with a running max and sum per head (the safe softmax, as flash
+attention does), and the draw keeps the (1, VP) logits row in registers. A
 refill feeds its positions one by one (the contract allows it; the rounding differs from a
 batched prefill) and skips the last layer's attention output and MLP for every position but the
 last one, whose x alone feeds the head.
@@ -107,38 +109,36 @@ def _layernorm(x_ptr, out_ptr, g_ptr, C, live, SB: tl.constexpr, KB: tl.constexp
 
 
 @triton.jit
-def _attend(q_ptr, y_ptr, kc, vc, n_ctx, T, D, Hh, sm_scale, live, SB: tl.constexpr,
-            TB: tl.constexpr, HP: tl.constexpr, DP: tl.constexpr):
-    """y_h = softmax_j(q_h . k_j * sm_scale, j < n_ctx) . v_j, all heads h at once: kc, vc
-    (SB, 1) pointers to the stream's (Hh, T, D) cache of this layer; q, y rows at (SB, 1)
-    pointers. Online softmax over blocks of TB keys; tiles (SB, TB, HP, DP)."""
+def _attend(q_ptr, y_ptr, kc, vc, n_ctx, T, D, Hh, sm_scale, TB: tl.constexpr,
+            HP: tl.constexpr, DP: tl.constexpr):
+    """One stream: y_h = softmax_j(q_h . k_j * sm_scale, j < n_ctx) . v_j for all heads h at
+    once; kc, vc point to the stream's (Hh, T, D) cache of this layer. Online softmax over
+    blocks of TB keys, tiles (TB, HP, DP)."""
     hh = tl.arange(0, HP)
     dd = tl.arange(0, DP)
     col = hh[:, None] * D + dd[None, :]  # (HP, DP): column h D + d of q and y
     hdm = (hh < Hh)[:, None] & (dd < D)[None, :]
-    m3 = live[:, :, None] & hdm[None, :, :]
-    q = tl.load(q_ptr[:, :, None] + col[None, :, :], mask=m3, other=0.0) * sm_scale
-    m_i = tl.full((SB, HP), float("-inf"), tl.float32)
-    l_i = tl.zeros((SB, HP), tl.float32)
-    acc = tl.zeros((SB, HP, DP), tl.float32)
+    q = tl.load(q_ptr + col, mask=hdm, other=0.0) * sm_scale
+    m_i = tl.full((HP,), float("-inf"), tl.float32)
+    l_i = tl.zeros((HP,), tl.float32)
+    acc = tl.zeros((HP, DP), tl.float32)
     tt = tl.arange(0, TB)
     for j0 in range(0, n_ctx, TB):
         j = j0 + tt
         jmask = j < n_ctx
         off = (hh[None, :, None] * T + j[:, None, None]) * D + dd[None, None, :]  # (TB, HP, DP)
-        m4 = m3[:, None, :, :] & jmask[None, :, None, None]
-        k = tl.load(kc[:, :, None, None] + off[None, :, :, :], mask=m4, other=0.0)
-        s = tl.sum(q[:, None, :, :] * k, 3)  # (SB, TB, HP)
-        s = tl.where(jmask[None, :, None], s, float("-inf"))
+        m3 = jmask[:, None, None] & hdm[None, :, :]
+        k = tl.load(kc + off, mask=m3, other=0.0)
+        s = tl.where(jmask[:, None], tl.sum(q[None, :, :] * k, 2), float("-inf"))  # (TB, HP)
         # Key 0 is in the first block, so m_new is finite from the first block on.
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.maximum(m_i, tl.max(s, 0))
         alpha = tl.exp(m_i - m_new)
-        pj = tl.exp(s - m_new[:, None, :])
-        v = tl.load(vc[:, :, None, None] + off[None, :, :, :], mask=m4, other=0.0)
-        acc = acc * alpha[:, :, None] + tl.sum(pj[:, :, :, None] * v, 1)
-        l_i = l_i * alpha + tl.sum(pj, 1)
+        pj = tl.exp(s - m_new[None, :])
+        v = tl.load(vc + off, mask=m3, other=0.0)
+        acc = acc * alpha[:, None] + tl.sum(pj[:, :, None] * v, 0)
+        l_i = l_i * alpha + tl.sum(pj, 0)
         m_i = m_new
-    tl.store(y_ptr[:, :, None] + col[None, :, :], acc / l_i[:, :, None], mask=m3)
+    tl.store(y_ptr + col, acc / l_i[:, None], mask=hdm)
 
 
 @triton.jit
@@ -221,7 +221,15 @@ def _generate_kernel(
                 tl.debug_barrier()
                 # The last layer's output only matters at the position the head reads.
                 if (layer < L - 1) | (t == p - 1):
-                    _attend(q_s, y_s, kc, vc, pos + 1, T, D, Hh, sm_scale, live, SB, TB, HP, DP)
+                    # Stream by stream: no weight is shared, and (TB, HP, DP) tiles stay in
+                    # registers whatever SB is.
+                    for si in range(SB):
+                        b = tl.program_id(0) * SB + si
+                        if b < Bsz:
+                            st = s_ptr + b * s_stride
+                            cb = layer * cache_layer + b * (Hh * T * D)
+                            _attend(st + 2 * C, st + 5 * C, kc_ptr + cb, vc_ptr + cb, pos + 1, T,
+                                    D, Hh, sm_scale, TB, HP, DP)
                     tl.debug_barrier()
                     for j0 in range(0, C, JB):
                         j = j0 + jj
@@ -260,18 +268,21 @@ def _generate_kernel(
             acc = _gemv(lnf + 2 * C, lnf, C, j, jm, a_s, C, live, SB, KB, DOT, False)
             tl.store(lg_s + j[None, :], acc, mask=live & jm[None, :])
         tl.debug_barrier()
-        aa = tl.arange(0, VP)
+        aa = tl.arange(0, VP)[None, :]
         am = aa < V
-        x = tl.load(lg_s + aa[None, :], mask=live & am[None, :], other=float("-inf"))
-        idx = tl.zeros((SB, 1), tl.int32)
-        if GREEDY:
-            best = tl.full((SB, 1), float("-inf"), tl.float32)
-            best, idx = first_argmax_step(x, 0, best, idx)
-        else:
-            rows = (bs.to(tl.int64) * 0 + p) * Bsz + bs  # int64: p * B may pass 2^31
-            idx = draw_tile(x, am[None, :], rows, live, k0, k1, inv_temp, top_k, top_p, scale,
-                            TOP_K, TOP_P, VP)
-        tl.store(tok_ptr + bs * N + p, tl.sum(idx, 1).to(tl.int64), mask=smask)
+        one = tl.zeros((1, 1), tl.int32)
+        for si in range(SB):  # stream by stream: a (1, VP) row, whatever SB is
+            b = tl.program_id(0) * SB + si
+            if b < Bsz:
+                x = tl.load(s_ptr + b * s_stride + 10 * C + aa, mask=am, other=float("-inf"))
+                if GREEDY:
+                    best = tl.full((1, 1), float("-inf"), tl.float32)
+                    best, idx = first_argmax_step(x, 0, best, one)
+                else:
+                    rows = (tl.zeros((1,), tl.int64) + p) * Bsz + b  # int64: p B may pass 2^31
+                    idx = draw_tile(x, am, rows, one == 0, k0, k1, inv_temp, top_k, top_p, scale,
+                                    TOP_K, TOP_P, VP)
+                tl.store(tok_ptr + b * N + p + one, idx.to(tl.int64))
         tl.debug_barrier()  # the next step feeds this token
 
 
@@ -364,8 +375,8 @@ def generate(weights: torch.Tensor, meta: list[int], tokens: torch.Tensor, kcach
     dot = sb >= 16
     cp = _pow2(C, 16, 1 << 30)
     hp, dp = _pow2(Hh, 1, 1 << 30), _pow2(D, 1, 1 << 30)
-    # Attention tiles (SB, TB, HP, DP) of about 4096 values.
-    tb = max(2, min(64, 4096 // (sb * hp * dp)))
+    # Attention tiles (TB, HP, DP) of about 4096 values.
+    tb = max(2, min(64, 4096 // (hp * dp)))
     if block is not None:
         jb = kb = tb = block
     elif dot:

@@ -257,8 +257,7 @@ for wt, sb, greedy in (("bf16", 1, False), ("fp32", 16, True)):
     ptrs = dict(w_ptr="*" + wt, tok_ptr="*i64", kc_ptr="*fp32", vc_ptr="*fp32", s_ptr="*fp32",
                 seed_ptr="*i64")
     consts = dict(GREEDY=greedy, TOP_K=not greedy, TOP_P=not greedy, SB=sb, JB=32, KB=32,
-                  TB=4 if sb == 1 else 2, HP=8 if sb == 1 else 4, DP=64 if sb == 1 else 16,
-                  VP=128, DOT=sb >= 16)
+                  TB=8, HP=8, DP=64, VP=128, DOT=sb >= 16)
     sig = {n: "constexpr" if n in consts else ptrs.get(n, "fp32" if n in floats else "i32")
            for n in fn.arg_names}
     triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 80, 32),
