@@ -154,14 +154,11 @@ def test_tokens_equal_gptnet_generate_and_the_float64_oracle(name):
     assert torch.equal(got, want)
 
 
-def test_start_equal_to_n_draws_nothing_and_given_tokens_condition_the_draws():
-    net = make_net(L=1, seed=6)
-    w, meta = pack(net)
+def test_start_equal_to_n_or_no_stream_draws_nothing():
+    w, meta = pack(make_net(L=1, seed=6))
     prime = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(7))
     assert torch.equal(run(w, meta, prime.clone(), 0, 3), prime)
-    a = run(w, meta, prime, 3, 3, streams_per_program=2)
-    b = run(w, meta, prime.flip(0), 3, 3, streams_per_program=2)
-    assert torch.equal(a[:, :5], prime) and not torch.equal(a[:, 5:], b.flip(0)[:, 5:])
+    assert run(w, meta, prime[:0], 3, 3).shape == (0, 8)
 
 
 def test_bfloat16_weights_compute_in_float32():
