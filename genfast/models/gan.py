@@ -318,7 +318,8 @@ def cli_train(cls: type, args: Any) -> int:
     except ValueError as e:
         raise SystemExit(f"genfast: {e}") from None
     wall = time.perf_counter() - t0
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.startswith("class_"))
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                      if not (k.startswith("class_") and k[6:].isdigit()))
     print(f"{args.model}: {tc.steps} steps ({wall:.1f} s this run); held-out: {shown}")
     print(f"checkpoint, samples, metrics.jsonl in {out}")
     return 0
