@@ -2,8 +2,8 @@
 one launch.
 
 The contract (network, packed layout, meta [L, V, C, Hh, T], the context / cache refill rule with
-`keep`, the noise rows p * B + b) is /work/notes/gen10-design.md, restated in the docstring of
-genfast/ops/attention_generate.py. In short, per drawn token p = start .. N-1: the cache is
+`keep`, the noise rows p * B + b) is the module docstring of genfast/ops/attention_generate.py.
+In short, per drawn token p = start .. N-1: the cache is
 (re)filled or extended by one position, each fed token runs through the L blocks at its cache
 position (LN, qkv, causal attention over the cache, proj, LN, fc, exact GELU, proj2), and the
 last one's final LayerNorm + head gives the logits of the `sample` family's draw (kernels/
@@ -21,17 +21,17 @@ a (JB, KB) weight tile times the vector; from 16 streams a tl.dot (SB, KB) x (KB
 weight tile read from L2 serves 16 streams). Attention and the draw share no weights: they go
 stream by stream, so their tiles do not grow with SB; attention takes every head at once, TB
 cached keys at a time, with a running max and sum per head (the safe softmax, as flash
-attention does), and the draw keeps the (1, VP) logits row in registers. A
-refill feeds its positions one by one (the contract allows it; the rounding differs from a
-batched prefill) and skips the last layer's attention output and MLP for every position but the
-last one, whose x alone feeds the head.
+attention does), and the draw keeps the (1, VP) logits row in registers. A refill feeds its
+positions one by one (the contract allows it; the rounding differs from a batched prefill) and
+skips the last layer's attention output and MLP for every position but the last one, whose x
+alone feeds the head.
 
-Limits: one program per stream at batch < 16 reads the whole model every fed position (L2
-resident at char-GPT sizes, ~10M parameters; an SM streams it at L2 bandwidth, which is this
-backend's bound: csrc/cuda splits a step over many CTAs instead); V <= MAX_VOCAB (the draw keeps
-the padded row in registers); head dim D <= MAX_HEAD_DIM. float16 / bfloat16 weights are read
-and widened, all math and the caches are float32. float64 weights are refused (Triton's float64
-dots and the shared draw are float32): the cpu and reference backends run float64.
+Limits: below DOT_FROM streams each program (one stream) reads the whole model every fed position
+(L2 resident at char-GPT sizes, ~10M parameters): a single SM streams it at its L2 bandwidth,
+which bounds this backend at batch 1 (a step split over many CTAs would lift it). V <=
+MAX_VOCAB (the draw keeps the padded row in registers); head dim D <= MAX_HEAD_DIM. float16 /
+bfloat16 weights are read and widened, all math and the caches are float32. float64 weights are
+refused (the shared draw is float32): the cpu and reference backends run float64.
 """
 
 from __future__ import annotations
