@@ -131,7 +131,8 @@ def shard(batch: Any, rank: int, world: int) -> Any:
         if n % world:
             raise ValueError(f"--batch-size: the global batch of {n} does not split evenly "
                              f"over {world} processes (torchrun's nproc_per_node x nnodes); "
-                             f"use a multiple of {world}")
+                             f"use a multiple of {world} (for models that set their own "
+                             f"batch sizes, the --set fields that give them)")
         k = n // world
         return batch[rank * k:(rank + 1) * k]
     if isinstance(batch, dict):
