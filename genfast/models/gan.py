@@ -162,10 +162,12 @@ def coverage_figure(frac: Tensor, covered: int, path: str, title: str,
     def y(v: float) -> int:
         return round(top + plot_h * (1 - v / ymax))
 
-    d.text((4, 4), f"{title}: {covered}/{k} classes covered", fill=(0, 0, 0), font=font)
-    for v in (0.0, 0.1, 0.2, 0.3):
-        if v <= ymax:
-            d.text((2, y(v) - 6), f"{v:.1f}", fill=(90, 90, 90), font=font)
+    d.text((4, 2), f"{title}: {covered}/{k} classes covered", fill=(0, 0, 0), font=font)
+    d.text((4, 15), f"fraction per class; dashed: 1/{k}, threshold {share:g}/{k}",
+           fill=(90, 90, 90), font=font)
+    tick = 0.1 if ymax <= 0.5 else 0.2
+    for i in range(int(ymax / tick + 1e-9) + 1):
+        d.text((2, y(i * tick) - 6), f"{i * tick:.1f}", fill=(90, 90, 90), font=font)
     for i in range(k):
         x0 = left + 6 + 30 * i
         ok = frac[i] >= share / k - 1e-12
