@@ -90,14 +90,13 @@ def _check_gan(model: nn.Module) -> Callable[[Tensor], Tensor]:
                          f"{type(model).__name__}")
     # generate() runs under no_grad (it is the sampling entry); its undecorated body is the
     # same map with autograd, which the edit needs. A conditional generator wants labels too.
+    # A conditional generator (generate(z, y)) is steered by its label directly.
     body = inspect.unwrap(type(model).generate)
-    required = [p for p in list(inspect.signature(body).parameters.values())[1:]
-                if p.default is inspect.Parameter.empty
-                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(required) != 1:
+    params = list(inspect.signature(body).parameters)[1:]
+    if len(params) != 1:
         raise ValueError(f"control needs an unconditional GAN (generate(z)); "
-                         f"{type(model).__name__}.generate takes "
-                         f"{[p.name for p in required]}")
+                         f"{type(model).__name__}.generate takes {params} (a conditional "
+                         f"GAN's class is chosen directly: genfast sample MODEL --class K)")
     return lambda z: body(model, z)
 
 

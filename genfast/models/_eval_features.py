@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import pickle
 import time
 from collections.abc import Callable
@@ -61,6 +62,10 @@ def discriminator_features(model: nn.Module, x: Tensor, pool: int = POOL,
     disc = getattr(model, "discriminator", None)
     if not isinstance(disc, nn.Module):
         raise ValueError(f"{type(model).__name__} has no discriminator to take features from")
+    if len(inspect.signature(disc.forward).parameters) != 1:
+        raise ValueError(f"the discriminator of {type(model).__name__} is conditional (it "
+                         f"takes {list(inspect.signature(disc.forward).parameters)}); the "
+                         "probe needs features of the image alone")
     grabbed: list[Tensor] = []
 
     def hook(_m: nn.Module, _i: object, out: Tensor) -> None:

@@ -103,6 +103,13 @@ def test_generator_untouched_and_modes_restored(gan, clf):
     with pytest.raises(ValueError, match="needs a GAN with a latent generator"):
         _control.control(clf, 1, classifier=clf)
 
+    class Conditional(DCGAN):
+        def generate(self, z, y=None):
+            return super().generate(z)
+
+    with pytest.raises(ValueError, match="needs an unconditional GAN"):
+        _control.control(Conditional(DCGAN.config_cls(**SMALL)), 1, classifier=clf)
+
 
 @pytest.mark.usefixtures("random_feature_net")
 def test_cli_writes_the_strip_and_rejects_bad_input(gan, tmp_path, capsys):

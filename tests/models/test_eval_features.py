@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from genfast.cli import main
 from genfast.models import _eval_features as ef
@@ -47,6 +48,29 @@ def test_discriminator_features_are_pooled_conv_stages():
     m.train()
     ef.discriminator_features(m, x)
     assert m.discriminator.training  # its mode is restored
+
+
+class _MLPDiscriminator(DCGAN):
+    def build_discriminator(self):
+        return nn.Sequential(nn.Flatten(), nn.Linear(256, 8), nn.LeakyReLU(0.2),
+                             nn.Linear(8, 1), nn.Flatten(0))
+
+
+class _Conditional(nn.Module):
+    def forward(self, x, y):
+        return x.flatten(1).sum(1)
+
+
+def test_discriminators_without_image_features_are_errors():
+    x = torch.rand(2, 1, 16, 16)
+    with pytest.raises(ValueError, match="has no convolutional stage"):
+        ef.discriminator_features(_model(_MLPDiscriminator), x)
+    m = _model()
+    m.discriminator = _Conditional()
+    with pytest.raises(ValueError, match="is conditional"):
+        ef.discriminator_features(m, x)
+    with pytest.raises(ValueError, match="has no discriminator"):
+        ef.discriminator_features(nn.Linear(2, 2), x)
 
 
 def test_kmeans_features_triangle_code_and_quadrants():
