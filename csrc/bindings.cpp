@@ -51,6 +51,7 @@
 #include "cpu/lstm.h"
 #include "cpu/lstm_generate.h"
 #include "cpu/attention.h"
+#include "cpu/attention_generate.h"
 // [include:cpu]
 #include "common/fastmath.h"  // the ISA switch and the Philox path of the CPU kernels
 #include "common/openmp.h"
@@ -731,6 +732,34 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("c"), py::arg("B"), py::arg("N"), py::arg("start"), py::arg("offset"),
       py::arg("seed"), py::arg("inv_temperature"), py::arg("top_k"), py::arg("top_p"),
       py::arg("dtype"), GENFAST_TAIL_NAME);
+
+  // [bind:attention_generate]
+#ifndef GENFAST_WITH_CUDA  // until csrc/cuda/attention_generate.cu lands
+  m.def(
+      "attention_generate",
+      [](Ptr weights, Ptr meta, int64_t meta_len, Ptr tokens, Ptr kcache, Ptr vcache, Ptr scratch,
+         int64_t B, int64_t N, int64_t start, int64_t keep, GENFAST_SEED_T seed,
+         double inv_temperature, int64_t top_k, double top_p, int dtype, GENFAST_TAIL) {
+        check_dtype(dtype, GENFAST_HALF);
+        if (B < 0 || N < 0) throw std::invalid_argument("attention_generate: negative B or N");
+        if (start < 1 || start > (N > 1 ? N : 1))
+          throw std::invalid_argument("attention_generate: start must be in [1, N]");
+        if (meta == 0 || meta_len != 5)
+          throw std::invalid_argument("attention_generate: meta must hold 5 entries");
+        if (B > 0 && (tokens == 0 || (start < N && (weights == 0 || kcache == 0 || vcache == 0))))
+          throw std::invalid_argument("attention_generate: null data pointer");
+        py::gil_scoped_release nogil;
+        GENFAST_CALL(K::attention_generate(
+            reinterpret_cast<const void*>(weights), reinterpret_cast<const int64_t*>(meta),
+            meta_len, reinterpret_cast<int64_t*>(tokens), reinterpret_cast<void*>(kcache),
+            reinterpret_cast<void*>(vcache), reinterpret_cast<void*>(scratch), B, N, start, keep,
+            GENFAST_SEED_ARG(seed), inv_temperature, top_k, top_p, dtype, GENFAST_TAIL_ARG));
+      },
+      py::arg("weights"), py::arg("meta"), py::arg("meta_len"), py::arg("tokens"),
+      py::arg("kcache"), py::arg("vcache"), py::arg("scratch"), py::arg("B"), py::arg("N"),
+      py::arg("start"), py::arg("keep"), py::arg("seed"), py::arg("inv_temperature"),
+      py::arg("top_k"), py::arg("top_p"), py::arg("dtype"), GENFAST_TAIL_NAME);
+#endif
 
   // [bind:attention]
   {
