@@ -54,7 +54,6 @@ def _train_model(args: argparse.Namespace) -> int:
     import torch
 
     import genfast
-    from genfast.models._distributed import is_main
     from genfast.models._trainer import TrainConfig, fit
 
     cls = _model_cls(args.model)
@@ -76,8 +75,6 @@ def _train_model(args: argparse.Namespace) -> int:
                           device=args.device, progress=not args.no_progress)
     except ValueError as e:  # e.g. a --batch-size the processes cannot share evenly
         raise SystemExit(f"genfast: {e}") from None
-    if not is_main():
-        return 0
     if hasattr(model, "codes"):  # latent-variable models: a map of the held-out codes
         from genfast.models._latent_map import digits_test_labels, write_latent_map
 

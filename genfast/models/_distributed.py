@@ -43,8 +43,12 @@ training is exactly what it was. What the trainer (genfast/models/_trainer.py) d
   same world size is exact; at another world size each rank reseeds from (seed, rank, step).
 * Rank 0 alone writes checkpoints, logs, samples and shows progress; snapshots and evaluation
   run on rank 0 only, with gradient sync off, so they must hold no collective. Logged training
-  metrics are the mean over the ranks (one all-reduce per log line). Other ranks print nothing
-  (stdout to /dev/null: every model's summary appears once) and get rank 0's final metrics.
+  metrics are the mean over the ranks (one all-reduce per log line). The final metrics are rank
+  0's on every rank. Under ``genfast train`` a rank > 0 is done when training is: what a
+  model's CLI does after its (single) train_loop (summaries, reports, comparison PNGs) is rank
+  0's work, so train_loop ends the other ranks there (``RankDone``, which ``run`` catches)
+  instead of every model's CLI needing its own guard, and ranks > 0 print nothing (stdout to
+  /dev/null) before that. Called as a library, train_loop returns on every rank.
 * Exit: a distributed ``genfast train`` leaves by os._exit after a barrier, never destroying
   the gloo group: torch 2.13 can deadlock freeing a gloo group whose collectives were launched
   from autograd (tests/_ddp.py), which the end-of-backward all-reduces are.
@@ -240,6 +244,20 @@ def mean_metrics(sums: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return dict(zip(keys, vals.unbind(), strict=True))
 
 
+class RankDone(BaseException):
+    """A rank > 0 finished training under ``run`` (a BaseException: no model's ``except
+    Exception`` / ``except ValueError`` may swallow it)."""
+
+
+_in_run = False  # set by run(): train_loop ends ranks > 0 with RankDone
+
+
+def end_rank(ctx: Context) -> None:
+    """End a rank > 0 after training when run by ``run`` (the module docstring says why)."""
+    if _in_run and not ctx.is_main:
+        raise RankDone
+
+
 class GradSync:
     """Average over the ranks the gradients each backward accumulates into `module`'s trainable
     parameters, at the end of that backward (the module docstring says why not DDP)."""
@@ -248,6 +266,8 @@ class GradSync:
         from torch.autograd import Variable
 
         self._engine = Variable._execution_engine
+        self._module = module
+        # torch refuses hooks on frozen tensors: a parameter frozen now is checked later.
         params = [p for p in module.parameters() if p.requires_grad]
         self._order = {id(p): i for i, p in enumerate(params)}  # same order on every rank
         self._ready: dict[int, Tensor] = {}
@@ -272,6 +292,15 @@ class GradSync:
             raise RuntimeError("GradSync: sparse gradients are not supported")
         all_reduce_mean(grads)
 
+    def check(self) -> None:
+        """Raise if a parameter frozen at the start has since become trainable: its gradients
+        would never be averaged and the ranks would drift apart."""
+        for name, p in self._module.named_parameters():
+            if p.requires_grad and id(p) not in self._order:
+                raise RuntimeError(f"parameter {name!r} was frozen when training started and "
+                                   f"is trainable now: multi-process training averages only "
+                                   f"the gradients of parameters trainable from the start")
+
     def close(self) -> None:
         for h in self._handles:
             h.remove()
@@ -284,10 +313,14 @@ def run(ctx: Context, fn: Callable[[], int]) -> int:
     stderr; on success every rank waits for the others (rank 0's last writes) first."""
     import torch.distributed as dist
 
+    global _in_run
+    _in_run = True
     if not ctx.is_main:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives until os._exit)
     try:
         code = fn()
+    except RankDone:
+        code = 0
     except SystemExit as e:
         if isinstance(e.code, str):
             print(f"[rank {ctx.rank}] {e.code}", file=sys.stderr)

@@ -278,7 +278,8 @@ def train_loop(model: nn.Module, name: str, tc: TrainConfig, out_dir: str | os.P
     for step in bar:
         metrics = model.train_step(_distributed.shard(batch(step), ctx.rank, ctx.world),
                                    optimizers, step)
-        if ctx.world > 1:
+        if sync is not None:
+            sync.check()
             _distributed.sync_buffers(model)
         for k, v in metrics.items():  # tensors add up on the device: read once per log
             sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v)
@@ -312,4 +313,6 @@ def train_loop(model: nn.Module, name: str, tc: TrainConfig, out_dir: str | os.P
     if ctx.world == 1:
         return evaluate()
     sync.close()  # the final evaluation runs on rank 0 alone; the others get its figures
-    return _distributed.broadcast_object(evaluate() if ctx.is_main else None, device)
+    final = _distributed.broadcast_object(evaluate() if ctx.is_main else None, device)
+    _distributed.end_rank(ctx)
+    return final

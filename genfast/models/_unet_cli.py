@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from ..data.photos import PhotoCrops, resolve_photos
-from ._distributed import is_main
 from ._images import save_panels
 from ._trainer import (
     METRICS,
@@ -168,8 +167,6 @@ def train(cls: type, args: Any) -> int:
                 progress=not args.no_progress)
     except ValueError as e:
         raise SystemExit(f"genfast: {e}") from None
-    if not is_main():  # under torchrun rank 0 alone writes the report and the PNG
-        return 0
     rep = report(model, out, time.perf_counter() - t0,
                  len(crops.test_crops(model.image_shape[-1])))
     with open(os.path.join(out, "report.json"), "w") as f:
