@@ -10,18 +10,22 @@ from torch import nn
 
 from .aae import AAE, AAEConfig
 from .autoencoder import Autoencoder, AutoencoderConfig, ConvAutoencoder, ConvAutoencoderConfig
+from .cgan import CGAN, CGANConfig
 from .char_rnn import CharRNN, CharRNNConfig
 from .conv_vae import ConvVAE, ConvVAEConfig
 from .dcgan import DCGAN, DCGANConfig
+from .gan import GANMLPConfig, VanillaGAN
 from .gmm import GaussianMixture, GMMConfig
 from .gpt import GPT, GPTConfig
 from .gsgan import GSGAN, GSGANConfig
 from .gumbel_vae import GumbelVAE, GumbelVAEConfig
 from .lda import LatentDirichletAllocation, LDAConfig
 from .music_lstm import MusicLSTM, MusicLSTMConfig
+from .pggan import PGGAN, PGGANConfig
 from .pixelcnn import GatedPixelCNNConfig, GatedPixelCNNModel, PixelCNNConfig, PixelCNNModel
 from .sagan import SAGAN, SAGANConfig
 from .sngan import SNGAN, SNGANConfig
+from .srgan import SRGAN, SRGANConfig
 from .unet_nogan import UNetNoGAN, UNetNoGANConfig
 from .vae import VAE, VAEConfig
 from .wavenet import WaveNetConfig, WaveNetModel
@@ -29,10 +33,13 @@ from .wgan_gp import WGANGP, WGANGPConfig
 
 REGISTRY: dict[str, type[nn.Module]] = {
     "gumbel-vae": GumbelVAE,
+    "gan": VanillaGAN,
+    "cgan": CGAN,
     "dcgan": DCGAN,
     "sngan": SNGAN,
     "sagan": SAGAN,
     "wgan-gp": WGANGP,
+    "pggan": PGGAN,
     "autoencoder": Autoencoder,
     "conv-autoencoder": ConvAutoencoder,
     "vae": VAE,
@@ -47,6 +54,7 @@ REGISTRY: dict[str, type[nn.Module]] = {
     "music-lstm": MusicLSTM,
     "gsgan": GSGAN,
     "unet-nogan": UNetNoGAN,
+    "srgan": SRGAN,
     "gpt": GPT,
 }
 
@@ -68,4 +76,5 @@ __all__ = ["AAE", "VAE", "AAEConfig", "Autoencoder", "AutoencoderConfig", "ConvA
            "WaveNetConfig", "WaveNetModel", "GatedPixelCNNConfig", "GatedPixelCNNModel",
            "PixelCNNConfig", "PixelCNNModel", "GSGAN", "GSGANConfig",
            "CharRNN", "CharRNNConfig", "MusicLSTM", "MusicLSTMConfig", "GPT", "GPTConfig",
-           "SAGAN", "SAGANConfig", "UNetNoGAN", "UNetNoGANConfig"]
+           "SAGAN", "SAGANConfig", "PGGAN", "PGGANConfig", "UNetNoGAN", "UNetNoGANConfig",
+           "SRGAN", "SRGANConfig", "GANMLPConfig", "VanillaGAN", "CGAN", "CGANConfig"]
