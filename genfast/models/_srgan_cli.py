@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..data.photos import PhotoCrops, resolve_photos
 from ._images import save_panels
@@ -34,8 +35,9 @@ from ._trainer import (
 from ._trainer import train_loop as _train_loop
 
 N_SHOW = 6
+DISPLAY_ZOOM = 2
 PRETRAIN_OUT = "heldout_srresnet.pt"
-KEYS = ("psnr", "ssim", "psnr_y", "ssim_y")
+KEYS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_pooled")
 
 
 def crops_for(model: Any) -> PhotoCrops:
@@ -60,22 +62,23 @@ def held_out(model: Any, crops: PhotoCrops) -> list[torch.Tensor]:
 
 
 def display_crops(model: Any, crops: PhotoCrops, n: int) -> torch.Tensor:
-    """`n` held-out hr_size crops for the figure, evenly spread over those with texture (a
-    flat crop shows nothing of super-resolution)."""
+    """`n` held-out hr_size crops for the figure, evenly spread over the most detailed quarter
+    (by pixel standard deviation): flat crops show nothing of super-resolution."""
     side = model.config.hr_size
     test = crops.test_crops(side, window=side)
-    textured = test[test.flatten(1).std(1) > 0.05]
-    pool = textured if len(textured) >= n else test
+    order = test.flatten(1).std(1).argsort(descending=True)
+    pool = test[order[:max(n, len(test) // 4)].sort().values]
     return pool[torch.linspace(0, len(pool) - 1, min(n, len(pool))).round().long()]
 
 
 def _rows(model: Any, hr: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
     lr, s = model.low_res(hr), model.config.scale
-    return [(f"low-res input ({lr.shape[-1]} px, nearest x{s} for display)",
-             nearest_upsample(lr, s)),
+    rows = [(f"low-res input ({lr.shape[-1]} px, nearest x{s})", nearest_upsample(lr, s)),
             ("bicubic", model.upscale(lr, "bicubic")),
-            ("SRGAN generator", model.upscale(lr).clamp_(0.0, 1.0)),
+            ("generator", model.upscale(lr).clamp_(0.0, 1.0)),
             (f"original ({hr.shape[-1]} px)", hr)]
+    # Shown at twice the size (nearest), so the panels are large enough to judge detail.
+    return [(t, F.interpolate(im, scale_factor=DISPLAY_ZOOM, mode="nearest")) for t, im in rows]
 
 
 def fit(model: Any, name: str, crops: PhotoCrops, tc: TrainConfig, out: str, *,
@@ -138,6 +141,7 @@ def write_comparison(model: Any, hr: torch.Tensor, path: str, title: str,
     model.eval()
     rows = _rows(model, hr)
     if srresnet is not None:
+        rows[2] = ("SRGAN (after the GAN phase)", rows[2][1])
         rows.insert(2, ("SRResNet (after MSE pretraining)", srresnet))
     return save_panels([(f"{title}: {t}", im, len(im)) for t, im in rows], path)
 
@@ -206,7 +210,8 @@ def train(cls: type, args: Any) -> int:
 def _print_figures(figures: dict[str, dict[str, float]]) -> None:
     for k, v in figures.items():
         print(f"  {k:<34} PSNR {v['psnr']:6.2f} dB  SSIM {v['ssim']:.4f}   (Y, shaved: PSNR "
-              f"{v['psnr_y']:6.2f} dB  SSIM {v['ssim_y']:.4f})")
+              f"{v['psnr_y']:6.2f} dB  SSIM {v['ssim_y']:.4f}; pooled-MSE PSNR "
+              f"{v['psnr_pooled']:6.2f} dB)")
 
 
 def sample(cls: type, args: Any) -> int:

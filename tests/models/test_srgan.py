@@ -153,6 +153,11 @@ def test_bicubic_psnr_ssim_on_held_out_strips(crops):
                                                                              strict=True)])
     assert float(bic.mean()) == pytest.approx(r["bicubic_psnr"], rel=1e-9)
     assert bool((bic > near).all())
+    sq = sum(float((bicubic_upsample(a, 4) - t).double().square().sum())
+             for a, t in zip(lr, strips, strict=True))
+    mse = sq / sum(t.numel() for t in strips)
+    assert r["bicubic_mse"] == pytest.approx(mse) and r["loss"] == r["mse"]
+    assert r["bicubic_psnr_pooled"] == pytest.approx(-10 * torch.log10(torch.tensor(mse)).item())
     with pytest.raises(ValueError, match="no images"):
         m.evaluate([])
 
