@@ -22,7 +22,8 @@ from genfast.models._pggan_net import (
 )
 from genfast.models.pggan import PGGAN, PGGANConfig
 
-SMALL = dict(z_dim=8, fmap_base=16, fmap_max=8, fd_samples=32, stabilize_steps=2, fade_steps=2)
+SMALL = dict(z_dim=8, fmap_base=16, fmap_max=8, fd_samples=32, stabilize_steps=2, fade_steps=2,
+             n_critic=1)
 
 pytestmark = pytest.mark.usefixtures("one_thread", "random_feature_net")
 
@@ -219,7 +220,8 @@ def test_train_steps_every_stage(digits16):
             assert all(torch.equal(a, b) for a, b in zip(
                 top, m.generator.blocks[1].parameters(), strict=True))
         if step in (2, 4, 6, 8):  # Adam restarted at the phase change (step counter 1)
-            assert all(int(s["step"]) == 1 for s in opts["g"].state.values())
+            for opt in opts.values():
+                assert opt.state and all(int(s["step"]) == 1 for s in opt.state.values())
         assert out["gp"] >= 0 and out["grad_norm"] > 0 and out["drift"] >= 0
     assert {(0, 1.0), (1, 0.0), (1, 0.5), (1, 1.0), (2, 0.0), (2, 0.5), (2, 1.0)} <= seen
     assert not all(torch.equal(a, b) for a, b in zip(
@@ -236,6 +238,24 @@ def test_train_steps_every_stage(digits16):
     assert math.isfinite(ev["fd"]) and ev["fd"] >= 0
 
 
+def test_n_critic_schedule(digits16):
+    train, _ = digits16
+    m = _model(n_critic=2)
+    opts = m.configure_optimizers(1e-3)
+    for step in range(4):
+        g0 = [p.detach().clone() for p in m.generator.parameters()]
+        e0 = [p.detach().clone() for p in m.generator_ema.parameters()]
+        d0 = [p.detach().clone() for p in m.discriminator.parameters()]
+        m.train_step(train[16 * step:16 * (step + 1)], opts, step)
+        g_moved = any(not torch.equal(a, b) for a, b in zip(g0, m.generator.parameters(),
+                                                            strict=True))
+        e_moved = any(not torch.equal(a, b) for a, b in zip(e0, m.generator_ema.parameters(),
+                                                            strict=True))
+        assert g_moved == e_moved == (step % 2 == 1), step
+        assert any(not torch.equal(a, b) for a, b in zip(d0, m.discriminator.parameters(),
+                                                         strict=True))
+
+
 def test_evaluate_per_stage(digits16):
     _, test = digits16
     m = _model()
@@ -248,7 +268,7 @@ def test_evaluate_per_stage(digits16):
 def test_resume_mid_fade_is_exact(digits16, tmp_path):
     train, test = digits16
     # stabilise 2, fade 3: the resume at step 3 lands mid-fade (alpha 1/3 next)
-    make = lambda: _model(stabilize_steps=2, fade_steps=3)  # noqa: E731
+    make = lambda: _model(stabilize_steps=2, fade_steps=3, n_critic=2)  # noqa: E731
     assert make().stage_alpha(3) == (1, 1 / 3)
     tc = dict(batch_size=16, lr=1e-3, checkpoint_every=3, sample_every=3, log_every=1,
               n_samples=4)
