@@ -243,6 +243,7 @@ def test_cli_train_report_and_sample(tmp_path, monkeypatch, capsys):
     (dict(batch=0), "batch"),
     (dict(pretrain_steps=0), "pretrain_steps"),
     (dict(gan_lr=0.0), "gan_lr"),
+    (dict(d_lr=float("nan")), "d_lr"),
     (dict(adv_weight=-1e-3), "adv_weight"),
     (dict(feature_weights=(1.0, 2.0)), "3 floats"),
     (dict(pixel_weight=0.0, feature_weights=(0.0, 0.0, 0.0)), "no content loss"),
