@@ -56,7 +56,8 @@ def emu(tmp_path_factory):
                                   f"{build.stderr[-6000:]}"
 
     def run(net: GPTNet, prime: torch.Tensor, n: int, *, dtype=torch.float64, seed=5,
-            temperature=1.0, top_k=None, top_p=None, keep=None, ncta=3, chunk=64, group=2):
+            temperature=1.0, top_k=None, top_p=None, keep=None, ncta=3, chunk=64, group=2,
+            global_draw=False):
         """(tokens (B, Tp + n), logits (B, V) of the last draw) of the emulated kernel."""
         pack = genfast.pack_gpt(net)
         L, V, C, Hh, T = pack.meta.tolist()
@@ -68,7 +69,7 @@ def emu(tmp_path_factory):
         tokens = torch.zeros(B, Tp + n, dtype=torch.int64)
         tokens[:, :Tp] = prime
         head = f"{DTYPES[dtype]} {L} {V} {C} {Hh} {T} {B} {Tp + n} {Tp} {keep}\n" \
-               f"{seed} {inv} {k} {p!r} {ncta} {chunk} {group}\n"
+               f"{seed} {inv} {k} {p!r} {ncta} {chunk} {group} {int(global_draw)}\n"
         case = tmp / "case.txt"
         case.write_text(head + " ".join(repr(x) for x in pack.weights.double().tolist()) + "\n"
                         + " ".join(str(t) for t in tokens.flatten().tolist()) + "\n")
@@ -146,12 +147,13 @@ def test_float64_tokens_equal_gptnet_generate(emu, case):
 
 def test_grid_group_and_batched_refill_do_not_change_bits(emu):
     # One CTA / one item per group / position-by-position refills against three CTAs, groups
-    # of 4 and batched refills: every token and every bit of the last logits the same.
+    # of 4 and batched refills, the draw in shared memory or in a global row: every token and
+    # every bit of the last logits the same.
     net = _net(T=8, Hh=3, C=12)
     prime = _prime(net.vocab_size, 3, 4)
     ref = emu(net, prime, 12, keep=3, ncta=3, chunk=64, group=4)
-    for ncta, chunk, group in ((1, 1, 1), (2, 2, 2), (5, 3, 4)):
-        got = emu(net, prime, 12, keep=3, ncta=ncta, chunk=chunk, group=group)
+    for ncta, chunk, group, glob in ((1, 1, 1, False), (2, 2, 2, True), (5, 3, 4, True)):
+        got = emu(net, prime, 12, keep=3, ncta=ncta, chunk=chunk, group=group, global_draw=glob)
         assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), (ncta, chunk, group)
 
 

@@ -17,13 +17,14 @@
 // once per group of up to 8 (stream, position) items; attention is causal within the pass.
 //
 // Limits: needs cooperative launch (cudaErrorNotSupported otherwise). Shared memory holds a
-// group's staged vectors (8 x 4C down to 1 x 4C), a logits row (V) for the draw and one head's
-// attention partials; past the device's opt-in maximum (4C or V above ~56 K float32 elements on
-// sm_90, half that in float64) the launch fails with cudaErrorInvalidConfiguration. Weights are
+// group's staged vectors (8 x 4C down to 1 x 4C), one head's attention partials and, when it
+// fits 48 KB, the logits row of a draw (else the draw works on a global row of its own); past
+// the device's opt-in maximum (4C above ~56 K float32 elements on sm_90, half that in float64,
+// or D above ~6 K) the launch fails with cudaErrorInvalidConfiguration. Weights are
 // read from L2 every step (not cached in shared memory as lstm_generate does). Given tokens are
 // clamped to [0, V), not checked (that needs a host synchronisation: the Python side checks).
 // The workspace (the pass's x, q, attention output and MLP hidden, and the logits; B x 64 x 7C +
-// B x V work-dtype elements at most) is stream-ordered (cudaMallocAsync) and freed after the
+// 2 B x V work-dtype elements at most) is stream-ordered (cudaMallocAsync) and freed after the
 // launch; `scratch` is not used. Every value's order of operations is fixed by the contract's
 // sizes alone (not the grid, the group, the batch or the pass length), so a stream's tokens are
 // the same on any GPU, at any batch size, batched refill or not.
@@ -124,10 +125,12 @@ int attention_generate(const void* weights, const int64_t* meta, int64_t meta_le
     using Ty = typename decltype(tag)::type;
     using A = acc_t<Ty>;
     const int64_t attn_len = D + kWarps * 32 + kWarps * D + 2 * kWarps;
+    // A logits row past the default 48 KB is drawn in a global row of its own instead.
+    const bool global_draw = kVecOffset + V * static_cast<int64_t>(sizeof(A)) > kDefaultSmem;
     const auto bytes_for = [&](int64_t g) {
       int64_t n = g * 4 * C;
       n = attn_len > n ? attn_len : n;
-      n = V > n ? V : n;
+      n = !global_draw && V > n ? V : n;
       return kVecOffset + n * static_cast<int64_t>(sizeof(A));
     };
     // Items per group: up to kMaxGroup (no more than a pass has), halved until the staged
@@ -147,7 +150,8 @@ int attention_generate(const void* weights, const int64_t* meta, int64_t meta_le
     a.scale = static_cast<A>(1.0 / std::sqrt(static_cast<double>(D)));
     a.seed = seed;
     a.dr = draw_block::make_draw<A>(inv_temperature, top_k, top_p, V);
-    const size_t work = static_cast<size_t>(items * 7 * C + B * V) * sizeof(A);
+    const size_t work = static_cast<size_t>(items * 7 * C + (global_draw ? 2 : 1) * B * V) *
+                        sizeof(A);
     void* ws = nullptr;
     cudaError_t e = cudaMallocAsync(&ws, work, st);
     if (e != cudaSuccess) return static_cast<int>(e);
@@ -156,6 +160,7 @@ int attention_generate(const void* weights, const int64_t* meta, int64_t meta_le
     a.Y = a.Q + items * C;
     a.Hb = a.Y + items * C;
     a.lg = a.Hb + items * 4 * C;
+    a.dbuf = global_draw ? a.lg + B * V : nullptr;
     int r = 0;
     switch (g) {
       case 1: r = launch<Ty, 1>(a, grid, bytes, optin, st); break;

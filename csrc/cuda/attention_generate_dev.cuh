@@ -51,6 +51,7 @@ struct Args {
   acc_t<Ty>* Y;         // (M, C) attention output, heads concatenated
   acc_t<Ty>* Hb;        // (M, 4C) GELU(W_fc m + b_fc)
   acc_t<Ty>* lg;        // (B, V) logits
+  acc_t<Ty>* dbuf;      // (B, V) the draws' rows when V does not fit shared memory, else null
   int64_t L, V, C, Hh, T, D, B, N, start, keep;
   int64_t chunk;       // positions per pass at most (M = B chunk items fit the workspace)
   acc_t<Ty> scale;      // 1 / sqrt(D)
@@ -397,11 +398,14 @@ __device__ void generate_body(const Args<T>& a) {
         [&](int64_t r, int64_t b, A dot) { a.lg[b * V + r] = dot; });
     grid_sync();
     for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
-      for (int64_t c = threadIdx.x; c < V; c += kThreads) vec[c] = ldc(a.lg + b * V + c);
+      // The row the draw overwrites: shared memory, or stream b's own global row, which only
+      // this CTA (b mod grid) ever touches, so its L1 lines are never stale.
+      A* x = a.dbuf != nullptr ? a.dbuf + b * V : vec;
+      for (int64_t c = threadIdx.x; c < V; c += kThreads) x[c] = ldc(a.lg + b * V + c);
       __syncthreads();
       const uint64_t row = static_cast<uint64_t>(p) * static_cast<uint64_t>(B) +
                            static_cast<uint64_t>(b);
-      const int64_t tok = draw_block::draw(grp, vec, V, dr, row);
+      const int64_t tok = draw_block::draw(grp, x, V, dr, row);
       if (threadIdx.x == 0) a.tokens[b * a.N + p] = tok;
       __syncthreads();  // vec is the next stream's row
     }

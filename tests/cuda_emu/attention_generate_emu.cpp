@@ -3,7 +3,7 @@
 // fiber, barriers that park fibers stand in for grid.sync, __syncthreads, __syncwarp and the
 // warp shuffles, so the real device body runs on the CPU with any grid size, group size and pass
 // chunk. Reads one case from the file argv[1] (whitespace-separated: dtype L V C Hh T B N start
-// keep seed inv_temperature top_k top_p ncta chunk group, the packed weights as float64, the
+// keep seed inv_temperature top_k top_p ncta chunk group global_draw, the packed weights as float64, the
 // B x N tokens) and prints "tokens" and the B x N tokens, then "logits" and the B x V logits of
 // the last draw. Built and run by tests/test_attention_generate_cuda_emu.py, which compares
 // them with GPTNet.generate and the teacher-forced forward.
@@ -121,7 +121,7 @@ struct Case {
   double inv_temp;
   int64_t top_k;
   double top_p;
-  int ncta, group;
+  int ncta, group, global_draw;
   int64_t chunk;
   std::vector<double> w;
   std::vector<int64_t> tokens;
@@ -140,6 +140,8 @@ void run(Case& c) {
   a.w = w.data(), a.tokens = c.tokens.data(), a.kc = kc.data(), a.vc = vc.data();
   a.X = ws.data(), a.Q = a.X + M * c.C, a.Y = a.Q + M * c.C, a.Hb = a.Y + M * c.C;
   a.lg = a.Hb + M * 4 * c.C;
+  std::vector<A> dbuf(c.global_draw ? c.B * c.V : 0, nan);
+  a.dbuf = c.global_draw ? dbuf.data() : nullptr;
   a.L = c.L, a.V = c.V, a.C = c.C, a.Hh = c.Hh, a.T = c.T, a.D = D, a.B = c.B, a.N = c.N;
   a.start = c.start, a.keep = c.keep, a.chunk = c.chunk;
   a.scale = static_cast<A>(1.0 / std::sqrt(static_cast<double>(D)));
@@ -149,7 +151,7 @@ void run(Case& c) {
   // Shared memory as the launcher sizes it (kVecOffset + the largest use), filled with 0xFF.
   int64_t n = kG * 4 * c.C;
   n = std::max<int64_t>(n, D + agen::kWarps * 32 + agen::kWarps * D + 2 * agen::kWarps);
-  n = std::max<int64_t>(n, c.V);
+  if (!c.global_draw) n = std::max<int64_t>(n, c.V);
   const int64_t bytes = agen::kVecOffset + n * static_cast<int64_t>(sizeof(A));
   g_ctas.clear();
   g_ctas.resize(c.ncta);
@@ -222,8 +224,8 @@ int main(int argc, char** argv) {
   c.L = v[0], c.V = v[1], c.C = v[2], c.Hh = v[3], c.T = v[4], c.B = v[5], c.N = v[6];
   c.start = v[7], c.keep = v[8];
   long long top_k = 0, chunk = 0;
-  if (std::fscanf(f, "%lld %lf %lld %lf %d %lld %d", &c.seed, &c.inv_temp, &top_k, &c.top_p,
-                  &c.ncta, &chunk, &c.group) != 7)
+  if (std::fscanf(f, "%lld %lf %lld %lf %d %lld %d %d", &c.seed, &c.inv_temp, &top_k, &c.top_p,
+                  &c.ncta, &chunk, &c.group, &c.global_draw) != 8)
     return 3;
   c.top_k = top_k, c.chunk = chunk;
   const int64_t nw = c.V * c.C + c.T * c.C + c.L * (12 * c.C * c.C + 13 * c.C) + 2 * c.C +
