@@ -30,6 +30,12 @@ are whole strips (the SR convention: a mean of per-image PSNRs); two of the six 
 nearly flat (flower, chelsea: bicubic 47 and 45 dB), where any residual noise costs dB that
 the textured strips' gains do not repay in that mean, so ``psnr_pooled`` (the PSNR of the MSE
 over all held-out pixels) is reported beside it.
+
+Measured (defaults, 400 + 200 steps, 2-core box): bicubic 32.73 dB / SSIM 0.816, SRResNet
+32.52 / 0.812 (pooled 26.63 vs bicubic's 26.44 dB; Y SSIM 0.846 vs 0.842), SRGAN 28.39 /
+0.686 with a 4-pixel-period lattice in flat areas: the GAN trades PSNR as in the paper, and in
+200 steps its texture is that lattice. Ablations of the GAN phase: without the feature term
+29.49 / 0.733, without the adversarial term 32.15 / 0.810: the discriminator drives the drop.
 """
 
 from __future__ import annotations
