@@ -192,8 +192,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, help="wavenet, pixelcnn, gated-pixelcnn, char-rnn, "
                    "music-lstm: nucleus (top-p) sampling mass")
     s.add_argument("--class", dest="cls", type=int, metavar="K",
-                   help="gated-pixelcnn: draw every image of class K (default: one row per "
-                        "class)")
+                   help="gated-pixelcnn, cgan: draw every image of class K (default: one row "
+                        "per class)")
     s.add_argument("--speaker", type=int,
                    help="wavenet: global-conditioning id (one per --data file)")
     s.add_argument("--prime", help="char-rnn: text the sample continues (default a newline); "
