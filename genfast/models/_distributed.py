@@ -118,6 +118,26 @@ def is_main() -> bool:
     return context().is_main
 
 
+def shard_range(n: int, rank: int, world: int) -> slice:
+    """Rank `rank`'s contiguous share of n items (sizes differ by at most one): the data shard of
+    the EM / VB models (gmm, lda), whose passes need no equal split."""
+    return slice(n * rank // world, n * (rank + 1) // world)
+
+
+def all_reduce_sum(*tensors: Tensor) -> list[Tensor]:
+    """The tensors summed across the default process group, in one collective (one flat
+    buffer of the first tensor's dtype; the tensors are left unchanged)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([t.reshape(-1).to(tensors[0].dtype) for t in tensors])
+    dist.all_reduce(flat)
+    out, at = [], 0
+    for t in tensors:
+        out.append(flat[at:at + t.numel()].view(t.shape).to(t.dtype))
+        at += t.numel()
+    return out
+
+
 def rank_seed(seed: int, rank: int, step: int = 0) -> int:
     """A 63-bit seed for (seed, rank, step): independent streams per rank and restart."""
     digest = hashlib.blake2b(f"genfast/{seed}/{rank}/{step}".encode(), digest_size=8).digest()

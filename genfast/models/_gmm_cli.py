@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ._gmm_em import dist_world
+from ._distributed import is_main
 from ._gmm_sim import fit_figure, simulation_figure
 from ._trainer import CHECKPOINT, CHECKPOINT_FORMAT, METRICS, load_checkpoint, save_checkpoint
 
@@ -41,7 +41,7 @@ def train(cls: type, args: Any) -> int:
     if args.steps is not None:
         overrides["max_iter"] = args.steps
     out = args.out or os.path.join("runs", args.model)
-    main = dist_world()[0] == 0
+    main = is_main()
     if main:
         os.makedirs(out, exist_ok=True)
     ckpt_path, log_path = os.path.join(out, CHECKPOINT), os.path.join(out, METRICS)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._distributed import all_reduce_sum
+
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 _LOG_2PI = math.log(2.0 * math.pi)
 # Rows per chunk: phi of a chunk stays near 8 MB (float64), inside a large L2/L3 slice.
@@ -57,34 +59,6 @@ class Stats:
     sx: Tensor  # (K, D) sum_n r_nk (x_n - shift)
     sxx: Tensor  # full: (K, T) upper triangles; tied: (D, D); diag/spherical: (K, D)
     shift: Tensor
-
-
-def dist_world() -> tuple[int, int]:
-    """(rank, world size) of the default process group; (0, 1) when there is none."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def shard(n: int, rank: int, world: int) -> slice:
-    """Rank `rank`'s contiguous share of n items (sizes differ by at most one)."""
-    return slice(n * rank // world, n * (rank + 1) // world)
-
-
-def all_reduce_sum(*tensors: Tensor) -> list[Tensor]:
-    """The tensors summed across the default process group, in one collective (one flat
-    buffer of the first tensor's dtype; the tensors are left unchanged)."""
-    import torch.distributed as dist
-
-    flat = torch.cat([t.reshape(-1).to(tensors[0].dtype) for t in tensors])
-    dist.all_reduce(flat)
-    out, at = [], 0
-    for t in tensors:
-        out.append(flat[at:at + t.numel()].view(t.shape).to(t.dtype))
-        at += t.numel()
-    return out
 
 
 def _triu(d: int, device: torch.device) -> tuple[Tensor, Tensor]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ._gmm_em import dist_world
+from ._distributed import is_main
 from ._trainer import CHECKPOINT, CHECKPOINT_FORMAT, METRICS, load_checkpoint, save_checkpoint
 
 # The generative simulation without a checkpoint: K topics over a small made-up vocabulary.
@@ -59,7 +59,7 @@ def train(cls: type, args: Any) -> int:
     every = args.checkpoint_every or cls.train_defaults["checkpoint_every"]
     eval_every = args.sample_every or 1
     out = args.out or os.path.join("runs", args.model)
-    main = dist_world()[0] == 0
+    main = is_main()
     if main:
         os.makedirs(out, exist_ok=True)
     ckpt_path, log_path = os.path.join(out, CHECKPOINT), os.path.join(out, METRICS)

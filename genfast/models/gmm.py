@@ -33,6 +33,7 @@ from torch import Tensor, nn
 import genfast
 
 from . import _gmm_em as em
+from ._distributed import context, shard_range
 
 INIT_PARAMS = ("kmeans", "k-means++", "random")
 
@@ -195,11 +196,12 @@ class GaussianMixture(nn.Module):
         if c.n_components > n:
             raise ValueError(f"n_components={c.n_components} must be <= the number of points "
                              f"n_samples={n}")
-        rank, world = em.dist_world()
+        ctx = context()
+        rank, world = ctx.rank, ctx.world
         if world > n:
             raise ValueError(f"data-parallel EM needs at least one point per process: "
                              f"n_samples={n} < world size {world}")
-        part = em.shard(n, rank, world) if world > 1 else None
+        part = shard_range(n, rank, world) if world > 1 else None
         xs = x if part is None else x[part]
         if c.n_features is None:
             c.n_features = d

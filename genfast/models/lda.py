@@ -36,7 +36,7 @@ from torch import Tensor, nn
 import genfast
 
 from . import _lda_vb as vb
-from ._gmm_em import all_reduce_sum, dist_world, shard
+from ._distributed import all_reduce_sum, context, shard_range
 from ._lda_vb import Docs, as_docs
 
 
@@ -191,10 +191,11 @@ class LatentDirichletAllocation(nn.Module):
         k = c.n_topics
         eb = self._exp_elog_beta_t()
         gamma0 = _gamma((len(docs), k), seed, eb.device, self.dtype)
-        rank, world = dist_world()
+        ctx = context()
+        rank, world = ctx.rank, ctx.world
         local = docs
         if world > 1:  # every rank drew the whole batch's starts: take its share of both
-            part = shard(len(docs), rank, world)
+            part = shard_range(len(docs), rank, world)
             local, gamma0 = docs[part], gamma0[part]
         _, st = vb.e_step(local, eb, c.alpha, gamma0, c.max_doc_update_iter, c.mean_change_tol,
                           sstats=True)
@@ -235,12 +236,13 @@ class LatentDirichletAllocation(nn.Module):
 
     def _bound(self, docs: Docs, topic_term: bool) -> float:
         c = self.config
-        rank, world = dist_world()
+        ctx = context()
+        rank, world = ctx.rank, ctx.world
         if world == 1:
             gamma = self.unnormalized_transform(docs)
             return vb.approx_bound(docs, gamma, self.components, c.alpha, c.eta,
                                    topic_term=topic_term)
-        local = docs[shard(len(docs), rank, world)]
+        local = docs[shard_range(len(docs), rank, world)]
         part = vb.approx_bound(local, self.unnormalized_transform(local), self.components,
                                c.alpha, c.eta, topic_term=False)
         (total,) = all_reduce_sum(torch.tensor(part, dtype=torch.float64,

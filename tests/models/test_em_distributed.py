@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from genfast.models import GaussianMixture, GMMConfig, LatentDirichletAllocation, LDAConfig
-from genfast.models._gmm_em import dist_world, shard
+from genfast.models._distributed import context, shard_range
 from genfast.models.lda import docs_from_lists, random_topics, simulate
 
 WORLD = 2
@@ -62,7 +62,7 @@ def _args(model: str, out: str, **kw) -> SimpleNamespace:
 
 
 def _worker(rank, world, out):
-    assert dist_world() == (rank, world)
+    assert (context().rank, context().world) == (rank, world)
     torch.save(_fits(), f"{out}/fits-{rank}.pt")
     GaussianMixture.cli_train(_args("gmm", f"{out}/gmm-cli-{rank}", steps=15))
     LatentDirichletAllocation.cli_train(_args("lda", f"{out}/lda-cli-{rank}", steps=2,
@@ -80,10 +80,10 @@ def _texts(path):
 
 def test_shards_are_contiguous_and_cover_everything():
     for n in (0, 1, 5, 61):
-        parts = [shard(n, r, 3) for r in range(3)]
+        parts = [shard_range(n, r, 3) for r in range(3)]
         assert [i for p in parts for i in range(n)[p]] == list(range(n))
         assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
-    assert dist_world() == (0, 1)
+    assert (context().rank, context().world) == (0, 1)
 
 
 @pytest.mark.skipif(not _ddp.AVAILABLE, reason="torch.distributed with gloo is not available")
