@@ -35,6 +35,7 @@
 #include "cuda/lstm_generate.h"
 #include "cuda/lstm.h"
 #include "cuda/attention.h"
+#include "cuda/attention_generate.h"
 // [include:cuda]
 #define GENFAST_MODULE _cuda
 #else
@@ -734,7 +735,6 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("dtype"), GENFAST_TAIL_NAME);
 
   // [bind:attention_generate]
-#ifndef GENFAST_WITH_CUDA  // until csrc/cuda/attention_generate.cu lands
   m.def(
       "attention_generate",
       [](Ptr weights, Ptr meta, int64_t meta_len, Ptr tokens, Ptr kcache, Ptr vcache, Ptr scratch,
@@ -759,7 +759,6 @@ PYBIND11_MODULE(GENFAST_MODULE, m) {
       py::arg("kcache"), py::arg("vcache"), py::arg("scratch"), py::arg("B"), py::arg("N"),
       py::arg("start"), py::arg("keep"), py::arg("seed"), py::arg("inv_temperature"),
       py::arg("top_k"), py::arg("top_p"), py::arg("dtype"), GENFAST_TAIL_NAME);
-#endif
 
   // [bind:attention]
   {
