@@ -698,11 +698,12 @@ ROWS: list[Row] = [
     # greedy): the benchmark's char GPT (4 x 128, 4 heads, block 512) for 600 tokens (one refill
     # at 512); batch 8 with top_k and top_p; a GPT-2-small-wide net (768, 12 heads, head dim 64)
     # at batch 2; odd sizes (C 36 in 3 heads of 12, V 37, block 9 with keep 1: a refill every 8
-    # tokens, a prime longer than the block); greedy one layer. Draws compared by index.
+    # tokens, a prime longer than the block); greedy one layer; GPT-2's vocabulary (CUDA: the
+    # logits row past shared memory, the draw from global memory). Draws compared by index.
     Row("attention_generate", "generate", _gpt_gen_inputs, _gpt_generator(False),
         ((4, 96, 128, 4, 512, 1, 1, 600, 256, 0, 100), (4, 96, 128, 4, 512, 8, 4, 100, 256, 40, 90),
          (2, 256, 768, 12, 256, 2, 2, 64, 128, 0, 100), (3, 37, 36, 3, 9, 5, 12, 30, 1, 5, 100),
-         (1, 11, 16, 2, 16, 3, 1, 20, 8, 0, 0)),
+         (1, 11, 16, 2, 16, 3, 1, 20, 8, 0, 0), (1, 50257, 64, 2, 64, 2, 3, 40, 32, 0, 100)),
         (2, 13, 12, 2, 8, 2, 2, 9, 3, 3, 90), compile=False),
     # The fp16 / bf16 / fp32 model dtypes (weights widened on load, math in float32): a near-tie
     # another summation order breaks the other way could change the rest of one stream.
