@@ -75,8 +75,11 @@ from ._eager import eager_op
 from .gumbel import MIN_TAU
 
 __all__ = ["GPTPack", "attention_generate", "attention_generate_op", "pack_gpt", "unpack"]
-SPEC = backends.register_op(backends.OpSpec(name="attention_generate",
-                                            dtypes=standard_dtypes()))
+# CUDA first under `auto` on a GPU: its cooperative kernel spreads every GEMV over the SMs and
+# takes any vocabulary; the Triton kernel runs a stream per program and keeps the logits row in
+# registers (V <= 1024, head dim <= 256: kernels/attention_generate.py).
+SPEC = backends.register_op(backends.OpSpec(name="attention_generate", dtypes=standard_dtypes(),
+                                            auto_cuda=("cuda", "triton", "reference")))
 
 
 # --------------------------------------------------------------------------- packing
