@@ -246,6 +246,44 @@ GENFAST_INLINE float gelu(float u) {
 GENFAST_INLINE float exp_(float x) { return fastmath::exp(x); }  // x <= 0 here
 GENFAST_INLINE double exp_(double x) { return std::exp(x); }
 
+// acc[0:len] += sum over d < D of q[d] * k[d * ld + 0:len]: one block of scores (len = kOut, a
+// constant once inlined, in the main loop).
+template <typename T>
+GENFAST_INLINE void score_block(const T* __restrict q, const T* __restrict k, int64_t D,
+                                int64_t ld, int64_t len, T* __restrict acc) {
+  for (int64_t d = 0; d < D; ++d) {
+    const T qd = q[d];
+    const T* kd = k + d * ld;
+    for (int64_t o = 0; o < len; ++o) acc[o] += qd * kd[o];
+  }
+}
+
+// acc[c][k] += sum over blocks j of s[j + k] * v[c * ld + j + k], c < NC: NC independent chains
+// of kVec-lane partial sums share each load of s (whole vectors; the caller adds the tail).
+template <typename T, int NC>
+GENFAST_INLINE void pv_block(const T* __restrict s, const T* __restrict v, int64_t n, int64_t ld,
+                             T (*acc)[kVec<T>]) {
+  constexpr int64_t K = kVec<T>;
+  for (int64_t j = 0; j + K <= n; j += K)
+    for (int c = 0; c < NC; ++c)
+      for (int64_t k = 0; k < K; ++k) acc[c][k] += s[j + k] * v[c * ld + j + k];
+}
+
+// y[0:NC] = (s . v_c) * inv_z for the NC rows v_c = v + c * ld, each a sum of kVec-lane partials.
+template <typename T, int NC>
+GENFAST_INLINE void pv_rows(const T* s, const T* v, int64_t n, int64_t ld, T inv_z, T* y) {
+  constexpr int64_t K = kVec<T>;
+  alignas(64) T acc[NC][K] = {};
+  pv_block<T, NC>(s, v, n, ld, acc);
+  const int64_t j = n / K * K;
+  for (int c = 0; c < NC; ++c) {
+    for (int64_t k = 0; j + k < n; ++k) acc[c][k] += s[j + k] * v[c * ld + j + k];
+    T t = T(0);
+    for (int64_t k = 0; k < K; ++k) t += acc[c][k];
+    y[c] = t * inv_z;
+  }
+}
+
 // One head of one row: y = softmax(q K^T / sqrt D) V over cache positions [0, n), with kt, vt
 // the head's K^T, V^T (D rows of stride T); s holds n scores.
 template <typename T>
@@ -255,54 +293,45 @@ GENFAST_INLINE void attend(const T* q, const T* kt, const T* vt, int64_t n, int6
   int64_t j0 = 0;
   for (; j0 + W <= n; j0 += W) {
     alignas(64) T acc[W] = {};
-    for (int64_t d = 0; d < D; ++d) {
-      const T qd = q[d];
-      const T* k = kt + d * T_ + j0;
-      for (int64_t o = 0; o < W; ++o) acc[o] += qd * k[o];
-    }
+    score_block(q, kt + j0, D, T_, W, acc);
     for (int64_t o = 0; o < W; ++o) s[j0 + o] = acc[o] * scale;
   }
   if (j0 < n) {  // the same sums, in the same order, over the last partial block
-    const int64_t len = n - j0;
     alignas(64) T acc[W] = {};
-    for (int64_t d = 0; d < D; ++d) {
-      const T qd = q[d];
-      const T* k = kt + d * T_ + j0;
-      for (int64_t o = 0; o < len; ++o) acc[o] += qd * k[o];
-    }
-    for (int64_t o = 0; o < len; ++o) s[j0 + o] = acc[o] * scale;
+    score_block(q, kt + j0, D, T_, n - j0, acc);
+    for (int64_t o = 0; o < n - j0; ++o) s[j0 + o] = acc[o] * scale;
   }
-  T m = s[0];
-  for (int64_t j = 1; j < n; ++j) m = s[j] > m ? s[j] : m;
+  T mx[K];
+  for (int64_t k = 0; k < K; ++k) mx[k] = s[0];
+  for (int64_t j = 0; j < n; j += K)
+    for (int64_t k = 0; k < K && j + k < n; ++k) mx[k] = s[j + k] > mx[k] ? s[j + k] : mx[k];
+  T m = mx[0];
+  for (int64_t k = 1; k < K; ++k) m = mx[k] > m ? mx[k] : m;
   for (int64_t j = 0; j < n; ++j) s[j] = exp_(s[j] - m);
   const T inv_z = T(1) / vsum(s, n);
-  // Four outputs at a time: four independent chains of K-lane partial sums share each load of s.
   int64_t d = 0;
-  for (; d + 4 <= D; d += 4) {
-    T acc[4][K] = {};
-    const T* v = vt + d * T_;
-    int64_t j = 0;
-    for (; j + K <= n; j += K)
-      for (int c = 0; c < 4; ++c)
-        for (int64_t k = 0; k < K; ++k) acc[c][k] += s[j + k] * v[c * T_ + j + k];
-    for (int c = 0; c < 4; ++c) {
-      for (int64_t k = 0; j + k < n; ++k) acc[c][k] += s[j + k] * v[c * T_ + j + k];
-      T t = T(0);
-      for (int64_t k = 0; k < K; ++k) t += acc[c][k];
-      y[d + c] = t * inv_z;
-    }
-  }
-  for (; d < D; ++d) {
-    T acc[K] = {};
-    const T* v = vt + d * T_;
-    int64_t j = 0;
-    for (; j + K <= n; j += K)
-      for (int64_t k = 0; k < K; ++k) acc[k] += s[j + k] * v[j + k];
-    for (int64_t k = 0; j + k < n; ++k) acc[k] += s[j + k] * v[j + k];
-    T t = T(0);
-    for (int64_t k = 0; k < K; ++k) t += acc[k];
-    y[d] = t * inv_z;
-  }
+  for (; d + 4 <= D; d += 4) pv_rows<T, 4>(s, vt + d * T_, n, T_, inv_z, y + d);
+  for (; d < D; ++d) pv_rows<T, 1>(s, vt + d * T_, n, T_, inv_z, y + d);
+}
+
+// Attention is its own multiversioned function, not inlined into the step's large body: there
+// GCC kept the score accumulators in memory (a store and a load per FMA). The dispatch costs a
+// switch per (row, head, layer).
+GENFAST_MULTIVERSIONED(attend_f32, (const float* q, const float* kt, const float* vt, int64_t n,
+                                    int64_t ld, int64_t D, float scale, float* s, float* y),
+                       (q, kt, vt, n, ld, D, scale, s, y),
+                       attend<float>(q, kt, vt, n, ld, D, scale, s, y))
+GENFAST_MULTIVERSIONED(attend_f64, (const double* q, const double* kt, const double* vt, int64_t n,
+                                    int64_t ld, int64_t D, double scale, double* s, double* y),
+                       (q, kt, vt, n, ld, D, scale, s, y),
+                       attend<double>(q, kt, vt, n, ld, D, scale, s, y))
+inline void attend_any(const float* q, const float* kt, const float* vt, int64_t n, int64_t ld,
+                       int64_t D, float scale, float* s, float* y) {
+  attend_f32(q, kt, vt, n, ld, D, scale, s, y);
+}
+inline void attend_any(const double* q, const double* kt, const double* vt, int64_t n,
+                       int64_t ld, int64_t D, double scale, double* s, double* y) {
+  attend_f64(q, kt, vt, n, ld, D, scale, s, y);
 }
 
 struct Call {
@@ -371,7 +400,7 @@ GENFAST_INLINE void run_rows(const Net<T>& net, const Call& c, Work<T>& wk, int6
     for (int64_t r = 0; r < R; ++r) {
       const int64_t slab = (l * c.B + wk.stream[r]) * m.Hh * T_ * D;
       for (int64_t hd = 0; hd < m.Hh; ++hd)
-        attend(qkv[r] + hd * D, kc + slab + hd * D * T_, vc + slab + hd * D * T_,
+        attend_any(qkv[r] + hd * D, kc + slab + hd * D * T_, vc + slab + hd * D * T_,
                wk.pos[r] + 1, T_, D, scale, wk.tmp.p, y[r] + hd * D);
     }
     linear<T, true>(net, ly.proj, R, yin, x);
