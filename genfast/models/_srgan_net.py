@@ -81,18 +81,21 @@ class ResidualBlock(nn.Module):
 
 
 class SubPixelUp(nn.Module):
-    """conv3 to 4x channels, PixelShuffle(2), PReLU: (B, C, H, W) -> (B, C, 2H, 2W)."""
+    """conv3 to 4x channels, PixelShuffle(2), PReLU, and with ``blur`` a 2x2 box filter
+    (stride 1, replication-padded top-left): (B, C, H, W) -> (B, C, 2H, 2W)."""
 
-    def __init__(self, c: int) -> None:
+    def __init__(self, c: int, blur: bool = False) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c, 4 * c, 3, 1, 1)
         icnr_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
         self.shuffle = nn.PixelShuffle(2)
         self.act = nn.PReLU(c)
+        self.blur = nn.Sequential(nn.ReplicationPad2d((1, 0, 1, 0)), nn.AvgPool2d(2, 1)) \
+            if blur else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.shuffle(self.conv(x)))
+        return self.blur(self.act(self.shuffle(self.conv(x))))
 
 
 class SRResNet(nn.Module):
@@ -100,7 +103,7 @@ class SRResNet(nn.Module):
     clamped; the metrics clamp)."""
 
     def __init__(self, width: int = 64, blocks: int = 16, scale: int = 4,
-                 bicubic_skip: bool = False) -> None:
+                 bicubic_skip: bool = False, blur: bool = False) -> None:
         super().__init__()
         if scale < 2 or scale & (scale - 1):
             raise ValueError(f"scale must be a power of 2 >= 2 (x2 sub-pixel stages), got "
@@ -110,7 +113,7 @@ class SRResNet(nn.Module):
         self.blocks = nn.Sequential(*(ResidualBlock(width) for _ in range(blocks)))
         self.post = nn.Sequential(nn.Conv2d(width, width, 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(width))
-        self.up = nn.Sequential(*(SubPixelUp(width) for _ in range(int(math.log2(scale)))))
+        self.up = nn.Sequential(*(SubPixelUp(width, blur) for _ in range(int(math.log2(scale)))))
         self.tail = nn.Conv2d(width, 3, 9, 1, 4)
         if bicubic_skip:
             # The residual starts at 0: at step 0 the network is exactly the bicubic baseline.

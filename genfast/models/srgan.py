@@ -80,6 +80,7 @@ class SRGANConfig:
     width: int = 32  # generator channels (the paper: 64)
     blocks: int = 4  # residual blocks (the paper: 16); small for the CPU
     bicubic_skip: bool = True  # learn the residual over bicubic (_srgan_net.py: why)
+    blur: bool = True  # 2x2 box filter after each pixel shuffle (_srgan_net.py: why)
     d_width: int = 32
     d_stages: int = 3
     batch: int = 8
@@ -107,8 +108,9 @@ class SRGANConfig:
                          ("d_stages", 1), ("batch", 1), ("pretrain_steps", 1),
                          ("gan_steps", 0)):
             _int(name, getattr(self, name), lo)
-        if not isinstance(self.bicubic_skip, bool):
-            raise ValueError(f"bicubic_skip must be True or False, got {self.bicubic_skip!r}")
+        for name in ("bicubic_skip", "blur"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.hr_size % self.scale:
             raise ValueError(f"hr_size must be a multiple of scale {self.scale}, got "
                              f"{self.hr_size}")
@@ -187,7 +189,7 @@ class SRGAN(nn.Module):
         super().__init__()
         self.config = c = config or SRGANConfig()
         self.image_shape = (3, c.hr_size, c.hr_size)
-        self.generator = SRResNet(c.width, c.blocks, c.scale, c.bicubic_skip)
+        self.generator = SRResNet(c.width, c.blocks, c.scale, c.bicubic_skip, c.blur)
         self.discriminator = discriminator(c.d_width, c.d_stages)
         # Untrained until set_feature_net (the CLI trains / loads it; a checkpoint holds it).
         self.content = ContentLoss(c.pixel_weight, c.feature_weights)
@@ -249,20 +251,25 @@ class SRGAN(nn.Module):
         else:
             with torch.no_grad():
                 fake = self.generator(lr)
-            real_logits, fake_logits = self.discriminator(2 * x - 1), self.discriminator(
-                2 * fake - 1)
+            real_logits, fake_logits = self._judge(x), self._judge(fake)
             d_loss = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
                       + F.binary_cross_entropy_with_logits(fake_logits,
                                                            torch.zeros_like(fake_logits))) / 2
             self._update(optimizers["d"], d_loss)
             sr = self.generator(lr)
-            logits = self.discriminator(2 * sr - 1)
+            logits = self._judge(sr)
             adv = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
             content = self.content(sr, x)
             self._update(optimizers["g"], content + self.config.adv_weight * adv)
             self.last.copy_(torch.stack([F.mse_loss(sr, x), content, adv, d_loss]).detach())
         mse, content, adv, d = self.last.clone().unbind(0)
         return {"mse": mse, "content": content, "adv": adv, "d_loss": d}
+
+    def _judge(self, images: Tensor) -> Tensor:
+        """Discriminator logits of [0, 1] images, clamped as the figures and the metrics see
+        them: the residual generator's raw output can leave [0, 1] where a real photo never
+        does, a cue the discriminator would otherwise learn instead of texture."""
+        return self.discriminator(2 * images.clamp(0.0, 1.0) - 1)
 
     @staticmethod
     def _update(opt: torch.optim.Optimizer, loss: Tensor) -> None:

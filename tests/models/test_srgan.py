@@ -62,12 +62,35 @@ def test_subpixel_upsampling_shape_and_icnr_start():
     x = torch.randn(2, 5, 7, 3)
     y = up.shuffle(up.conv(x))
     assert y.shape == (2, 5, 14, 6) and up(x).shape == (2, 5, 14, 6)
-    # ICNR: the four sub-pixel kernels start equal, i.e. nearest-neighbour up-sampling.
-    torch.testing.assert_close(y, F.interpolate(y[..., ::2, ::2], scale_factor=2.0))
+    # ICNR: the four sub-pixel kernels start equal, so the sub-pixel output is exactly the
+    # nearest-neighbour up-sampling of one conv's feature map (kernel 0 of each group of 4).
+    w, b = up.conv.weight, up.conv.bias
+    one = F.conv2d(x, w[::4], b[::4], padding=1)
+    torch.testing.assert_close(y, F.interpolate(one, scale_factor=2.0, mode="nearest"),
+                               rtol=0, atol=0)
+    assert not torch.equal(w[0], w[4])  # distinct kernels per output channel
     # The residual form starts as the bicubic baseline exactly.
     lr = torch.rand(2, 3, 5, 7)
     torch.testing.assert_close(SRResNet(4, 1, 4, bicubic_skip=True)(lr),
                                bicubic_upsample(lr, 4), rtol=0, atol=0)
+
+
+def test_blur_removes_any_subpixel_lattice():
+    # Whatever the sub-pixel conv learns, a period-2 pattern (the lattice a GAN loss grows,
+    # Aitken et al. 2017; Sugawara et al. 2019) is averaged flat by the 2x2 box filter.
+    torch.manual_seed(0)
+    up = SubPixelUp(3, blur=True)
+    lattice = torch.tensor([[0.3, -0.2], [0.5, 0.1]]).repeat(4, 5)[None, None].expand(1, 3,
+                                                                                  8, 10)
+    flat = up.blur(lattice)
+    assert flat.shape == lattice.shape
+    torch.testing.assert_close(flat[..., 1:, 1:], torch.full_like(flat[..., 1:, 1:], 0.175))
+    nn_init = SubPixelUp(3)
+    with torch.no_grad():
+        up.conv.load_state_dict(nn_init.conv.state_dict())
+        x = torch.randn(2, 3, 5, 6)
+        torch.testing.assert_close(up(x), up.blur(nn_init(x)))
+    assert SRResNet(4, 1, 4, blur=True)(torch.rand(1, 3, 5, 7)).shape == (1, 3, 20, 28)
 
 
 def test_degradation_and_discriminator_shapes():
@@ -129,6 +152,10 @@ def test_each_phase_trains(crops):
     assert float(out["adv"]) > 0 and float(out["d_loss"]) > 0 and float(out["content"]) > 0
     for net, before in ((m.discriminator, d_before), (m.generator, g_before)):
         assert not all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    # The discriminator judges images as the metrics see them, clamped to [0, 1].
+    m.eval()
+    torch.testing.assert_close(m._judge(x + 2.0), m._judge(torch.ones_like(x)), rtol=0, atol=0)
+    torch.testing.assert_close(m._judge(x), m.discriminator(2 * x - 1), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"expects \(B, 3, 24, 24\)"):
         m.train_step(crops.train_batch(2, 16, 0, 0), opts, 0)
 
@@ -209,6 +236,10 @@ def test_cli_train_report_and_sample(tmp_path, monkeypatch, capsys):
     assert "bicubic" in text and "SRResNet" in text and "SRGAN (after the GAN phase)" in text
     rep = json.loads((out / "report.json").read_text())
     assert len(rep["figures"]) == 3 and rep["photos"] == ["china", "flower"]
+    assert rep["headline"] == "psnr_pooled"
+    # The headline PSNR printed first on each row is the pooled one.
+    for row, v in rep["figures"].items():
+        assert f"{row:<34} PSNR {v['psnr_pooled']:6.2f} dB" in text
     assert (out / "comparison.png").exists() and (out / "samples_step000003.png").exists()
     # A resume takes the config and the feature net from the checkpoint (no retraining).
     monkeypatch.setattr(_unet_features, "cached_feature_net", None)
@@ -248,6 +279,7 @@ def test_cli_train_report_and_sample(tmp_path, monkeypatch, capsys):
     (dict(feature_weights=(1.0, 2.0)), "3 floats"),
     (dict(pixel_weight=0.0, feature_weights=(0.0, 0.0, 0.0)), "no content loss"),
     (dict(bicubic_skip="yes"), "bicubic_skip"),
+    (dict(blur=1), "blur must be True or False"),
     (dict(photos=["lena"]), "unknown photo"),
 ])
 def test_bad_config(bad, match):
