@@ -37,7 +37,7 @@ GPU_CAUSAL = [(8, 12, T, 64) for T in (256, 1024, 4096)] + [(4, 16, 2048, 128)]
 PENALTY = "attention_double_backward"
 GEN_OP, RECOMPUTE = "gpt_generate", "recompute the prefix (nanoGPT's loop)"
 SDPA_CACHE = "torch SDPA + the same KV cache"
-MODULE_LOOP = "genfast modules + KV cache, Python loop"
+MODULE_LOOP = "Python loop over the modules + KV cache (genfast core)"
 # (layers, heads, width, block, batch, tokens): the default GPT model's size, 512 tokens (the
 # issue's target), batch 1; the GPU adds a GPT-2-small-sized net
 GPT = [(4, 4, 128, 512, 1, 512)]
@@ -334,7 +334,8 @@ def sections(rows: list[dict]) -> list[str]:
         out += [f"### {GEN_OP}: {gen[0]['shape'][5]} tokens per stream from a 1-token prime "
                 "(batch 1 on 1 CPU thread); the KV cache vs recomputing the prefix per token", "",
                 "| case | provider | tokens/s | genfast vs it |", "|---|---|---:|---:|"]
-        out += rate_rows(gen, _tokens_per_s, lambda r, rate: f"{rate:,.4g}")
+        out += rate_rows(gen, _tokens_per_s,
+                         lambda r, rate: f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}")
         out.append("")
     sagan = [r for r in rows if r["op"] == "sagan_attention" and r["mode"] == "forward+backward"]
     if sagan:
