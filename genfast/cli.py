@@ -90,20 +90,12 @@ def _sample(args: argparse.Namespace) -> int:
     import torch
 
     from genfast.models._images import save_panels
-    from genfast.models._trainer import load_checkpoint
+    from genfast.models._trainer import load_model
 
     cls = _model_cls(args.model)
     if hasattr(cls, "cli_sample"):
         return cls.cli_sample(args)
-    if args.checkpoint is None:
-        raise SystemExit(f"genfast: sample {args.model} needs --checkpoint")
-    ckpt = load_checkpoint(args.checkpoint)
-    if ckpt["model"] != args.model:
-        raise SystemExit(f"genfast: {args.checkpoint} holds a {ckpt['model']!r} model, "
-                         f"not {args.model!r}")
-    model = cls(cls.config_cls(**ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
+    model, ckpt = load_model(cls, args)
     gen = torch.Generator().manual_seed(args.seed)
     kwargs = {"generator": gen}
     if args.truncation is not None:

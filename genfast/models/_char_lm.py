@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from ..data.text import load_text, split_text
-from ._lm_train import fit_from_args, load_model, sampling_knobs, timed_generate, unigram_bits
-from ._trainer import CHECKPOINT, resumed_config
+from ._lm_train import fit_from_args, sampling_knobs, timed_generate, unigram_bits
+from ._trainer import CHECKPOINT, load_model, resumed_config
 
 SNAPSHOT_CHARS = 300
 

@@ -29,7 +29,6 @@ from ._trainer import (
     _evaluate,
     _isolated_rng,
     batch_indices,
-    load_checkpoint,
     train_loop,
 )
 
@@ -152,23 +151,6 @@ def fit(model: TokenLMModel, name: str, train: Tensor, test: Tensor, tc: TrainCo
 
     return train_loop(model, name, tc, out_dir, batch=batch, snapshot=snap, evaluate=evaluate,
                       resume=resume, device=device, progress=progress)
-
-
-def load_model(cls: type, args: Any) -> tuple[TokenLMModel, dict[str, Any]]:
-    """The model of `args.checkpoint` (the sample CLI's --checkpoint), in eval mode."""
-    if args.checkpoint is None:
-        raise SystemExit(f"genfast: sample {args.model} needs --checkpoint (a trained run's "
-                         "checkpoint.pt)")
-    try:
-        ckpt = load_checkpoint(str(args.checkpoint))
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"genfast: {e}") from None
-    if ckpt["model"] != args.model:
-        raise SystemExit(f"genfast: {args.checkpoint} holds a {ckpt['model']!r} model, "
-                         f"not {args.model!r}")
-    model = cls(cls.config_cls(**ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt
 
 
 def sampling_knobs(args: Any, temperature: float) -> dict[str, Any]:

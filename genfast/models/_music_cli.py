@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from ..data.music import Melodies, NoteVocab, load_melodies
-from ._lm_train import fit_from_args, load_model, sampling_knobs, timed_generate, unigram_bits
+from ._lm_train import fit_from_args, sampling_knobs, timed_generate, unigram_bits
 from ._music_io import write_melody
-from ._trainer import resumed_config
+from ._trainer import load_model, resumed_config
 
 SNAPSHOT_PRIME, SNAPSHOT_NOTES = 8, 48
 

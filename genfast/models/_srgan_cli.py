@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.photos import PhotoCrops, resolve_photos
+from . import _photo_cli
 from ._images import save_panels
 from ._srgan_net import nearest_upsample
 from ._trainer import (
@@ -29,8 +30,7 @@ from ._trainer import (
     TrainConfig,
     _evaluate,
     _isolated_rng,
-    load_checkpoint,
-    resumed_config,
+    load_model,
 )
 from ._trainer import train_loop as _train_loop
 
@@ -147,35 +147,12 @@ def write_comparison(model: Any, hr: torch.Tensor, path: str, title: str,
 
 
 def train(cls: type, args: Any) -> int:
-    import genfast
-
     from ._unet_features import cached_feature_net
 
-    if getattr(args, "steps", None) is not None or getattr(args, "batch_size", None) is not None:
-        raise SystemExit("genfast: srgan's schedule sets its steps and batch size: use --set "
-                         "pretrain_steps=N / gan_steps=N / batch=N instead of --steps / "
-                         "--batch-size")
-    if getattr(args, "data", None) is not None:
-        raise SystemExit("genfast: srgan trains on the shipped photos (--set photos=[...] picks "
-                         "them); --data is not supported")
-    out = args.out or os.path.join("runs", args.model)
-    overrides = resumed_config(args, out, dict(getattr(args, "config", None) or {}))
-    try:
-        # The run records the photo names, so a resume or a sample sees the same photos.
-        overrides["photos"] = list(resolve_photos(overrides.get("photos", "auto")))
-        model = cls(cls.config_cls(**overrides))
-        crops = crops_for(model)
-    except (TypeError, ValueError, ImportError) as e:
-        raise SystemExit(f"genfast: --set: {e}") from None
+    model, crops, out = _photo_cli.build(cls, args, "--set pretrain_steps=N / gan_steps=N / "
+                                         "batch=N", crops_for)
     c = model.config
-    every = math.gcd(c.pretrain_steps, c.gan_steps)
-    defaults = {**cls.train_defaults, "steps": model.total_steps, "sample_every": every,
-                "checkpoint_every": every}
-    tc = TrainConfig.from_args(defaults, args)
-    if model.pretrain_steps % tc.sample_every or model.total_steps % tc.sample_every:
-        raise SystemExit(f"genfast: --sample-every {tc.sample_every} must divide the end of "
-                         f"pretraining ({model.pretrain_steps}) and of the schedule "
-                         f"({model.total_steps}): the report reads those snapshots")
+    tc = _photo_cli.train_config(cls, model, args, c.pretrain_steps, c.gan_steps)
     if not args.resume:
         t0 = time.perf_counter()
         # The feature net is trained on the photos' crops as unet-nogan's (same cache entry).
@@ -184,14 +161,8 @@ def train(cls: type, args: Any) -> int:
         print(f"content-loss feature net (trained offline on {', '.join(crops.names)}): "
               f"held-out photo accuracy {acc['photo']:.3f} (chance {1 / len(crops.names):.3f}); "
               f"{time.perf_counter() - t0:.1f} s")
-    t0 = time.perf_counter()
-    try:
-        with genfast.use_backend(args.backend):
-            fit(model, args.model, crops, tc, out, resume=args.resume, device=args.device,
-                progress=not args.no_progress)
-    except ValueError as e:
-        raise SystemExit(f"genfast: {e}") from None
-    rep = report(model, out, time.perf_counter() - t0, len(crops.names))
+    seconds = _photo_cli.run_fit(fit, model, args, crops, tc, out)
+    rep = report(model, out, seconds, len(crops.names))
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(rep, f, indent=1)
     pre_path = os.path.join(out, PRETRAIN_OUT)
@@ -215,19 +186,7 @@ def _print_figures(figures: dict[str, dict[str, float]]) -> None:
 
 
 def sample(cls: type, args: Any) -> int:
-    if args.checkpoint is None:
-        raise SystemExit("genfast: sample srgan needs --checkpoint (a trained run's "
-                         "checkpoint.pt)")
-    try:
-        ckpt = load_checkpoint(str(args.checkpoint))
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"genfast: {e}") from None
-    if ckpt["model"] != args.model:
-        raise SystemExit(f"genfast: {args.checkpoint} holds a {ckpt['model']!r} model, "
-                         f"not {args.model!r}")
-    model = cls(cls.config_cls(**ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
+    model, ckpt = load_model(cls, args)
     n = N_SHOW if args.n is None else args.n
     if n < 1:
         raise SystemExit(f"genfast: --n must be >= 1, got {n}")

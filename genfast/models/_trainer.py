@@ -137,6 +137,24 @@ def resumed_config(args: Any, out: str, overrides: dict[str, Any]) -> dict[str, 
     return {**saved["config"], **overrides}
 
 
+def load_model(cls: type, args: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of `args.checkpoint` (the sample CLI's --checkpoint) and the checkpoint, in
+    eval mode; the CLI's error when it is missing, foreign, or of another model."""
+    if args.checkpoint is None:
+        raise SystemExit(f"genfast: sample {args.model} needs --checkpoint (a trained run's "
+                         "checkpoint.pt)")
+    try:
+        ckpt = load_checkpoint(str(args.checkpoint))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"genfast: {e}") from None
+    if ckpt["model"] != args.model:
+        raise SystemExit(f"genfast: {args.checkpoint} holds a {ckpt['model']!r} model, "
+                         f"not {args.model!r}")
+    model = cls(cls.config_cls(**ckpt["config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt
+
+
 def _write_samples(model: nn.Module, fixed: torch.Tensor, path: str, n: int) -> None:
     nrow = max(1, int(math.sqrt(n)))
     panels = [(f"samples ({type(model).__name__})", model.sample(n), nrow)]

@@ -21,14 +21,14 @@ from typing import Any
 import torch
 
 from ..data.photos import PhotoCrops, resolve_photos
+from . import _photo_cli
 from ._images import save_panels
 from ._trainer import (
     METRICS,
     TrainConfig,
     _evaluate,
     _isolated_rng,
-    load_checkpoint,
-    resumed_config,
+    load_model,
 )
 from ._trainer import train_loop as _train_loop
 
@@ -122,35 +122,14 @@ def _write_before_after(model: Any, crops: PhotoCrops, out: str, name: str) -> s
 
 
 def train(cls: type, args: Any) -> int:
-    import genfast
-
     from ._unet_features import cached_feature_net
 
-    if getattr(args, "steps", None) is not None or getattr(args, "batch_size", None) is not None:
-        raise SystemExit("genfast: unet-nogan's schedule sets its steps and batch sizes: use "
-                         "--set stage_steps=(...) / stage_batch=(...) / critic_steps=N / "
-                         "gan_steps=N / gan_batch=N instead of --steps / --batch-size")
-    if getattr(args, "data", None) is not None:
-        raise SystemExit("genfast: unet-nogan trains on the shipped photos (--set "
-                         "photos=[...] picks them); --data is not supported")
-    out = args.out or os.path.join("runs", args.model)
-    overrides = resumed_config(args, out, dict(getattr(args, "config", None) or {}))
-    try:
-        # The run records the photo names, so a resume or a sample sees the same photos.
-        overrides["photos"] = list(resolve_photos(overrides.get("photos", "auto")))
-        model = cls(cls.config_cls(**overrides))
-        crops = PhotoCrops(model.config.photos, model.config.window)
-    except (TypeError, ValueError, ImportError) as e:
-        raise SystemExit(f"genfast: --set: {e}") from None
+    model, crops, out = _photo_cli.build(
+        cls, args, "--set stage_steps=(...) / stage_batch=(...) / critic_steps=N / gan_steps=N "
+        "/ gan_batch=N", lambda m: PhotoCrops(m.config.photos, m.config.window))
     c = model.config
-    every = math.gcd(model.pretrain_steps, c.critic_steps, c.gan_steps)
-    defaults = {**cls.train_defaults, "steps": model.total_steps, "sample_every": every,
-                "checkpoint_every": every}
-    tc = TrainConfig.from_args(defaults, args)
-    if model.pretrain_steps % tc.sample_every or model.total_steps % tc.sample_every:
-        raise SystemExit(f"genfast: --sample-every {tc.sample_every} must divide the end of "
-                         f"pretraining ({model.pretrain_steps}) and of the schedule "
-                         f"({model.total_steps}): the report reads those snapshots")
+    tc = _photo_cli.train_config(cls, model, args, model.pretrain_steps, c.critic_steps,
+                                 c.gan_steps)
     if not args.resume:
         t0 = time.perf_counter()
         net, acc = cached_feature_net(crops)
@@ -160,15 +139,8 @@ def train(cls: type, args: Any) -> int:
               f"accuracy {acc['joint']:.3f} (chance {1 / (4 * n):.3f}), rotation "
               f"{acc['rotation']:.3f} (chance 0.25), photo {acc['photo']:.3f} (chance "
               f"{1 / n:.3f}); {time.perf_counter() - t0:.1f} s")
-    t0 = time.perf_counter()
-    try:
-        with genfast.use_backend(args.backend):
-            fit(model, args.model, crops, tc, out, resume=args.resume, device=args.device,
-                progress=not args.no_progress)
-    except ValueError as e:
-        raise SystemExit(f"genfast: {e}") from None
-    rep = report(model, out, time.perf_counter() - t0,
-                 len(crops.test_crops(model.image_shape[-1])))
+    seconds = _photo_cli.run_fit(fit, model, args, crops, tc, out)
+    rep = report(model, out, seconds, len(crops.test_crops(model.image_shape[-1])))
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(rep, f, indent=1)
     png = _write_before_after(model.cpu(), crops, out, args.model)
@@ -187,19 +159,7 @@ def train(cls: type, args: Any) -> int:
 def sample(cls: type, args: Any) -> int:
     from . import _unet_metrics as metrics
 
-    if args.checkpoint is None:
-        raise SystemExit("genfast: sample unet-nogan needs --checkpoint (a trained run's "
-                         "checkpoint.pt)")
-    try:
-        ckpt = load_checkpoint(str(args.checkpoint))
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"genfast: {e}") from None
-    if ckpt["model"] != args.model:
-        raise SystemExit(f"genfast: {args.checkpoint} holds a {ckpt['model']!r} model, "
-                         f"not {args.model!r}")
-    model = cls(cls.config_cls(**ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
+    model, ckpt = load_model(cls, args)
     n = args.n or N_SHOW
     if n < 1:
         raise SystemExit(f"genfast: --n must be >= 1, got {n}")
