@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -246,7 +245,7 @@ def cli_control(args: argparse.Namespace) -> int:
 
     from ._gan import GAN
     from ._images import save_panels
-    from ._trainer import load_checkpoint
+    from ._trainer import load_model
 
     try:
         cls = models.get(args.model)
@@ -267,16 +266,7 @@ def cli_control(args: argparse.Namespace) -> int:
                          f"first unedited), got {args.steps}")
     if args.n is not None and args.n < 1:
         raise SystemExit(f"genfast: --n must be >= 1, got {args.n}")
-    try:
-        ckpt = load_checkpoint(str(args.checkpoint))
-    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise SystemExit(f"genfast: --checkpoint {args.checkpoint}: not a readable genfast "
-                         f"checkpoint ({e})") from None
-    if ckpt.get("model") != args.model or "state_dict" not in ckpt:
-        raise SystemExit(f"genfast: {args.checkpoint} holds a {ckpt.get('model')!r} model, "
-                         f"not a trained {args.model!r}")
-    model = cls(cls.config_cls(**ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
+    model, ckpt = load_model(cls, args)
     model.requires_grad_(False)  # only the latents move
     method = args.method
     penalty = DEFAULTS[method]["penalty"] if args.penalty is None else args.penalty

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
-import pickle
 import time
 from collections.abc import Callable
 from typing import Any
@@ -204,7 +203,7 @@ def cli_eval_features(args: argparse.Namespace) -> int:
     from genfast import models
 
     from ._gan import GAN
-    from ._trainer import load_checkpoint
+    from ._trainer import load_model
 
     try:
         cls = models.get(args.model)
@@ -213,16 +212,7 @@ def cli_eval_features(args: argparse.Namespace) -> int:
     if not (isinstance(cls, type) and issubclass(cls, GAN)):
         raise SystemExit(f"genfast: eval-features needs a trained GAN with a convolutional "
                          f"discriminator; {args.model!r} is not one")
-    try:
-        ckpt = load_checkpoint(str(args.checkpoint))
-    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise SystemExit(f"genfast: --checkpoint {args.checkpoint}: not a readable genfast "
-                         f"checkpoint ({e})") from None
-    if ckpt.get("model") != args.model or "state_dict" not in ckpt:
-        raise SystemExit(f"genfast: {args.checkpoint} holds a {ckpt.get('model')!r} model, "
-                         f"not a trained {args.model!r}")
-    model = cls(cls.config_cls(**ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
+    model, ckpt = load_model(cls, args)
     try:
         r = probe(model, seed=args.seed, centroids=CENTROIDS, n_patches=KMEANS_PATCHES,
                   per_class=PER_CLASS, draws=DRAWS)

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -145,11 +146,12 @@ def load_model(cls: type, args: Any) -> tuple[nn.Module, dict[str, Any]]:
                          "checkpoint.pt)")
     try:
         ckpt = load_checkpoint(str(args.checkpoint))
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"genfast: {e}") from None
-    if ckpt["model"] != args.model:
-        raise SystemExit(f"genfast: {args.checkpoint} holds a {ckpt['model']!r} model, "
-                         f"not {args.model!r}")
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise SystemExit(f"genfast: --checkpoint {args.checkpoint}: not a readable genfast "
+                         f"checkpoint ({e})") from None
+    if ckpt.get("model") != args.model or "state_dict" not in ckpt:
+        raise SystemExit(f"genfast: {args.checkpoint} holds a {ckpt.get('model')!r} model, "
+                         f"not a trained {args.model!r}")
     model = cls(cls.config_cls(**ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt
