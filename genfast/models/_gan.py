@@ -129,6 +129,24 @@ def truncated_normal(shape: tuple[int, ...], psi: float, device: torch.device | 
     return torch.special.ndtri(u).clamp_(-psi, psi).float()
 
 
+def draw_latent(shape: tuple[int, ...], dev: torch.device, truncation: float | None = None,
+                truncation_mode: TruncationMode = "resample",
+                generator: torch.Generator | None = None) -> Tensor:
+    """N(0, I) latents of `shape`, truncated as the module docstring describes (psi None or,
+    resampling, inf: none)."""
+    if truncation is None or (truncation_mode == "resample" and math.isinf(truncation)):
+        return torch.randn(shape, device=dev, generator=generator)
+    if truncation_mode == "resample":
+        return truncated_normal(shape, float(truncation), dev, generator)
+    if truncation_mode == "interpolate":
+        if not 0.0 <= truncation < math.inf:
+            raise ValueError(f"interpolation truncation psi must be finite and >= 0, "
+                             f"got {truncation}")
+        return torch.randn(shape, device=dev, generator=generator) * float(truncation)
+    raise ValueError(f"truncation_mode must be 'resample' or 'interpolate', "
+                     f"got {truncation_mode!r}")
+
+
 class GAN(nn.Module):
     """Generator + discriminator with the alternating update. Subclasses set ``config_cls``,
     ``description``, ``train_defaults``, build ``self.discriminator`` (and ``self.generator``
@@ -184,18 +202,8 @@ class GAN(nn.Module):
                truncation_mode: TruncationMode = "resample",
                generator: torch.Generator | None = None) -> Tensor:
         """n latent vectors (n, z_dim, 1, 1), truncated as the module docstring describes."""
-        shape, dev = (n, self.config.z_dim, 1, 1), self._device()
-        if truncation is None or (truncation_mode == "resample" and math.isinf(truncation)):
-            return torch.randn(shape, device=dev, generator=generator)
-        if truncation_mode == "resample":
-            return truncated_normal(shape, float(truncation), dev, generator)
-        if truncation_mode == "interpolate":
-            if not 0.0 <= truncation < math.inf:
-                raise ValueError(f"interpolation truncation psi must be finite and >= 0, "
-                                 f"got {truncation}")
-            return torch.randn(shape, device=dev, generator=generator) * float(truncation)
-        raise ValueError(f"truncation_mode must be 'resample' or 'interpolate', "
-                         f"got {truncation_mode!r}")
+        return draw_latent((n, self.config.z_dim, 1, 1), self._device(), truncation,
+                           truncation_mode, generator)
 
     def train_step(self, x: Tensor, optimizers: dict[str, torch.optim.Optimizer],
                    step: int) -> dict[str, float]:

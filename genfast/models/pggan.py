@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from genfast.ops.gradient_penalty import gradient_penalty
 
 from . import fid
-from ._gan import TruncationMode, truncated_normal
+from ._gan import TruncationMode, draw_latent
 from ._pggan_net import Discriminator, Generator, channels_for, downsample2, schedule, upsample2
 
 
@@ -159,18 +159,8 @@ class PGGAN(nn.Module):
                generator: torch.Generator | None = None) -> Tensor:
         """n latents (n, z_dim); truncation as genfast.models._gan (BigGAN's resampling or
         the interpolation toward the mean latent 0)."""
-        shape, dev = (n, self.config.z_dim), self._device()
-        if truncation is None or (truncation_mode == "resample" and math.isinf(truncation)):
-            return torch.randn(shape, device=dev, generator=generator)
-        if truncation_mode == "resample":
-            return truncated_normal(shape, float(truncation), dev, generator)
-        if truncation_mode == "interpolate":
-            if not 0.0 <= truncation < math.inf:
-                raise ValueError(f"interpolation truncation psi must be finite and >= 0, "
-                                 f"got {truncation}")
-            return torch.randn(shape, device=dev, generator=generator) * float(truncation)
-        raise ValueError(f"truncation_mode must be 'resample' or 'interpolate', "
-                         f"got {truncation_mode!r}")
+        return draw_latent((n, self.config.z_dim), self._device(), truncation, truncation_mode,
+                           generator)
 
     def train_step(self, x: Tensor, optimizers: dict[str, torch.optim.Optimizer],
                    step: int) -> dict[str, float | Tensor]:
