@@ -33,7 +33,7 @@ from ._trainer import (
     TrainConfig,
     _isolated_rng,
     batch_indices,
-    load_checkpoint,
+    load_model,
     resumed_config,
     train_loop,
 )
@@ -232,16 +232,7 @@ def cli_train(cls: type, args: Any) -> int:
 
 
 def cli_sample(cls: type, args: Any) -> int:
-    if args.checkpoint is None:
-        raise SystemExit(f"genfast: sample {args.model} needs --checkpoint (a trained run's "
-                         f"checkpoint.pt)")
-    ckpt = load_checkpoint(str(args.checkpoint))
-    if ckpt["model"] != args.model:
-        raise SystemExit(f"genfast: {args.checkpoint} holds a {ckpt['model']!r} model, "
-                         f"not {args.model!r}")
-    model = cls(cls.config_cls(**ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
+    model, ckpt = load_model(cls, args)
     n = args.n or 32
     temperature = getattr(args, "temperature", None)
     temperature = 1.0 if temperature is None else temperature

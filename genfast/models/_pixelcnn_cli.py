@@ -18,7 +18,7 @@ from ._trainer import (
     TrainConfig,
     _isolated_rng,
     batch_indices,
-    load_checkpoint,
+    load_model,
     resumed_config,
     train_loop,
 )
@@ -168,16 +168,7 @@ def train(cls: type, args: Any) -> int:
 def sample(cls: type, args: Any) -> int:
     import genfast
 
-    if args.checkpoint is None:
-        raise SystemExit(f"genfast: sample {args.model} needs --checkpoint (a trained run's "
-                         f"checkpoint.pt)")
-    ckpt = load_checkpoint(str(args.checkpoint))
-    if ckpt["model"] != args.model:
-        raise SystemExit(f"genfast: {args.checkpoint} holds a {ckpt['model']!r} model, "
-                         f"not {args.model!r}")
-    model = cls(cls.config_cls(**ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
+    model, ckpt = load_model(cls, args)
     k = getattr(args, "cls", None)
     classes = getattr(model.config, "num_classes", 0)
     n = args.n or (8 * classes if classes and k is None else 64)  # a full row per class

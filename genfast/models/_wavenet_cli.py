@@ -21,7 +21,7 @@ from ._trainer import (
     TrainConfig,
     _isolated_rng,
     batch_indices,
-    load_checkpoint,
+    load_model,
     resumed_config,
     train_loop,
 )
@@ -159,16 +159,7 @@ def train(cls: type, args: Any) -> int:
 def sample(cls: type, args: Any) -> int:
     import genfast
 
-    if args.checkpoint is None:
-        raise SystemExit("genfast: sample wavenet needs --checkpoint (a trained run's "
-                         "checkpoint.pt)")
-    ckpt = load_checkpoint(str(args.checkpoint))
-    if ckpt["model"] != args.model:
-        raise SystemExit(f"genfast: {args.checkpoint} holds a {ckpt['model']!r} model, "
-                         f"not {args.model!r}")
-    model = cls(cls.config_cls(**ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
+    model, ckpt = load_model(cls, args)
     rate = model.config.sample_rate
     seconds = getattr(args, "seconds", None)
     n = args.n or int(round((seconds if seconds is not None else 2.0) * rate))

@@ -173,18 +173,9 @@ class CGAN(VanillaGAN):
 def cli_sample(cls: type, args: Any) -> int:
     """`genfast sample cgan --checkpoint P [--class K] [--n N] [--seed S] [--truncation PSI]`."""
     from ._images import save_panels
-    from ._trainer import load_checkpoint
+    from ._trainer import load_model
 
-    if args.checkpoint is None:
-        raise SystemExit(f"genfast: sample {args.model} needs --checkpoint (a trained run's "
-                         f"checkpoint.pt)")
-    ckpt = load_checkpoint(str(args.checkpoint))
-    if ckpt["model"] != args.model:
-        raise SystemExit(f"genfast: {args.checkpoint} holds a {ckpt['model']!r} model, "
-                         f"not {args.model!r}")
-    model = cls(cls.config_cls(**ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
+    model, ckpt = load_model(cls, args)
     k, classes = getattr(args, "cls", None), model.config.num_classes
     if k is not None and not 0 <= k < classes:
         raise SystemExit(f"genfast: --class must be in [0, {classes}), got {k}")
