@@ -220,7 +220,9 @@ def workspaces(pack: GPTPack, B: int) -> tuple[Tensor, Tensor, Tensor]:
     """(kcache, vcache, scratch) for B streams, in the work dtype on the pack's device."""
     w = pack.weights
     wd = _work_dtype(w.dtype)
-    L, V, C, Hh, T = pack.meta.tolist()
+    # The pack's Python ints, not meta.tolist(): under torch.compile a tensor's values are
+    # data-dependent symbols that empty() cannot be sized by.
+    L, V, C, Hh, T = pack.layers, pack.vocab, pack.n_embd, pack.n_head, pack.block_size
     shape = (L, B, Hh, T, C // Hh)
     return (torch.empty(shape, dtype=wd, device=w.device),
             torch.empty(shape, dtype=wd, device=w.device),
