@@ -15,8 +15,7 @@ from .. import random
 from ..nn import CausalSelfAttention, KVCache
 from ..ops import _checks
 from ..ops.attention_generate import GPTPack, attention_generate, pack_gpt
-from ..ops.gumbel import MIN_TAU
-from ..ops.sample import ref_draw
+from ..ops.sample import ref_draw, sampler_knobs
 
 __all__ = ["GPTNet"]
 
@@ -141,18 +140,14 @@ class GPTNet(nn.Module):
         _checks.boolean("use_cache", use_cache)
         T = self.block_size
         keep = T // 2 if keep is None else _checks.integer("keep", keep, low=1, high=T)
-        t = _checks.positive("temperature", temperature, allow_zero=True)
-        inv_temp = math.inf if t == 0 else 1.0 / max(t, MIN_TAU)
-        k = 0 if top_k is None else _checks.integer("top_k", top_k, low=1)
-        k = k if k < V else 0
-        p = 1.0 if top_p is None else _checks.real("top_p", top_p, 0.0, 1.0, low_open=True)
         if seed is None:
             seed = int(torch.randint(0, 2**63 - 1, (1,)))
         _checks.boolean("native", native)
-        if use_cache and native:
+        if use_cache and native:  # attention_generate checks the sampler's knobs itself
             return attention_generate(self.packed(), prime, n, temperature=temperature,
                                       top_k=top_k, top_p=top_p, seed=seed, keep=keep,
                                       backend=backend)
+        inv_temp, k, p = sampler_knobs(temperature, top_k, top_p, V)
         # inference_mode, not no_grad: a cached step is ~80 tiny ops, and skipping their
         # version counters and view tracking is ~15% of its time (batch 1, CPU); the tokens
         # come back as a normal tensor (a clone outside it), usable as training input.

@@ -26,10 +26,8 @@ from torch import Tensor, nn
 
 from .. import random
 from ..nn.masked_conv import MaskedConv2d
-from ..ops import _checks
 from ..ops._boundary import work_dtype
-from ..ops.gumbel import MIN_TAU
-from ..ops.sample import ref_draw
+from ..ops.sample import ref_draw, sampler_knobs
 
 
 class ResidualBlock(nn.Module):
@@ -77,7 +75,7 @@ class OriginalPixelCNN(nn.Module):
         temperature / top-k / top-p) as row (p * K + k) * n + b of the stream of `seed`: the
         teacher-forced forward sampled with those rows gives the same tokens."""
         L, K = self.levels, self.colors
-        inv_temp, k_top, p_top = sampler_args(temperature, top_k, top_p, L)
+        inv_temp, k_top, p_top = sampler_knobs(temperature, top_k, top_p, L)
         if seed is None:
             seed = int(torch.randint(0, 2**63 - 1, (1,)))
         w0 = self.out2.weight
@@ -122,16 +120,6 @@ class OriginalPixelCNN(nn.Module):
                 tokens[:, c, i, j] = tok
                 xin[:, c, i + p0h, j + p0w] = tok.to(wd) * (2.0 / (L - 1)) - 1.0
         return tokens
-
-
-def sampler_args(temperature: float, top_k: int | None, top_p: float | None,
-                 n: int) -> tuple[float, int, float]:
-    """genfast.sample_categorical's knobs as its kernels take them (the same checks)."""
-    t = _checks.positive("temperature", temperature, allow_zero=True)
-    inv_temp = math.inf if t == 0 else 1.0 / max(t, MIN_TAU)
-    k = 0 if top_k is None else _checks.integer("top_k", top_k, low=1)
-    p = 1.0 if top_p is None else _checks.real("top_p", top_p, 0.0, 1.0, low_open=True)
-    return inv_temp, k if k < n else 0, p
 
 
 def teacher_forced_draw(logits: Tensor, seed: int, **kwargs) -> Tensor:

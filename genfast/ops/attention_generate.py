@@ -60,7 +60,6 @@ inv_temperature = +inf is greedy; top_k = 0 and top_p = 1.0 disable the filters.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +71,7 @@ from ._attention_generate_ref import LN_EPS, check_meta, ref_generate, unpack
 from ._boundary import Seed, dtype_code, implementations, native, standard_dtypes, triton_kernels
 from ._boundary import work_dtype as _work_dtype
 from ._eager import eager_op
-from .gumbel import MIN_TAU
+from .sample import sampler_knobs
 
 __all__ = ["GPTPack", "attention_generate", "attention_generate_op", "pack_gpt", "unpack"]
 # CUDA first under `auto` on a GPU: its cooperative kernel spreads every GEMV over the SMs and
@@ -255,11 +254,7 @@ def attention_generate(pack: GPTPack, prime: Tensor, n: int, *, temperature: flo
     n = _checks.integer("n", n, low=0)
     T = pack.block_size
     keep = T // 2 if keep is None else _checks.integer("keep", keep, low=1, high=T)
-    t = _checks.positive("temperature", temperature, allow_zero=True)
-    inv_temp = math.inf if t == 0 else 1.0 / max(t, MIN_TAU)
-    k = 0 if top_k is None else _checks.integer("top_k", top_k, low=1)
-    k = k if k < pack.vocab else 0
-    p = 1.0 if top_p is None else _checks.real("top_p", top_p, 0.0, 1.0, low_open=True)
+    inv_temp, k, p = sampler_knobs(temperature, top_k, top_p, pack.vocab)
     B, Tp = prime.shape
     # A value test reads the data: on the CPU only (no device sync), and not while compiling;
     # the kernels refuse bad tokens too.

@@ -42,7 +42,6 @@ float64 runs in float64; every other dtype computes in float32 (rings in the mod
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -54,7 +53,7 @@ from . import _checks
 from ._boundary import Seed, dtype_code, implementations, native, standard_dtypes, triton_kernels
 from ._causal_conv_generate_ref import META_HEAD, ref_generate, unpack, wavenet_forward_packed
 from ._eager import eager_op
-from .gumbel import MIN_TAU
+from .sample import sampler_knobs
 
 __all__ = ["META_HEAD", "GenerateState", "WaveNetPack", "new_state", "pack_wavenet", "unpack",
            "wavenet_forward_packed", "wavenet_generate", "wavenet_generate_op"]
@@ -287,11 +286,7 @@ def wavenet_generate(pack: WaveNetPack, n: int, *, batch: int | None = None,
         gcond = _check_like("gcond", gcond, (batch, L, G), w).contiguous()
     if lcond is not None:
         lcond = _check_like("lcond", lcond, (batch, n, L, G), w)
-    t = _checks.positive("temperature", temperature, allow_zero=True)
-    inv_temp = math.inf if t == 0 else 1.0 / max(t, MIN_TAU)
-    k = 0 if top_k is None else _checks.integer("top_k", top_k, low=1)
-    k = k if k < pack.classes else 0
-    p = 1.0 if top_p is None else _checks.real("top_p", top_p, 0.0, 1.0, low_open=True)
+    inv_temp, k, p = sampler_knobs(temperature, top_k, top_p, pack.classes)
     name = backends.resolve("causal_conv_generate", w, backend)
     seed_t = random.make_seed(w.device, seed)
     parts = []

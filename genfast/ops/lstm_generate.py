@@ -56,7 +56,6 @@ offset=offset + Tp + n - 1, seed=same) continues the stream exactly.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -74,7 +73,7 @@ from ._lstm_generate_ref import (
     ref_generate,
     unpack,
 )
-from .gumbel import MIN_TAU
+from .sample import sampler_knobs
 
 __all__ = ["LSTMPack", "contract_sampler", "lstm_generate", "lstm_generate_op",
            "module_generate", "naive_generate", "pack_lstm", "packed_sizes", "unpack"]
@@ -261,11 +260,7 @@ def lstm_generate(pack: LSTMPack, prime: Tensor, n: int, *,
     offset = _checks.integer("offset", offset, low=0)
     B, Tp = prime.shape
     h, c = _state(state, pack, B)
-    t = _checks.positive("temperature", temperature, allow_zero=True)
-    inv_temp = math.inf if t == 0 else 1.0 / max(t, MIN_TAU)
-    k = 0 if top_k is None else _checks.integer("top_k", top_k, low=1)
-    k = k if k < pack.vocab else 0
-    p = 1.0 if top_p is None else _checks.real("top_p", top_p, 0.0, 1.0, low_open=True)
+    inv_temp, k, p = sampler_knobs(temperature, top_k, top_p, pack.vocab)
     # A value test reads the data: on the CPU only (no device sync), and not while compiling (a
     # data-dependent branch); the kernels refuse bad tokens too.
     if (prime.device.type == "cpu" and B and not torch.compiler.is_compiling()

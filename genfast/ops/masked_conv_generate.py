@@ -70,7 +70,7 @@ from ._masked_conv_generate_ref import (
     ref_generate,
     unpack,
 )
-from .gumbel import MIN_TAU
+from .sample import sampler_knobs
 
 __all__ = ["LAYER_KEYS", "PixelCNNPack", "masked_conv_generate_op", "naive_generate",
            "pack_pixelcnn", "pixelcnn_forward_packed", "pixelcnn_generate", "unpack"]
@@ -261,11 +261,7 @@ def pixelcnn_generate(pack: PixelCNNPack, n: int | None = None, *, height: int |
             raise ValueError(f"cond_bias must be on {w.device} like pack.weights, got "
                              f"{cond_bias.device}")
         cond_bias = cond_bias.contiguous()
-    t = _checks.positive("temperature", temperature, allow_zero=True)
-    inv_temp = math.inf if t == 0 else 1.0 / max(t, MIN_TAU)
-    k = 0 if top_k is None else _checks.integer("top_k", top_k, low=1)
-    k = k if k < pack.classes else 0
-    p = 1.0 if top_p is None else _checks.real("top_p", top_p, 0.0, 1.0, low_open=True)
+    inv_temp, k, p = sampler_knobs(temperature, top_k, top_p, pack.classes)
     name = backends.resolve("masked_conv_generate", w, backend)
     if tokens is None:
         out = torch.zeros(B, H, W, dtype=torch.int64, device=w.device)

@@ -60,6 +60,18 @@ def _ref_sample(x: Tensor, seed: Tensor, inv_temp: float, top_k: int, top_p: flo
     return ref_draw(x.to(wd), g, inv_temp, top_k, top_p)
 
 
+def sampler_knobs(temperature: float, top_k: int | None, top_p: float | None,
+                  n: int) -> tuple[float, int, float]:
+    """(inv_temperature, top_k, top_p) as the kernels take them, checked as
+    sample_categorical's arguments: temperature 0 -> +inf (greedy), top_k None or >= n -> 0
+    (off), top_p None -> 1.0 (off). Every sampler and generator of the family parses them here."""
+    t = _checks.positive("temperature", temperature, allow_zero=True)
+    inv_temp = math.inf if t == 0 else 1.0 / max(t, MIN_TAU)
+    k = 0 if top_k is None else _checks.integer("top_k", top_k, low=1)
+    p = 1.0 if top_p is None else _checks.real("top_p", top_p, 0.0, 1.0, low_open=True)
+    return inv_temp, (k if k < n else 0), p
+
+
 def ref_draw(x: Tensor, g: Tensor, inv_temp: float, top_k: int, top_p: float) -> Tensor:
     """The draw of every row of x (R, n) given its Gumbel noise g (R, n): the contract's
     filter (temperature, top_k, top_p with ties kept) then the argmax of s + g. Shared by the
@@ -147,11 +159,7 @@ def sample_categorical(logits: Tensor, temperature: float = 1.0, top_k: int | No
     n = logits.shape[-1]
     if n == 0:
         raise ValueError("logits: the class dimension (last) is empty; nothing to sample")
-    t = _checks.positive("temperature", temperature, allow_zero=True)
-    inv_temp = math.inf if t == 0 else 1.0 / max(t, MIN_TAU)
-    k = 0 if top_k is None else _checks.integer("top_k", top_k, low=1)
-    k = k if k < n else 0
-    p = 1.0 if top_p is None else _checks.real("top_p", top_p, 0.0, 1.0, low_open=True)
+    inv_temp, k, p = sampler_knobs(temperature, top_k, top_p, n)
     x2 = logits.reshape(math.prod(logits.shape[:-1]), n)
     name = backends.resolve("sample", x2, backend)
     seed_t = random.make_seed(logits.device, seed, generator)
